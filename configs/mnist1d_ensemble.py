@@ -1,0 +1,26 @@
+"""A 4-member MLP ensemble on MNIST-1D (no coupling).
+
+Command:
+  python -m jaxens.train --config=configs/mnist1d_ensemble.py --workdir=runs/mnist1d_ensemble
+Expected run time: about a minute on 2 CPU cores (first run adds ~5 s to generate MNIST-1D).
+Expected result: members at ~0.40-0.45 test error each, the mean-probability ensemble a few points lower
+(~0.37); measured figures are in the README.
+"""
+
+from jaxens import config as jaxens_config
+
+
+def get_config():
+    config = jaxens_config.get_default_config()
+    config.dataset = "mnist1d"
+    config.model.name = "mlp"
+    config.model.widths = (256, 256)
+    config.ensemble.k = 4
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.schedule = "cosine"
+    config.train.batch_size = 100
+    config.train.num_epochs = 60
+    config.train.steps_per_call = 40
+    return config

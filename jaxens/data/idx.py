@@ -1,0 +1,80 @@
+"""Reader for the IDX file format of MNIST and Fashion-MNIST (gzip-compressed or raw).
+
+Format: 2 zero bytes, a type byte (0x08 = uint8), a byte with the number of dimensions D, then D
+big-endian uint32 sizes, then the data in C order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+
+# Where Debian's `dataset-fashion-mnist` package puts the four files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+MNIST_FORMAT_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is missing, truncated or not in the expected format."""
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file of unsigned bytes into an array of its declared shape.
+
+    Raises:
+      DatasetFileError: naming the file, when it is not valid IDX or holds fewer bytes than declared.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives.
+        raise DatasetFileError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'a file'}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetFileError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetFileError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DatasetFileError(
+            f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file holds "
+            f"{len(raw) - header} bytes of data (truncated or corrupted)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_mnist_format(directory: str, name: str):
+    """Loads the four standard MNIST-format files from `directory` (.gz or uncompressed).
+
+    Returns:
+      ((train_x [N, H, W] uint8, train_y [N] uint8), (test_x, test_y)).
+    """
+    arrays = {}
+    for key, stem in MNIST_FORMAT_FILES.items():
+        candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
+        path = next((p for p in candidates if os.path.exists(p)), None)
+        if path is None:
+            raise DatasetFileError(
+                f"{name}: {candidates[0]} not found. Install Debian's dataset-fashion-mnist package "
+                f"(apt-get install dataset-fashion-mnist) or set --config.data.dir to a directory holding "
+                f"{', '.join(s + '.gz' for s in MNIST_FORMAT_FILES.values())}"
+            )
+        arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
+            raise DatasetFileError(
+                f"{name}: {split} images ({len(arrays[f'{split}_x'])}) and labels "
+                f"({len(arrays[f'{split}_y'])}) differ in count"
+            )
+    return (arrays["train_x"], arrays["train_y"]), (arrays["test_x"], arrays["test_y"])

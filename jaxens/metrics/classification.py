@@ -1,0 +1,62 @@
+"""Accuracy-type metrics and the ensemble prediction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def ensemble_log_probs(member_logits: jax.Array, method: str = "mean_prob") -> jax.Array:
+    """Log-probabilities of the ensemble prediction.
+
+    `mean_prob` (Zamparo, Fort): p(y|x) = (1/K) Σ_m p_m(y|x), computed as logsumexp_m log p_m − log K.
+    `mean_logit` (Webb): p(y|x) = softmax((1/K) Σ_m z_m), the normalized geometric mean of the p_m.
+
+    Args:
+      member_logits: [K, N, C] unnormalized log-probabilities of K members.
+      method: 'mean_prob' or 'mean_logit'.
+
+    Returns:
+      [N, C] normalized log-probabilities.
+    """
+    if member_logits.ndim < 3:
+        raise ValueError(f"member_logits: expected [K, N, C], got shape {member_logits.shape}")
+    if method == "mean_prob":
+        log_p = jax.nn.log_softmax(member_logits, axis=-1)
+        return jax.nn.logsumexp(log_p, axis=0) - jnp.log(member_logits.shape[0])
+    if method == "mean_logit":
+        return jax.nn.log_softmax(member_logits.mean(axis=0), axis=-1)
+    raise ValueError(f"method={method!r}: allowed: 'mean_prob', 'mean_logit'")
+
+
+def _check(logits: jax.Array, labels: jax.Array) -> None:
+    if logits.shape[-2] != labels.shape[-1]:
+        raise ValueError(f"labels: length {labels.shape[-1]} != N={logits.shape[-2]} of logits {logits.shape}")
+
+
+def error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Error = 1 − accuracy of the argmax prediction, mean over examples.
+
+    Args:
+      logits: [..., N, C]. labels: [N] int.
+
+    Returns:
+      [...] error in [0, 1].
+    """
+    _check(logits, labels)
+    return 1.0 - jnp.mean(jnp.argmax(logits, axis=-1) == labels, axis=-1)
+
+
+def nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Negative log-likelihood −(1/N) Σ_n log p(y_n|x_n), p = softmax(logits).
+
+    Args:
+      logits: [..., N, C]. labels: [N] int.
+
+    Returns:
+      [...] mean NLL in nats.
+    """
+    _check(logits, labels)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_p, jnp.broadcast_to(labels, log_p.shape[:-1])[..., None], axis=-1)
+    return -jnp.mean(picked[..., 0], axis=-1)

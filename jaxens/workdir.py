@@ -1,0 +1,123 @@
+"""A run's directory: its config, metrics log and summary, written so nothing is ever lost.
+
+Layout of DIR:
+  config.json    the run's full config; a rerun with the same config resumes, a different one is refused
+  metrics.jsonl  one JSON record per (step, split, member, metric), appended as training goes
+  summary.json   final results, written once at the end
+  checkpoints/   Orbax checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import ml_collections
+
+from jaxens.config import ConfigError
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes `obj` as JSON to `path` via a temporary file and a rename (never a half-written file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON types (tuples become lists), for writing and comparing."""
+    return json.loads(config.to_json())
+
+
+def _diff(old: dict, new: dict, prefix: str = "config.") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+    return out
+
+
+def read_summary(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Makes `workdir` this run's directory, or confirms it already is.
+
+    Returns:
+      True if the directory already holds this run (resume or finished), False if newly claimed.
+
+    Raises:
+      ConfigError: the directory holds a run with a different config; nothing is touched.
+    """
+    path = os.path.join(workdir, "config.json")
+    new = config_to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != new:
+            raise ConfigError(
+                f"--workdir={workdir} holds another run (its config.json differs: "
+                + "; ".join(_diff(old, new))
+                + "). Results are never overwritten: choose a new --workdir, or rerun with that config to resume."
+            )
+        return True
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(path, new)
+    return False
+
+
+class MetricsLog:
+    """Appends tidy records to DIR/metrics.jsonl; on resume, drops records newer than the checkpoint."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+
+    def truncate_after(self, step: int) -> None:
+        """Keeps only records with record['step'] <= step (rewritten atomically)."""
+        if not os.path.exists(self.path):
+            return
+        kept = [json.dumps(r, sort_keys=True) + "\n" for r in self.read() if r["step"] <= step]
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)), prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def write(self, records: list[dict]) -> None:
+        with open(self.path, "a") as f:
+            for r in records:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        """All complete records (a line cut short by a killed process is skipped)."""
+        if not os.path.exists(self.path):
+            return []
+        records = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return records

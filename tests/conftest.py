@@ -1,0 +1,69 @@
+"""Shared fixtures: small configs on real offline data, and a helper that trains n steps."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from jaxens import config as config_lib  # noqa: E402
+from jaxens import data as data_lib  # noqa: E402
+
+
+def small_config(**overrides):
+    """A validated MNIST-1D config small enough for unit tests; overrides as 'group.field': value."""
+    c = config_lib.get_default_config()
+    c.dataset = "mnist1d"
+    c.model.name = "mlp"
+    c.model.widths = (32,)
+    c.ensemble.k = 3
+    c.optimizer.learning_rate = 0.05
+    c.train.batch_size = 500  # 8 steps per epoch on MNIST-1D's 4000 training examples.
+    c.train.num_epochs = 2
+    c.train.steps_per_call = 3
+    for path, value in overrides.items():
+        node = c
+        *groups, field = path.split(".")
+        for g in groups:
+            node = node[g]
+        node[field] = value
+    config_lib.validate(c)
+    return c
+
+
+def load_config_file(name):
+    """`get_config()` of configs/<name>.py, loaded the way config_flags loads it (by path)."""
+    import importlib.util
+
+    path = os.path.join(REPO, "configs", name)
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="session")
+def mnist1d():
+    """MNIST-1D host arrays (generated once, cached on disk)."""
+    return data_lib.load(small_config())
+
+
+def train_steps(train_chunk, state, dataset, num_steps, batch_size, steps_per_call=3):
+    """Runs `num_steps` steps the way the trainer does: per-epoch orders, chunks capped at epoch ends."""
+    spe = data_lib.steps_per_epoch(dataset.num_train, batch_size)
+    k = state.step.shape[0]
+    step = int(state.step[0])
+    end = step + num_steps
+    while step < end:
+        epoch = step // spe
+        orders = data_lib.epoch_orders(state.rngs.order, jnp.full((k,), epoch), dataset.num_train)
+        n = min(steps_per_call, (epoch + 1) * spe - step, end - step)
+        state, _ = train_chunk(state, orders, dataset, n)
+        step += n
+    return jax.block_until_ready(state)

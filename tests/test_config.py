@@ -1,0 +1,55 @@
+"""Config schema and validation: every violation names the field, before any compute."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from conftest import REPO, load_config_file, small_config
+from jaxens import config as config_lib
+
+
+@pytest.mark.parametrize("name", sorted(map(os.path.basename, glob.glob(os.path.join(REPO, "configs", "*.py")))))
+def test_shipped_configs_validate_and_document_themselves(name):
+    config_lib.validate(load_config_file(name))
+    doc = open(os.path.join(REPO, "configs", name)).read()
+    assert "python -m jaxens.train --config=configs/" in doc and "Expected run time" in doc and "Expected result" in doc
+
+
+def test_locked_config_rejects_unknown_field():
+    c = config_lib.get_default_config()
+    with pytest.raises(AttributeError, match="kk"):
+        c.ensemble.kk = 3
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"dataset": "cifar11"}, r"config.dataset='cifar11': unknown; allowed: .*mnist1d"),
+        ({"model.name": "resnet7"}, r"config.model.name='resnet7': unknown; allowed: .*mlp"),
+        ({"model.name": "cnn2d"}, r"config.model.name='cnn2d'.*\(40, 1\).*mlp, cnn1d"),
+        ({"ensemble.k": 0}, r"config.ensemble.k=0: must be >= 1"),
+        ({"ensemble.strategy": "pmap"}, r"config.ensemble.strategy='pmap'.*vmap, loop"),
+        ({"train.batch_size": 4001}, r"config.train.batch_size=4001: larger than the 4000"),
+        ({"optimizer.learning_rate": 0.0}, r"config.optimizer.learning_rate=0.0: must be > 0"),
+        ({"optimizer.boundaries": (0.75, 0.5)}, r"config.optimizer.boundaries"),
+        ({"model.dropout": 1.0}, r"config.model.dropout=1.0"),
+    ],
+)
+def test_invalid_values_are_named(overrides, pattern):
+    with pytest.raises(config_lib.ConfigError, match=pattern):
+        small_config(**overrides)
+
+
+def test_all_violations_reported_at_once():
+    with pytest.raises(config_lib.ConfigError) as info:
+        small_config(**{"ensemble.k": 0, "train.num_epochs": 0})
+    assert "config.ensemble.k" in str(info.value) and "config.train.num_epochs" in str(info.value)
+
+
+def test_unknown_override_paths():
+    assert config_lib.unknown_fields(["config.ensemble.k", "config.train.batch_size"]) == []
+    (msg,) = config_lib.unknown_fields(["config.ensemble.kk"])
+    assert "'kk'" in msg and "k, method, strategy" in msg

@@ -1,0 +1,176 @@
+"""The stacked ensemble: strategies agree, K=1 equals a hand-written loop, members are independent."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import small_config, train_steps
+from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import models
+from jaxens import optim
+from jaxens import rng as rng_lib
+
+
+def _setup(config, dataset):
+    model = models.build(config.model, dataset.num_classes)
+    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
+    tx = optim.make_optimizer(config.optimizer, spe * config.train.num_epochs)
+    state = ensemble_lib.init_ensemble(
+        model, tx, rng_lib.member_streams(config.seed, config.ensemble.k), dataset.input_shape
+    )
+    return model, tx, state
+
+
+def _trained(config, dataset, num_steps, strategy):
+    model, tx, state = _setup(config, dataset)
+    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
+    return train_steps(chunk, state, dataset, num_steps, config.train.batch_size)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.name": "mlp", "model.dropout": 0.2},
+        {"model.name": "cnn1d", "model.widths": (8, 8), "model.dropout": 0.1},  # BatchNorm + dropout.
+    ],
+    ids=["mlp", "cnn1d"],
+)
+def test_vmap_and_loop_strategies_agree(mnist1d, overrides):
+    config = small_config(**overrides)
+    dataset = mnist1d.to_device()
+    a = _trained(config, dataset, 10, "vmap")  # Crosses an epoch boundary (8 steps per epoch).
+    b = _trained(config, dataset, 10, "loop")
+    np.testing.assert_array_equal(a.step, b.step)
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), getattr(a, name), getattr(b, name)
+        )
+    # And the parameters did move.
+    _, _, init = _setup(config, dataset)
+    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(init.params)[0])
+
+
+def test_k1_equals_plain_single_model_loop(mnist1d):
+    """A K=1 ensemble against a single-model optax loop written here from the documented key derivation."""
+    config = small_config(**{"ensemble.k": 1, "model.dropout": 0.1, "optimizer.weight_decay": 1e-3})
+    dataset = mnist1d.to_device()
+    num_steps, batch = 11, config.train.batch_size
+    ens = _trained(config, dataset, num_steps, "vmap")
+
+    # Independent reference: keys per the contract in jaxens/rng.py and jaxens/data/order.py.
+    member_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    init_key, order_key, dropout_key = (jax.random.fold_in(member_key, i) for i in (0, 1, 3))
+    model = models.MLP(widths=(32,), num_classes=10, dropout=0.1)
+    params = model.init({"params": init_key}, jnp.zeros((1, 40, 1)), train=False)["params"]
+    tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.05, momentum=0.9))
+    opt_state = tx.init(params)
+    x_all = np.asarray(mnist1d.train_x, np.float32)
+    x_all = (x_all - x_all.mean()) / x_all.std()
+    y_all = np.asarray(mnist1d.train_y)
+    n = len(y_all)
+    spe = n // batch
+
+    @jax.jit
+    def step(params, opt_state, x, y, key):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    for s in range(num_steps):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, s // spe), n))
+        idx = perm[(s % spe) * batch : (s % spe + 1) * batch]
+        params, opt_state = step(params, opt_state, x_all[idx], y_all[idx], jax.random.fold_in(dropout_key, s))
+
+    assert int(ens.step[0]) == num_steps
+    jax.tree.map(
+        lambda e, r: np.testing.assert_allclose(e[0], r, rtol=1e-4, atol=1e-5), ens.params, params
+    )
+
+
+def test_members_have_different_params_and_orders(mnist1d):
+    config = small_config()
+    dataset = mnist1d.to_device()
+    _, _, state = _setup(config, dataset)
+    kernel = np.asarray(state.params["Dense_0"]["kernel"])  # [K, D, H]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not np.allclose(kernel[i], kernel[j])
+    orders = np.asarray(data_lib.epoch_orders(state.rngs.order, jnp.zeros(3, jnp.int32), dataset.num_train))
+    assert orders.shape == (3, dataset.num_train)
+    for row in orders:
+        np.testing.assert_array_equal(np.sort(row), np.arange(dataset.num_train))
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    # Same keys, same epoch → same order; next epoch → a new order.
+    again = np.asarray(data_lib.epoch_orders(state.rngs.order, jnp.zeros(3, jnp.int32), dataset.num_train))
+    np.testing.assert_array_equal(orders, again)
+    nxt = np.asarray(data_lib.epoch_orders(state.rngs.order, jnp.ones(3, jnp.int32), dataset.num_train))
+    assert not np.array_equal(orders[0], nxt[0])
+
+
+@pytest.mark.parametrize("step_loop", ["device", "host"])
+def test_one_trace_for_every_chunk_length(mnist1d, step_loop):
+    config = small_config()
+    dataset = mnist1d.to_device()
+    model, tx, state = _setup(config, dataset)
+    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
+    state = train_steps(chunk, state, dataset, 13, config.train.batch_size, steps_per_call=3)  # Lengths 3,3,2,3,2.
+    assert int(state.step[0]) == 13
+    assert chunk.trace_count == 1
+
+
+def test_device_and_host_step_loops_agree(mnist1d):
+    config = small_config(**{"model.name": "cnn1d", "model.widths": (8,), "model.dropout": 0.1})
+    dataset = mnist1d.to_device()
+    results = []
+    for step_loop in ("device", "host"):
+        model, tx, state = _setup(config, dataset)
+        chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
+        orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros(3, jnp.int32), dataset.num_train)
+        results.append(jax.device_get(chunk(state, orders, dataset, 5)))
+    (a, sums_a), (b, sums_b) = results
+    np.testing.assert_array_equal(a.step, b.step)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), (a, sums_a), (b, sums_b))
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_predictor_equals_loop_over_members(mnist1d, strategy):
+    config = small_config(**{"model.name": "cnn1d", "model.widths": (8,)})
+    dataset = mnist1d.to_device()
+    model, tx, state = _setup(config, dataset)
+    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
+    state = train_steps(chunk, state, dataset, 4, config.train.batch_size)  # Non-trivial BN statistics.
+    logits = ensemble_lib.Predictor(model, 300, strategy)(state, dataset.test_x, dataset)  # 1000 = 3·300 + 100.
+    assert logits.shape == (3, 1000, 10)
+    x = dataset.normalize(dataset.test_x)
+    for m in range(3):
+        variables = {"params": jax.tree.map(lambda a: a[m], state.params),
+                     "batch_stats": jax.tree.map(lambda a: a[m], state.batch_stats)}
+        ref = model.apply(variables, x, train=False)
+        np.testing.assert_allclose(logits[m], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_statistics_are_per_member(mnist1d):
+    config = small_config(**{"model.name": "cnn1d", "model.widths": (8,)})
+    dataset = mnist1d.to_device()
+    state = _trained(config, dataset, 3, "vmap")
+    mean = np.asarray(jax.tree.leaves(state.batch_stats)[0])  # [K, channels]
+    assert mean.shape[0] == 3
+    assert not np.allclose(mean[0], mean[1])  # Different init and batches → different statistics.
+
+
+def test_auto_step_loop_choice():
+    assert ensemble_lib.resolve_step_loop("auto", convolutional=True, backend="cpu") == "host"
+    assert ensemble_lib.resolve_step_loop("auto", convolutional=False, backend="cpu") == "device"
+    assert ensemble_lib.resolve_step_loop("auto", convolutional=True, backend="gpu") == "device"
+    assert ensemble_lib.resolve_step_loop("host", convolutional=False) == "host"
+    with pytest.raises(ValueError, match="step_loop='scan'"):
+        ensemble_lib.resolve_step_loop("scan", convolutional=False)
