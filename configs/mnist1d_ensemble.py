@@ -2,9 +2,9 @@
 
 Command:
   python -m jaxens.train --config=configs/mnist1d_ensemble.py --workdir=runs/mnist1d_ensemble
-Expected run time: about a minute on 2 CPU cores (first run adds ~5 s to generate MNIST-1D).
-Expected result: members at ~0.40-0.45 test error each, the mean-probability ensemble a few points lower
-(~0.37); measured figures are in the README.
+Expected run time: about 30 s on 2 CPU cores (the first run adds ~3 s to generate MNIST-1D).
+Expected result: members at ~0.33 test error each, the mean-probability ensemble about 3 points lower
+(measured: members 0.323-0.337, ensemble 0.302, ensemble NLL 0.97 against ~1.27 for members).
 """
 
 from jaxens import config as jaxens_config
