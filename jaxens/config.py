@@ -17,6 +17,7 @@ STEP_LOOPS = ("auto", "device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
 ENSEMBLE_METHODS = ("mean_prob", "mean_logit")
+STREAM_NAMES = ("init", "order", "augment", "dropout")  # jaxens.rng.STREAM_IDS, without importing JAX.
 
 
 class ConfigError(ValueError):
@@ -27,11 +28,22 @@ def get_default_config() -> ml_collections.ConfigDict:
     """Every field a run reads, with its default. Configs override these; none may add fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # Root of every PRNG stream of the run.
-    c.dataset = "mnist1d"  # A name from jaxens.data.DATASETS.
+    c.dataset = "mnist1d"  # A name from jaxens.data.NAMES (the table in jaxens/data/registry.py).
 
     c.data = ml_collections.ConfigDict()
-    c.data.dir = ""  # Where local dataset files live ('' = the dataset's default location).
-    c.data.cache_dir = ""  # Where generated datasets are cached ('' = $XDG_CACHE_HOME/jaxens).
+    # Local dataset files: Fashion-MNIST IDX files, the tiny-imagenet-200 folder ('' = default location).
+    c.data.dir = ""
+    # TFDS data_dir: a local directory or a gs:// bucket ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    c.data.tfds_dir = ""
+    c.data.download = True  # Let TFDS download and prepare a missing dataset when its hosts answer.
+    c.data.cache_dir = ""  # Where decoded or generated arrays are cached ('' = $XDG_CACHE_HOME/jaxens).
+    c.data.val_size = 0  # Training examples held out as the validation split (chosen by val_seed).
+    c.data.val_seed = 0
+    # Training augmentation: 'auto' (crop_flip for CIFAR and (Tiny-)ImageNet, crop for SVHN, none
+    # otherwise), 'none', 'flip', 'crop' or 'crop_flip'. Crops pad by crop_padding zero pixels.
+    c.data.augment = "auto"
+    c.data.crop_padding = 4
+    c.data.image_size = 64  # imagenet2012 only: side of the center-cropped, resized images.
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"  # A name from jaxens.models.MODELS.
@@ -42,6 +54,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.ensemble.k = 4  # Number of members K.
     c.ensemble.strategy = "vmap"  # How the K members execute inside one jitted step.
     c.ensemble.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
+    # PRNG streams every member takes from member 0 (see jaxens.rng): ('order',) = coupled-order.
+    c.ensemble.shared_streams = ()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -60,10 +74,16 @@ def get_default_config() -> ml_collections.ConfigDict:
     # Where the loop over steps runs: 'device' (a while loop in one jitted call), 'host' (one jitted
     # call per step, dispatched without waiting), 'auto' (host on CPU, device elsewhere).
     c.train.step_loop = "auto"
-    c.train.eval_every_epochs = 1
-    c.train.eval_batch_size = 1000
     c.train.checkpoint_every_epochs = 1
     c.train.max_checkpoints = 2
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_epochs = 1
+    c.eval.batch_size = 1000
+    # Extra test sets, by dataset name. shifted: same classes as the training set (error, NLL), e.g.
+    # 'cifar10_corrupted/fog_3'. ood: other classes (predictive entropy, confidence), e.g. 'svhn_cropped'.
+    c.eval.shifted = ()
+    c.eval.ood = ()
 
     c.lock()
     return c
@@ -146,8 +166,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
-    _choice(errors, "config.dataset", config.dataset, tuple(data_lib.DATASETS))
-    _choice(errors, "config.model.name", config.model.name, tuple(models_lib.MODELS))
     _choice(errors, "config.ensemble.strategy", config.ensemble.strategy, MEMBER_STRATEGIES)
     _choice(errors, "config.train.step_loop", config.train.step_loop, STEP_LOOPS)
     _choice(errors, "config.ensemble.method", config.ensemble.method, ENSEMBLE_METHODS)
@@ -170,24 +188,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         errors.append(f"config.model.dropout={config.model.dropout!r}: must lie in [0, 1)")
     if not config.model.widths or not all(isinstance(w, int) and w >= 1 for w in config.model.widths):
         errors.append(f"config.model.widths={tuple(config.model.widths)!r}: must be positive integers")
-    for field in (
-        "batch_size",
-        "num_epochs",
-        "steps_per_call",
-        "eval_every_epochs",
-        "eval_batch_size",
-        "checkpoint_every_epochs",
-        "max_checkpoints",
-    ):
+    for field in ("batch_size", "num_epochs", "steps_per_call", "checkpoint_every_epochs", "max_checkpoints"):
         _at_least(errors, f"config.train.{field}", config.train[field], 1)
+    for field in ("every_epochs", "batch_size"):
+        _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
+    _data_errors(errors, config)
+    _choice(errors, "config.model.name", config.model.name, tuple(models_lib.MODELS))
+    for name in config.ensemble.shared_streams:
+        _choice(errors, "config.ensemble.shared_streams", name, tuple(STREAM_NAMES))
 
-    info = data_lib.DATASETS.get(config.dataset)
-    if info is not None:
-        if config.train.batch_size > info.num_train:
-            errors.append(
-                f"config.train.batch_size={config.train.batch_size}: larger than the "
-                f"{info.num_train} training examples of {config.dataset}"
-            )
+    info = data_lib.dataset_info(config.dataset, config.data)
+    if info is not None and info.num_train:
         spec = models_lib.MODELS.get(config.model.name)
         if spec is not None and not spec.accepts(info.input_shape):
             fitting = ", ".join(n for n, s in models_lib.MODELS.items() if s.accepts(info.input_shape))
@@ -197,3 +208,58 @@ def validate(config: ml_collections.ConfigDict) -> None:
             )
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _data_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
+    """Dataset, split, augmentation and evaluation-set rules."""
+    from jaxens import data as data_lib
+
+    d = config.data
+    _at_least(errors, "config.data.val_size", d.val_size, 0)
+    _at_least(errors, "config.data.crop_padding", d.crop_padding, 0)
+    _at_least(errors, "config.data.image_size", d.image_size, 8)
+    _choice(errors, "config.data.augment", d.augment, ("auto", *data_lib.AUGMENTATIONS))
+    info = data_lib.dataset_info(config.dataset, d)
+    if info is None:
+        errors.append(data_lib.registry.unknown_name_message("config.dataset", config.dataset))
+        return
+    if not info.num_train:
+        errors.append(
+            f"config.dataset={config.dataset!r}: an evaluation-only dataset (it has a test split only); "
+            "train on cifar10 and list it in config.eval.shifted"
+        )
+        return
+    if config.dataset == "tiny_imagenet" and not d.dir:
+        errors.append(
+            "config.data.dir='': tiny_imagenet reads the unzipped tiny-imagenet-200 folder "
+            "(http://cs231n.stanford.edu/tiny-imagenet-200.zip); set config.data.dir to it"
+        )
+    remaining = info.num_train - d.val_size
+    if d.val_size >= info.num_train:
+        errors.append(f"config.data.val_size={d.val_size}: must be < the {info.num_train} training examples of {config.dataset}")
+    elif config.train.batch_size > remaining:
+        errors.append(
+            f"config.train.batch_size={config.train.batch_size}: larger than the {remaining} training examples "
+            f"of {config.dataset}" + (f" left after holding out config.data.val_size={d.val_size}" if d.val_size else "")
+        )
+    if d.augment in ("flip", "crop", "crop_flip") and len(info.input_shape) != 3:
+        errors.append(
+            f"config.data.augment={d.augment!r}: needs images [H, W, C], but {config.dataset} examples have "
+            f"shape {info.input_shape}; use 'none'"
+        )
+    for kind, names in (("shifted", config.eval.shifted), ("ood", config.eval.ood)):
+        for name in names:
+            field = f"config.eval.{kind}"
+            other = data_lib.dataset_info(name, d) if isinstance(name, str) else None
+            if other is None:
+                errors.append(data_lib.registry.unknown_name_message(field, name))
+            elif other.input_shape != info.input_shape:
+                errors.append(
+                    f"{field}: {name!r} has examples of shape {other.input_shape}, the model takes "
+                    f"{info.input_shape} ({config.dataset})"
+                )
+            elif kind == "shifted" and other.labels != info.labels:
+                errors.append(
+                    f"{field}: {name!r} has the classes of {other.labels}, not those of {config.dataset}; "
+                    "list it in config.eval.ood instead"
+                )

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -124,24 +125,27 @@ def member_train_step(
     order: jax.Array,
     dataset: data_lib.Dataset,
     batch_size: int,
+    augment: str = "none",
+    padding: int = 4,
 ):
     """One SGD step of ONE member (its `state` leaves carry no member axis).
 
-    The batch is a gather of `dataset` at the member's indices for its current step (see
-    `jaxens.data.order`); dropout draws from fold_in(dropout stream, step).
+    The batch is `jaxens.data.member_batch` of the member's order and augmentation streams at its
+    current step (an on-device gather, augmented on device); dropout draws from fold_in(dropout, step).
 
     Args:
       state: one member's state.
       order: [N] the member's permutation for its current epoch.
       dataset: on-device dataset, shared by all members.
+      batch_size: B.
+      augment, padding: the training augmentation (see `jaxens.data.augment`).
 
     Returns:
       (new state, {'loss': scalar, 'error': scalar}) for the batch before the update.
     """
-    spe = data_lib.steps_per_epoch(dataset.num_train, batch_size)
-    idx = data_lib.batch_indices(order, state.step, batch_size, spe)  # [B]
-    x = dataset.normalize(dataset.train_x[idx])  # [B, ...]
-    y = dataset.train_y[idx]  # [B]
+    x, y = data_lib.member_batch(
+        dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
+    )  # [B, ...], [B]
     dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
     grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
@@ -178,18 +182,29 @@ class TrainChunk:
     step from Python (asynchronously: the host never waits for the device between steps). Resolve 'auto'
     with `resolve_step_loop` first.
 
+    `augment`/`padding` select the on-device training augmentation ('none' by default).
+
     `trace_count` counts traces of the jitted function (one per phase is expected).
     """
 
     def __init__(
-        self, model: nn.Module, tx: optax.GradientTransformation, batch_size: int, strategy: str, step_loop: str
+        self,
+        model: nn.Module,
+        tx: optax.GradientTransformation,
+        batch_size: int,
+        strategy: str,
+        step_loop: str,
+        augment: str = "none",
+        padding: int = 4,
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
         self.trace_count = 0
         self.step_loop = step_loop
         step_all = map_members(
-            lambda s, o, d: member_train_step(model, tx, s, o, d, batch_size), strategy, in_axes=(0, 0, None)
+            lambda s, o, d: member_train_step(model, tx, s, o, d, batch_size, augment, padding),
+            strategy,
+            in_axes=(0, 0, None),
         )
 
         def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset):
@@ -211,8 +226,9 @@ class TrainChunk:
 
     def __call__(self, state, orders, dataset, num_steps: int):
         if self.step_loop == "device":
-            return self._chunk(state, orders, dataset, jnp.asarray(num_steps, jnp.int32))
-        sums = _zero_sums(state)
+            # One explicit scalar transfer per chunk; the steps themselves never touch the host.
+            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)))
+        sums = _zero_sums_jit(state)  # Made on the device: nothing crosses from the host per step.
         for _ in range(num_steps):
             state, sums = self._step(state, sums, orders, dataset)
         return state, sums
@@ -220,6 +236,9 @@ class TrainChunk:
 
 def _zero_sums(state: EnsembleState) -> dict:
     return {"loss": jnp.zeros(state.step.shape), "error": jnp.zeros(state.step.shape)}
+
+
+_zero_sums_jit = jax.jit(_zero_sums)
 
 
 def member_logits(model: nn.Module, params, batch_stats, x: jax.Array) -> jax.Array:

@@ -8,6 +8,10 @@ Every member owns one key per stream: `init` (parameter initialization), `order`
 
 Per-step randomness is `fold_in(stream, step)` and per-epoch randomness `fold_in(stream, epoch)`, so
 everything a member draws at step s is a function of (its keys, s): a resumed run draws the same.
+
+A stream can be *shared*: every member then takes member 0's key for it. Sharing `order` alone is the
+coupled-order condition of Zamparo et al. (same minibatches, independent initialization, augmentation
+and dropout); sharing ('order', 'augment') also gives every member the same augmented images.
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ class Streams:
     dropout: jax.Array
 
 
-def member_streams(seed: int, k: int) -> Streams:
-    """Independent streams for members 0..k-1 (the no-coupling condition)."""
+def member_streams(seed: int, k: int, shared: tuple[str, ...] = ()) -> Streams:
+    """Streams for members 0..k-1: independent, except those named in `shared` (member 0's for all).
+
+    Args:
+      seed: the run's seed.
+      k: number of members K.
+      shared: stream names (from STREAM_IDS) all members share. () is the no-coupling condition.
+    """
+    unknown = set(shared) - set(STREAM_IDS)
+    if unknown:
+        raise ValueError(f"shared streams {sorted(unknown)}: allowed: {', '.join(STREAM_IDS)}")
     root = jax.random.PRNGKey(seed)
     member_keys = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.arange(k))  # [K, 2]
-    return Streams(
-        **{
-            name: jax.vmap(lambda key, i=i: jax.random.fold_in(key, i))(member_keys)
-            for name, i in STREAM_IDS.items()
-        }
-    )
+    streams = {}
+    for name, i in STREAM_IDS.items():
+        keys = jax.vmap(lambda key, i=i: jax.random.fold_in(key, i))(member_keys)  # [K, 2]
+        streams[name] = jnp.broadcast_to(keys[0], keys.shape) if name in shared else keys
+    return Streams(**streams)

@@ -17,7 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxens import config as config_lib
-from jaxens.data import idx
+from jaxens.data.errors import DatasetError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's checkpoints, metrics and summary.")
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
 
     try:
         run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, idx.DatasetFileError) as e:
+    except (config_lib.ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

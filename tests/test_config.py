@@ -27,7 +27,7 @@ def test_locked_config_rejects_unknown_field():
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"dataset": "cifar11"}, r"config.dataset='cifar11': unknown; allowed: .*mnist1d"),
+        ({"dataset": "cifar11"}, r"config.dataset='cifar11': unknown dataset; allowed: .*mnist1d"),
         ({"model.name": "resnet7"}, r"config.model.name='resnet7': unknown; allowed: .*mlp"),
         ({"model.name": "cnn2d"}, r"config.model.name='cnn2d'.*\(40, 1\).*mlp, cnn1d"),
         ({"ensemble.k": 0}, r"config.ensemble.k=0: must be >= 1"),
@@ -36,6 +36,18 @@ def test_locked_config_rejects_unknown_field():
         ({"optimizer.learning_rate": 0.0}, r"config.optimizer.learning_rate=0.0: must be > 0"),
         ({"optimizer.boundaries": (0.75, 0.5)}, r"config.optimizer.boundaries"),
         ({"model.dropout": 1.0}, r"config.model.dropout=1.0"),
+        ({"dataset": "cifar10_corrupted/fog_6"}, r"config.dataset='cifar10_corrupted/fog_6': unknown dataset.*zoom_blur"),
+        ({"dataset": "cifar10_corrupted/fog_3", "model.name": "cnn2d"}, r"evaluation-only dataset.*config.eval.shifted"),
+        ({"data.val_size": 3900}, r"config.train.batch_size=500: larger than the 100 training examples of mnist1d left"),
+        ({"data.val_size": 4000}, r"config.data.val_size=4000: must be < the 4000"),
+        ({"data.augment": "crop_flip"}, r"config.data.augment='crop_flip': needs images \[H, W, C\].*'none'"),
+        ({"data.augment": "mixup"}, r"config.data.augment='mixup': unknown; allowed: auto, none, flip, crop, crop_flip"),
+        ({"dataset": "cifar10", "model.name": "cnn2d", "eval.shifted": ("svhn_cropped",)},
+         r"config.eval.shifted: 'svhn_cropped' has the classes of svhn.*config.eval.ood"),
+        ({"dataset": "cifar10", "model.name": "cnn2d", "eval.ood": ("fashion_mnist",)},
+         r"config.eval.ood: 'fashion_mnist' has examples of shape \(28, 28, 1\)"),
+        ({"dataset": "tiny_imagenet", "model.name": "cnn2d"}, r"config.data.dir='': tiny_imagenet reads"),
+        ({"ensemble.shared_streams": ("order", "labels")}, r"config.ensemble.shared_streams='labels'.*init, order"),
     ],
 )
 def test_invalid_values_are_named(overrides, pattern):
@@ -52,4 +64,4 @@ def test_all_violations_reported_at_once():
 def test_unknown_override_paths():
     assert config_lib.unknown_fields(["config.ensemble.k", "config.train.batch_size"]) == []
     (msg,) = config_lib.unknown_fields(["config.ensemble.kk"])
-    assert "'kk'" in msg and "k, method, strategy" in msg
+    assert "'kk'" in msg and "k, method, shared_streams, strategy" in msg

@@ -34,7 +34,7 @@ def test_mlp_ensemble_accuracy_on_mnist1d(tmp_path):
     mean member (measured here: members 0.333-0.343, ensemble 0.300)."""
     config = small_config(
         **{"ensemble.k": 4, "model.widths": (256, 256), "optimizer.schedule": "cosine", "train.batch_size": 100,
-           "train.num_epochs": 30, "train.steps_per_call": 40, "train.eval_every_epochs": 10}
+           "train.num_epochs": 30, "train.steps_per_call": 40, "eval.every_epochs": 10}
     )
     summary = run.train_and_evaluate(config, str(tmp_path))
     test = summary["test"]
@@ -45,6 +45,22 @@ def test_mlp_ensemble_accuracy_on_mnist1d(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert sorted({r["epoch"] for r in records}) == [10, 20, 30]
     assert json.load(open(tmp_path / "summary.json")) == summary
+
+
+def test_augmented_cnn_run_with_validation_split_and_coupled_order(tmp_path):
+    """Digits, 3 CNN members sharing their data order, crop+flip on device, 200 examples held out:
+    metrics.jsonl holds train, val and test rows; the members learn (chance is 0.9 error)."""
+    config = small_config(
+        **{"dataset": "digits", "model.name": "cnn2d", "model.widths": (16, 32), "train.batch_size": 64,
+           "train.num_epochs": 6, "train.steps_per_call": 10, "data.augment": "crop_flip", "data.crop_padding": 1,
+           "data.val_size": 200, "ensemble.shared_streams": ("order",), "eval.every_epochs": 3}
+    )
+    summary = run.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 6 * (1297 // 64)
+    assert max(summary["test"]["member_error"]) < 0.5
+    assert 0 <= summary["eval"]["val"]["ensemble_error"] < 0.5 and len(summary["eval"]["val"]["member_nll"]) == 3
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert {(r["split"], r["epoch"]) for r in records} == {(s, e) for s in ("train", "val", "test") for e in (3, 6)}
 
 
 def test_checkpoint_restore_gives_identical_arrays(tmp_path, mnist1d):
@@ -94,7 +110,7 @@ def test_cli_writes_summary_and_refuses_to_overwrite(tmp_path):
     "override, message",
     [
         ("--config.ensemble.kk=3", "unknown config field 'kk'"),
-        ("--config.dataset=cifar11", "config.dataset='cifar11': unknown; allowed: mnist1d, fashion_mnist"),
+        ("--config.dataset=cifar11", "config.dataset='cifar11': unknown dataset; allowed: mnist1d, digits, fashion_mnist"),
     ],
 )
 def test_cli_bad_config_stops_before_anything(tmp_path, override, message):

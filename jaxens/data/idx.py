@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from jaxens.data.errors import DatasetError
+
 # Where Debian's `dataset-fashion-mnist` package puts the four files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -22,36 +24,40 @@ MNIST_FORMAT_FILES = {
 }
 
 
-class DatasetFileError(ValueError):
-    """A dataset file is missing, truncated or not in the expected format."""
-
-
 def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file of unsigned bytes into an array of its declared shape.
 
     Raises:
-      DatasetFileError: naming the file, when it is not valid IDX or holds fewer bytes than declared.
+      DatasetError: naming the file, when it is not valid IDX or holds fewer bytes than declared.
     """
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives.
-        raise DatasetFileError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'a file'}: {e}") from e
+        raise DatasetError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'a file'}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetFileError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DatasetFileError(f"{path}: truncated IDX header")
+        raise DatasetError(f"{path}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise DatasetFileError(
+        raise DatasetError(
             f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file holds "
             f"{len(raw) - header} bytes of data (truncated or corrupted)"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def has_mnist_format(directory: str) -> bool:
+    """Whether `directory` holds the four MNIST-format files (.gz or uncompressed)."""
+    return all(
+        any(os.path.exists(os.path.join(directory, stem + ext)) for ext in (".gz", ""))
+        for stem in MNIST_FORMAT_FILES.values()
+    )
 
 
 def load_mnist_format(directory: str, name: str):
@@ -65,7 +71,7 @@ def load_mnist_format(directory: str, name: str):
         candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
         path = next((p for p in candidates if os.path.exists(p)), None)
         if path is None:
-            raise DatasetFileError(
+            raise DatasetError(
                 f"{name}: {candidates[0]} not found. Install Debian's dataset-fashion-mnist package "
                 f"(apt-get install dataset-fashion-mnist) or set --config.data.dir to a directory holding "
                 f"{', '.join(s + '.gz' for s in MNIST_FORMAT_FILES.values())}"
@@ -73,7 +79,7 @@ def load_mnist_format(directory: str, name: str):
         arrays[key] = read_idx(path)
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
-            raise DatasetFileError(
+            raise DatasetError(
                 f"{name}: {split} images ({len(arrays[f'{split}_x'])}) and labels "
                 f"({len(arrays[f'{split}_y'])}) differ in count"
             )

@@ -4,6 +4,6 @@ Every function works on one member's logits and under `jax.jit`; a leading membe
 `jax.vmap` (or by the function itself where it says so).
 """
 
-from jaxens.metrics.classification import ensemble_log_probs, error, nll
+from jaxens.metrics.classification import confidence, ensemble_log_probs, entropy, error, nll
 
-__all__ = ["ensemble_log_probs", "error", "nll"]
+__all__ = ["confidence", "ensemble_log_probs", "entropy", "error", "nll"]

@@ -60,3 +60,28 @@ def nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     log_p = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_p, jnp.broadcast_to(labels, log_p.shape[:-1])[..., None], axis=-1)
     return -jnp.mean(picked[..., 0], axis=-1)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+    """Predictive entropy per example, H = −Σ_c p_c log p_c in nats, p = softmax(logits).
+
+    Args:
+      logits: [..., N, C].
+
+    Returns:
+      [..., N].
+    """
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+def confidence(logits: jax.Array) -> jax.Array:
+    """Probability of the predicted class per example, max_c p_c.
+
+    Args:
+      logits: [..., N, C].
+
+    Returns:
+      [..., N].
+    """
+    return jnp.exp(jnp.max(jax.nn.log_softmax(logits, axis=-1), axis=-1))

@@ -1,0 +1,152 @@
+"""Per-member minibatches: order and augmentation streams, reproducibility, augmentation, no host trips."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import small_config
+from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import models
+from jaxens import optim
+from jaxens import rng as rng_lib
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn digits (8×8×1 uint8 images, offline), on device."""
+    return data_lib.load(small_config(**{"dataset": "digits", "model.name": "cnn2d", "train.batch_size": 32}))
+
+
+def _indices(streams, member, steps, num_train, batch_size):
+    """The member's example indices for each step, re-derived from the contract in jaxens.data.batch."""
+    spe = num_train // batch_size
+    out = []
+    for s in steps:
+        perm = jax.random.permutation(jax.random.fold_in(streams.order[member], s // spe), num_train)
+        out.append(np.asarray(perm[(s % spe) * batch_size : (s % spe + 1) * batch_size]))
+    return np.stack(out)
+
+
+def test_no_coupling_orders_differ_and_coupled_order_shares_order_only(digits):
+    steps = range(0, 100, 7)  # Crosses epoch boundaries (46 steps per epoch).
+    independent = rng_lib.member_streams(0, 2)
+    assert not np.array_equal(_indices(independent, 0, steps, 1497, 32), _indices(independent, 1, steps, 1497, 32))
+
+    coupled = rng_lib.member_streams(0, 2, shared=("order",))
+    np.testing.assert_array_equal(_indices(coupled, 0, steps, 1497, 32), _indices(coupled, 1, steps, 1497, 32))
+    # The shared stream is member 0's; the others stay independent.
+    np.testing.assert_array_equal(coupled.order[1], independent.order[0])
+    np.testing.assert_array_equal(coupled.augment, independent.augment)
+    assert not np.array_equal(coupled.init[0], coupled.init[1])
+
+    ds = digits.to_device()
+    kw = dict(batch_size=32, augment="crop_flip", padding=2)
+    for step in (3, 50):
+        (x0, y0), (x1, y1) = (
+            data_lib.batch_at_step(ds, coupled.order[m], coupled.augment[m], step, **kw) for m in (0, 1)
+        )
+        np.testing.assert_array_equal(y0, y1)  # Same examples...
+        assert not np.array_equal(x0, x1)  # ...augmented differently.
+    both = rng_lib.member_streams(0, 2, shared=("order", "augment"))
+    (x0, _), (x1, _) = (data_lib.batch_at_step(ds, both.order[m], both.augment[m], 3, **kw) for m in (0, 1))
+    np.testing.assert_array_equal(x0, x1)
+
+
+def test_batches_are_reproducible_from_keys_and_step(digits):
+    ds = digits.to_device()
+    streams = rng_lib.member_streams(3, 4)
+    spe = data_lib.steps_per_epoch(ds.num_train, 32)
+    kw = dict(batch_size=32, augment="crop_flip", padding=2)
+    for step in (0, spe - 1, spe, 3 * spe + 5):
+        epochs = jnp.full((4,), step // spe)
+        orders = data_lib.epoch_orders(streams.order, epochs, ds.num_train)  # What the trainer computes.
+        for m in range(4):
+            x, y = data_lib.member_batch(ds, orders[m], streams.augment[m], step, **kw)
+            x_ref, y_ref = data_lib.batch_at_step(ds, streams.order[m], streams.augment[m], step, **kw)
+            np.testing.assert_array_equal(x, x_ref)
+            np.testing.assert_array_equal(y, y_ref)
+            idx = _indices(streams, m, [step], ds.num_train, 32)[0]
+            np.testing.assert_array_equal(y, np.asarray(digits.train_y)[idx])
+
+
+def test_each_epoch_is_a_permutation_of_the_training_indices():
+    streams = rng_lib.member_streams(0, 3)
+    n, b = 1000, 64
+    orders = np.asarray(data_lib.epoch_orders(streams.order, jnp.array([0, 1, 5]), n))
+    for row in orders:
+        np.testing.assert_array_equal(np.sort(row), np.arange(n))
+    spe = data_lib.steps_per_epoch(n, b)
+    seen = np.concatenate([np.asarray(data_lib.batch_indices(orders[0], s, b, spe)) for s in range(spe)])
+    assert len(np.unique(seen)) == spe * b  # No example twice within an epoch; the tail (n mod b) is dropped.
+    assert not np.array_equal(orders[0], orders[1])
+
+
+def _crop_offset(padded, out):
+    """The (dy, dx) at which `out` [H, W, C] sits inside `padded`, found by exhaustive search, or None."""
+    h, w = out.shape[:2]
+    for dy, dx in itertools.product(range(padded.shape[0] - h + 1), range(padded.shape[1] - w + 1)):
+        if np.array_equal(padded[dy : dy + h, dx : dx + w], out):
+            return dy, dx
+    return None
+
+
+def test_crops_stay_within_the_padded_bounds():
+    images = np.random.default_rng(0).integers(1, 256, (64, 8, 8, 3), dtype=np.uint8)  # No zeros inside.
+    out = np.asarray(data_lib.augment_images("crop", jax.random.PRNGKey(1), images, padding=2))
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    offsets = [_crop_offset(p, o) for p, o in zip(padded, out)]
+    assert all(o is not None and 0 <= o[0] <= 4 and 0 <= o[1] <= 4 for o in offsets)
+    assert len(set(offsets)) > 5  # Offsets vary per image.
+    assert (0, 0) in offsets or (4, 4) in offsets or any(4 in o for o in offsets)  # Reaches the padding.
+
+
+def test_a_flip_is_an_exact_mirror_and_crop_flip_composes():
+    images = np.random.default_rng(0).integers(1, 256, (64, 8, 8, 3), dtype=np.uint8)
+    out = np.asarray(data_lib.augment_images("flip", jax.random.PRNGKey(2), images))
+    flipped = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images)]
+    kept = [np.array_equal(o, x) for o, x in zip(out, images)]
+    assert all(f != k for f, k in zip(flipped, kept))  # Every image is exactly one of the two.
+    assert 10 < sum(flipped) < 54
+
+    out = np.asarray(data_lib.augment_images("crop_flip", jax.random.PRNGKey(3), images, padding=2))
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    for p, o in zip(padded, out):
+        assert _crop_offset(p, o) is not None or _crop_offset(p, o[:, ::-1]) is not None
+    np.testing.assert_array_equal(
+        out, np.asarray(data_lib.augment_images("crop_flip", jax.random.PRNGKey(3), images, padding=2))
+    )
+    assert np.array_equal(data_lib.augment_images("none", jax.random.PRNGKey(3), images), images)
+
+
+@pytest.mark.parametrize("step_loop", ["device", "host"])
+def test_training_steps_make_no_host_transfers(digits, step_loop):
+    """Gathering and augmenting K members' batches happens on device: any implicit host↔device transfer
+    inside the step raises under `jax.transfer_guard('disallow')`, and the compiled step holds the gather
+    and no host callback, infeed or outfeed."""
+    config = small_config(**{"dataset": "digits", "model.name": "cnn2d", "model.widths": (8,), "train.batch_size": 32})
+    ds = digits.to_device()
+    model = models.build(config.model, ds.num_classes)
+    tx = optim.make_optimizer(config.optimizer, 100)
+    state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, 3), ds.input_shape)
+    chunk = ensemble_lib.TrainChunk(model, tx, 32, "vmap", step_loop, augment="crop_flip", padding=2)
+    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((3,), jnp.int32), ds.num_train)  # Once per epoch.
+    jax.block_until_ready((state, orders))
+    with jax.transfer_guard("disallow"):
+        state, sums = chunk(state, orders, ds, 5)
+        state, sums = chunk(state, orders, ds, 5)
+        jax.block_until_ready(state)
+    np.testing.assert_array_equal(state.step, [10, 10, 10])
+    assert chunk.trace_count == 1
+
+    jitted, args = (chunk._chunk, (state, orders, ds, np.int32(1))) if step_loop == "device" else (
+        chunk._step, (state, sums, orders, ds))
+    hlo = jitted.lower(*args).compile().as_text()
+    assert "gather" in hlo
+    for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):
+        assert host_op not in hlo, host_op
