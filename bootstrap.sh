@@ -47,6 +47,6 @@ case "$job" in
     exec "$VENV/bin/python" -m jaxens.train --config=configs/mnist1d_ensemble.py --workdir="$workdir" "$@"
     ;;
   test)
-    exec "$VENV/bin/python" -m pytest -q -m "not slow" "$@"
+    exec "$VENV/bin/python" -m pytest -q -n auto -m "not slow" "$@"
     ;;
 esac

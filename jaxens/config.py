@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 MEMBER_STRATEGIES = ("vmap", "loop")
 STEP_LOOPS = ("auto", "device", "host")
@@ -46,9 +47,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.data.image_size = 64  # imagenet2012 only: side of the center-cropped, resized images.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "mlp"  # A name from jaxens.models.MODELS.
-    c.model.widths = (256, 256)  # Hidden units (MLP) or conv channels (CNNs), input side first.
-    c.model.dropout = 0.0
+    c.model.name = "mlp"  # A name from jaxens.models.MODELS (the table in jaxens/models/__init__.py).
+    c.model.widths = (256, 256)  # mlp: hidden units; cnn1d/cnn2d: conv channels; input side first.
+    # Unset (None): the architecture's default (see the table); set to override.
+    c.model.norm = config_dict.placeholder(str)  # 'batch', 'layer', 'group' or 'none'.
+    c.model.dropout = config_dict.placeholder(float)
+    c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+    c.model.shortcut = "A"  # resnet20/32/56: 'A' zero-padding identity, 'B' 1×1 projection.
+    c.model.patch_size = 8  # vit only.
 
     c.ensemble = ml_collections.ConfigDict()
     c.ensemble.k = 4  # Number of members K.
@@ -184,8 +190,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.optimizer.boundaries={tuple(config.optimizer.boundaries)!r}: "
             "must be increasing fractions of the total steps, each in (0, 1)"
         )
-    if not 0 <= config.model.dropout < 1:
+    if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
         errors.append(f"config.model.dropout={config.model.dropout!r}: must lie in [0, 1)")
+    _at_least(errors, "config.model.patch_size", config.model.patch_size, 1)
     if not config.model.widths or not all(isinstance(w, int) and w >= 1 for w in config.model.widths):
         errors.append(f"config.model.widths={tuple(config.model.widths)!r}: must be positive integers")
     for field in ("batch_size", "num_epochs", "steps_per_call", "checkpoint_every_epochs", "max_checkpoints"):
@@ -193,19 +200,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
     _data_errors(errors, config)
-    _choice(errors, "config.model.name", config.model.name, tuple(models_lib.MODELS))
     for name in config.ensemble.shared_streams:
         _choice(errors, "config.ensemble.shared_streams", name, tuple(STREAM_NAMES))
-
     info = data_lib.dataset_info(config.dataset, config.data)
-    if info is not None and info.num_train:
-        spec = models_lib.MODELS.get(config.model.name)
-        if spec is not None and not spec.accepts(info.input_shape):
-            fitting = ", ".join(n for n, s in models_lib.MODELS.items() if s.accepts(info.input_shape))
-            errors.append(
-                f"config.model.name={config.model.name!r}: takes examples of rank {spec.input_rank}, but "
-                f"{config.dataset} examples have shape {info.input_shape}; models for it: {fitting}"
-            )
+    errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -155,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_size = config.train.batch_size
     spe = data_lib.steps_per_epoch(dataset.num_train, batch_size)
     total_steps = spe * config.train.num_epochs
-    model = models.build(config.model, dataset.num_classes)
+    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
     tx = optim.make_optimizer(config.optimizer, total_steps)
     state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(config.seed, k, tuple(config.ensemble.shared_streams)), dataset.input_shape)
 

@@ -100,7 +100,7 @@ def test_members_have_different_params_and_orders(mnist1d):
     config = small_config()
     dataset = mnist1d.to_device()
     _, _, state = _setup(config, dataset)
-    kernel = np.asarray(state.params["Dense_0"]["kernel"])  # [K, D, H]
+    kernel = np.asarray(state.params["dense0"]["kernel"])  # [K, D, H]
     for i in range(3):
         for j in range(i + 1, 3):
             assert not np.allclose(kernel[i], kernel[j])
