@@ -18,7 +18,6 @@ STEP_LOOPS = ("auto", "device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
 ENSEMBLE_METHODS = ("mean_prob", "mean_logit")
-STREAM_NAMES = ("init", "order", "augment", "dropout")  # jaxens.rng.STREAM_IDS, without importing JAX.
 
 
 class ConfigError(ValueError):
@@ -165,8 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         allowed. Nothing is computed or written before this check.
     """
     # Imported here: the registries import flax/jax modules, the schema itself does not need them.
-    from jaxens import data as data_lib
     from jaxens import models as models_lib
+    from jaxens import rng as rng_lib
 
     errors = _schema_errors(config, get_default_config(), "")
     if errors:
@@ -199,17 +198,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _at_least(errors, f"config.train.{field}", config.train[field], 1)
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
-    _data_errors(errors, config)
+    info = _data_errors(errors, config)
     for name in config.ensemble.shared_streams:
-        _choice(errors, "config.ensemble.shared_streams", name, tuple(STREAM_NAMES))
-    info = data_lib.dataset_info(config.dataset, config.data)
+        _choice(errors, "config.ensemble.shared_streams", name, tuple(rng_lib.STREAM_IDS))
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
-def _data_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
-    """Dataset, split, augmentation and evaluation-set rules."""
+def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
+    """Dataset, split, augmentation and evaluation-set rules; returns the dataset's info (None if unknown)."""
     from jaxens import data as data_lib
 
     d = config.data
@@ -220,13 +218,13 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
     info = data_lib.dataset_info(config.dataset, d)
     if info is None:
         errors.append(data_lib.registry.unknown_name_message("config.dataset", config.dataset))
-        return
+        return None
     if not info.num_train:
         errors.append(
             f"config.dataset={config.dataset!r}: an evaluation-only dataset (it has a test split only); "
             "train on cifar10 and list it in config.eval.shifted"
         )
-        return
+        return info
     if config.dataset == "tiny_imagenet" and not d.dir:
         errors.append(
             "config.data.dir='': tiny_imagenet reads the unzipped tiny-imagenet-200 folder "
@@ -240,7 +238,7 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
             f"config.train.batch_size={config.train.batch_size}: larger than the {remaining} training examples "
             f"of {config.dataset}" + (f" left after holding out config.data.val_size={d.val_size}" if d.val_size else "")
         )
-    if d.augment in ("flip", "crop", "crop_flip") and len(info.input_shape) != 3:
+    if d.augment in data_lib.AUGMENTATIONS and d.augment != "none" and len(info.input_shape) != 3:
         errors.append(
             f"config.data.augment={d.augment!r}: needs images [H, W, C], but {config.dataset} examples have "
             f"shape {info.input_shape}; use 'none'"
@@ -261,3 +259,4 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
                     f"{field}: {name!r} has the classes of {other.labels}, not those of {config.dataset}; "
                     "list it in config.eval.ood instead"
                 )
+    return info

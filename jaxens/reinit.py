@@ -15,19 +15,11 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.order import param_paths, param_sizes
+
 SIDES = ("low", "high")
 PyTree = Any
 Path = tuple[str, ...]
-
-
-def _get(tree: PyTree, path: Path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set_all(tree: PyTree, value: bool) -> PyTree:
-    return jax.tree.map(lambda _: value, tree)
 
 
 def mask(params: PyTree, order: Sequence[Path], fraction: float, side: str) -> PyTree:
@@ -47,7 +39,7 @@ def mask(params: PyTree, order: Sequence[Path], fraction: float, side: str) -> P
         raise ValueError(f"fraction={fraction!r}: must lie in [0, 1]")
     if side not in SIDES:
         raise ValueError(f"side={side!r}: allowed: {', '.join(SIDES)}")
-    sizes = [math.prod(_get(params, p).shape) for p in order]
+    sizes = param_sizes(params, order)
     total = sum(sizes)
     if total != sum(math.prod(x.shape) for x in jax.tree.leaves(params)):
         raise ValueError("order does not list every parameter tensor of params exactly once")
@@ -57,9 +49,8 @@ def mask(params: PyTree, order: Sequence[Path], fraction: float, side: str) -> P
             break
         chosen.add(tuple(path))
         covered += size
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in flat]
-    return jax.tree_util.tree_unflatten(treedef, [name in chosen for name in names])
+    treedef = jax.tree.structure(params)
+    return jax.tree.unflatten(treedef, [path in chosen for path in param_paths(params)])
 
 
 def covered_fraction(params: PyTree, tensor_mask: PyTree) -> float:

@@ -41,10 +41,14 @@ def member_streams(seed: int, k: int, shared: tuple[str, ...] = ()) -> Streams:
       k: number of members K.
       shared: stream names (from STREAM_IDS) all members share. () is the no-coupling condition.
     """
+    return streams_from(jax.random.PRNGKey(seed), k, shared)
+
+
+def streams_from(root: jax.Array, k: int, shared: tuple[str, ...] = ()) -> Streams:
+    """Streams of k members derived from a root key: stream(m, name) = fold_in(fold_in(root, m), id)."""
     unknown = set(shared) - set(STREAM_IDS)
     if unknown:
         raise ValueError(f"shared streams {sorted(unknown)}: allowed: {', '.join(STREAM_IDS)}")
-    root = jax.random.PRNGKey(seed)
     member_keys = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.arange(k))  # [K, 2]
     streams = {}
     for name, i in STREAM_IDS.items():

@@ -57,13 +57,7 @@ class Reinit:
 
 def child_streams(key: jax.Array, k: int) -> rng_lib.Streams:
     """Fresh streams for k children: child c, stream s → fold_in(fold_in(key, c), STREAM_IDS[s])."""
-    child_keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(k))  # [k, 2]
-    return rng_lib.Streams(
-        **{
-            name: jax.vmap(lambda ck, i=i: jax.random.fold_in(ck, i))(child_keys)
-            for name, i in rng_lib.STREAM_IDS.items()
-        }
-    )
+    return rng_lib.streams_from(key, k)
 
 
 def spawn(

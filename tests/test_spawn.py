@@ -106,10 +106,10 @@ def resnet20():
 def test_mask_covers_the_fraction_with_whole_tensors_from_one_side(resnet20, side, fraction):
     _, shapes, order = resnet20
     m = reinit_lib.mask(shapes, order, fraction, side)
-    sizes = {p: int(np.prod(reinit_lib._get(shapes, p).shape)) for p in order}
+    sizes = {p: int(np.prod(models.order.get_path(shapes, p).shape)) for p in order}
     total = sum(sizes.values())
     assert total == 269_722
-    chosen = [p for p in order if reinit_lib._get(m, p)]
+    chosen = [p for p in order if models.order.get_path(m, p)]
     seq = order if side == "low" else order[::-1]
     assert chosen == sorted(chosen, key=order.index)  # A mask selects whole tensors...
     assert set(chosen) == set(seq[: len(chosen)])  # ...a contiguous run from its side.
@@ -120,7 +120,7 @@ def test_mask_covers_the_fraction_with_whole_tensors_from_one_side(resnet20, sid
     assert reinit_lib.covered_fraction(shapes, m) == pytest.approx(covered / total)
     if fraction > 0:
         first = ("stem_conv", "kernel") if side == "low" else ("head", "bias")
-        assert reinit_lib._get(m, first)
+        assert models.order.get_path(m, first)
 
 
 def test_reinit_at_spawn_draws_fresh_tensors_per_child():
@@ -139,12 +139,12 @@ def test_reinit_at_spawn_draws_fresh_tensors_per_child():
     m = reinit_lib.mask(params0, order, 0.3, "high")  # head and dense1: 442 of 1,098 parameters.
     children = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), reinit=spawn_lib.Reinit(m, init_params))
     for path in order:
-        child = [reinit_lib._get(children.params, path)[c] for c in (0, 1)]
-        before = reinit_lib._get(parent.params, path)[0]
-        if reinit_lib._get(m, path):
+        child = [models.order.get_path(children.params, path)[c] for c in (0, 1)]
+        before = models.order.get_path(parent.params, path)[0]
+        if models.order.get_path(m, path):
             if path[-1] == "kernel":  # Biases initialize to zeros: equal draws by construction.
                 assert not np.array_equal(child[0], child[1]) and not np.array_equal(child[0], before)
         else:
             np.testing.assert_array_equal(child[0], before)
             np.testing.assert_array_equal(child[1], before)
-    assert reinit_lib._get(m, ("head", "kernel")) and not reinit_lib._get(m, ("dense0", "kernel"))
+    assert models.order.get_path(m, ("head", "kernel")) and not models.order.get_path(m, ("dense0", "kernel"))

@@ -8,13 +8,12 @@
   step, gathered and augmented on the device.
 """
 
-from jaxens.data.augment import augment_images
+from jaxens.data.augment import AUGMENTATIONS, augment_images
 from jaxens.data.batch import batch_at_step, member_batch
 from jaxens.data.dataset import Dataset, EvalSet, channel_stats, from_arrays, validation_indices
 from jaxens.data.errors import DatasetError
 from jaxens.data.order import batch_indices, epoch_orders, steps_per_epoch
 from jaxens.data.registry import (
-    AUGMENTATIONS,
     CIFAR10_CORRUPTIONS,
     NAMES,
     DatasetInfo,

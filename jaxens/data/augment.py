@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
     """Per-image random crops of the zero-padded images.
@@ -37,8 +39,8 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
 
 def augment_images(kind: str, key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
     """Applies augmentation `kind` ('none', 'flip', 'crop', 'crop_flip') to a batch [B, H, W, C]."""
-    if kind not in ("none", "flip", "crop", "crop_flip"):
-        raise ValueError(f"augmentation {kind!r}: allowed: none, flip, crop, crop_flip")
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {kind!r}: allowed: {', '.join(AUGMENTATIONS)}")
     if kind == "none":
         return images
     crop_key, flip_key = jax.random.split(key)

@@ -104,16 +104,19 @@ def from_arrays(name: str, arrays: dict, num_classes: int, val_size: int = 0, va
     """
     train_x, train_y = arrays["train_x"], np.asarray(arrays["train_y"], np.int32)
     held_out = validation_indices(len(train_x), val_size, val_seed)
-    keep = np.ones(len(train_x), bool)
-    keep[held_out] = False
+    val_x, val_y = train_x[held_out], train_y[held_out]
+    if val_size:
+        keep = np.ones(len(train_x), bool)
+        keep[held_out] = False
+        train_x, train_y = train_x[keep], train_y[keep]
     scale = 1.0 / 255.0 if train_x.dtype == np.uint8 else 1.0
-    mean, std = channel_stats(train_x[keep] if val_size else train_x, scale)
+    mean, std = channel_stats(train_x, scale)
     return Dataset(
         name=name,
-        train_x=train_x[keep] if val_size else train_x,
-        train_y=train_y[keep],
-        val_x=train_x[held_out],
-        val_y=train_y[held_out],
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
         test_x=arrays["test_x"],
         test_y=np.asarray(arrays["test_y"], np.int32),
         num_classes=num_classes,

@@ -56,8 +56,6 @@ CIFAR10_CORRUPTIONS = (
     "zoom_blur",
 )
 CORRUPTED_PREFIX = "cifar10_corrupted/"
-# Augmentations (jaxens.data.augment); 'auto' picks the dataset's default.
-AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
 
 Loader = Callable[[str, ml_collections.ConfigDict, tuple[str, ...]], dict[str, np.ndarray]]
 
@@ -156,12 +154,7 @@ def _load_fashion_mnist(name, config, splits):
 def _load_tiny_imagenet(name, config, splits):
     from jaxens.data import tiny_imagenet
 
-    directory = config.data.dir
-    if not directory:
-        raise DatasetError(
-            "tiny_imagenet: set --config.data.dir to the unzipped tiny-imagenet-200 folder "
-            "(http://cs231n.stanford.edu/tiny-imagenet-200.zip); TFDS has no builder for it."
-        )
+    directory = config.data.dir  # Required by config validation.
 
     def read():
         (train_x, train_y), (val_x, val_y) = tiny_imagenet.load(directory)

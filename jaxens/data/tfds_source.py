@@ -31,11 +31,11 @@ FALLBACK_HOST = ("storage.googleapis.com", 443)
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
 
-def _builder(name: str, data_dir: str):
+def _builder(name: str, data_dir: str, **kwargs):
     import tensorflow_datasets as tfds  # Deferred: importing TFDS costs ~0.5 s.
 
     try:
-        return tfds.builder(name, data_dir=data_dir or None)
+        return tfds.builder(name, data_dir=data_dir or None, **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DatasetError(f"{name}: TFDS knows no such dataset ({e})") from e
 
@@ -103,7 +103,7 @@ def ensure_prepared(name: str, data_dir: str, download: bool):
                 f"{', '.join(failed)} within {PROBE_TIMEOUT_S:g} s). " + _how_to_prepare(name, data_dir)
             )
         try:
-            builder = _builder_for_writing(name, data_dir)
+            builder = _builder(name, data_dir, file_format="array_record")
             builder.download_and_prepare(file_format="array_record")
         except ImportError as e:
             raise DatasetError(
@@ -120,12 +120,6 @@ def ensure_prepared(name: str, data_dir: str, download: bool):
             f"rebuild it with `tfds build {name} --file_format=array_record`."
         )
     return builder
-
-
-def _builder_for_writing(name: str, data_dir: str):
-    import tensorflow_datasets as tfds
-
-    return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
 
 
 def read_splits(

@@ -26,6 +26,13 @@ def _key_name(key: Any) -> str:
     return str(getattr(key, "key", getattr(key, "name", key)))
 
 
+def get_path(tree, path: Path):
+    """The leaf of a nested dict at `path`."""
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
 def param_paths(params) -> list[Path]:
     """Every parameter tensor's path (tuple of dict keys), in pytree (alphabetical) order."""
     return [tuple(_key_name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -62,9 +69,4 @@ def forward_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[Path]:
 
 def param_sizes(params, paths: list[Path]) -> list[int]:
     """Number of scalars of each tensor in `paths` (of one member's params; leading axes count too)."""
-    def get(tree, path):
-        for key in path:
-            tree = tree[key]
-        return tree
-
-    return [math.prod(get(params, p).shape) for p in paths]
+    return [math.prod(get_path(params, p).shape) for p in paths]
