@@ -18,6 +18,10 @@ STEP_LOOPS = ("auto", "device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "piecewise")
 ENSEMBLE_METHODS = ("mean_prob", "mean_logit")
+# Zamparo et al. §1; the first two train K members from initialization, the last two spawn from a parent.
+CONDITIONS = ("no_coupling", "coupled_order", "coupled_to_t", "coupled_to_t_reset")
+SPAWNING_CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
+REINIT_SIDES = ("low", "high")
 
 
 class ConfigError(ValueError):
@@ -56,11 +60,27 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.model.patch_size = 8  # vit only.
 
     c.ensemble = ml_collections.ConfigDict()
-    c.ensemble.k = 4  # Number of members K.
+    c.ensemble.k = 4  # Number of members K (under a spawning condition: children per spawn time).
     c.ensemble.strategy = "vmap"  # How the K members execute inside one jitted step.
     c.ensemble.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
-    # PRNG streams every member takes from member 0 (see jaxens.rng): ('order',) = coupled-order.
+    # Extra PRNG streams all members share (see jaxens.rng), e.g. ('augment',) on top of coupled_order's
+    # shared order. 'order' itself is shared by config.coupling.condition='coupled_order' only.
     c.ensemble.shared_streams = ()
+
+    # How the members' training is coupled (Zamparo et al. §1; see jaxens.coupling).
+    c.coupling = ml_collections.ConfigDict()
+    # no_coupling: independent init and order. coupled_order: independent init, shared minibatches.
+    # coupled_to_t: one parent trains t steps, then k children finish the T steps with their own order.
+    # coupled_to_t_reset: as coupled_to_t, but the children restart optimizer and schedule and train T more.
+    c.coupling.condition = "no_coupling"
+    # Spawn times t, as step strings '500it', '2ep', '2ep10it' (or integers): one for a single spawn, several
+    # for a sweep that trains the parent once and all spawn times' children in one program (K = |t|·k).
+    c.coupling.t = ()
+    c.coupling.reinit_fraction = 0.0  # Share of the parameter count re-initialized at spawn (§3).
+    c.coupling.reinit_side = "low"  # 'low': tensors from the input side; 'high': from the output side.
+    # An earlier run's workdir whose parent checkpoints to spawn from (it must have the same parent: seed,
+    # data, model, optimizer, batch size and epochs). '' = train the parent in this run.
+    c.coupling.parent_dir = ""
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
@@ -201,6 +221,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     info = _data_errors(errors, config)
     for name in config.ensemble.shared_streams:
         _choice(errors, "config.ensemble.shared_streams", name, tuple(rng_lib.STREAM_IDS))
+    _coupling_errors(errors, config, info)
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
@@ -260,3 +281,44 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
                     "list it in config.eval.ood instead"
                 )
     return info
+
+
+def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
+    """The condition, its spawn times (which need the steps per epoch) and re-initialization."""
+    from jaxens import coupling as coupling_lib
+
+    c = config.coupling
+    _choice(errors, "config.coupling.condition", c.condition, CONDITIONS)
+    _choice(errors, "config.coupling.reinit_side", c.reinit_side, REINIT_SIDES)
+    if not 0 <= c.reinit_fraction <= 1:
+        errors.append(f"config.coupling.reinit_fraction={c.reinit_fraction!r}: must lie in [0, 1]")
+    if "order" in config.ensemble.shared_streams and c.condition != "coupled_order":
+        errors.append(
+            f"config.ensemble.shared_streams={tuple(config.ensemble.shared_streams)!r}: sharing 'order' is the "
+            f"coupled_order condition; set config.coupling.condition='coupled_order' "
+            f"(not {c.condition!r}) and leave 'order' out"
+        )
+    if c.condition not in CONDITIONS:
+        return
+    spawning = c.condition in SPAWNING_CONDITIONS
+    if not spawning:
+        if c.reinit_fraction:
+            errors.append(
+                f"config.coupling.reinit_fraction={c.reinit_fraction!r}: re-initialization happens at spawn; "
+                f"set config.coupling.condition to one of {', '.join(SPAWNING_CONDITIONS)}"
+            )
+        if c.parent_dir:
+            errors.append(
+                f"config.coupling.parent_dir={c.parent_dir!r}: {c.condition} has no parent; set "
+                f"config.coupling.condition to one of {', '.join(SPAWNING_CONDITIONS)}"
+            )
+        return  # config.coupling.t is not read (a spawn config overridden to a baseline condition).
+    if not c.t:
+        errors.append(
+            f"config.coupling.t=(): {c.condition} needs spawn times, e.g. ('2ep',) or ('0it', '1ep', '5ep')"
+        )
+        return
+    if info is None or not info.num_train or errors:
+        return  # The steps per epoch are unknown; the other errors come first.
+    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    errors.extend(coupling_lib.spawn_time_problems(tuple(c.t), c.condition, spe, spe * config.train.num_epochs))

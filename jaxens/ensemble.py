@@ -171,11 +171,15 @@ def resolve_step_loop(step_loop: str, convolutional: bool, backend: str | None =
 
 
 class TrainChunk:
-    """Runs `num_steps` training steps of all K members: `(state, orders, dataset, num_steps) -> (state, sums)`.
+    """Runs `num_steps` training steps of all K members: `(state, orders, dataset, num_steps, ends=None) -> (state, sums)`.
 
     `orders` [K, N] are the members' current epoch permutations. The input state is donated. `sums` holds
     [K] metric arrays summed over the chunk's steps (divide by the number of steps), left on device: no
     host synchronization happens inside a chunk.
+
+    `ends` (optional, [K] int32 on device): member m stops updating once its step reaches `ends[m]` (its
+    state is carried unchanged and it adds 0 to `sums`). Members of a spawn sweep finish at different
+    steps; without `ends` every member takes every step.
 
     `step_loop`: 'device' runs the steps in a `while` loop inside one jitted call,
     `num_steps` traced, so every chunk length shares one compilation; 'host' dispatches one jitted call per
@@ -201,20 +205,25 @@ class TrainChunk:
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
         self.trace_count = 0
         self.step_loop = step_loop
-        step_all = map_members(
-            lambda s, o, d: member_train_step(model, tx, s, o, d, batch_size, augment, padding),
-            strategy,
-            in_axes=(0, 0, None),
-        )
 
-        def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset):
-            state, metrics = step_all(state, orders, dataset)
+        def member_step(state, order, dataset, end):
+            new, metrics = member_train_step(model, tx, state, order, dataset, batch_size, augment, padding)
+            if end is None:
+                return new, metrics
+            active = state.step < end  # A finished member keeps its state and adds nothing.
+            new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+            return new, jax.tree.map(lambda v: jnp.where(active, v, jnp.zeros_like(v)), metrics)
+
+        step_all = map_members(member_step, strategy, in_axes=(0, 0, None, 0))
+
+        def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset, ends):
+            state, metrics = step_all(state, orders, dataset, ends)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        def chunk(state: EnsembleState, orders: jax.Array, dataset: data_lib.Dataset, num_steps: jax.Array):
+        def chunk(state: EnsembleState, orders: jax.Array, dataset: data_lib.Dataset, num_steps: jax.Array, ends):
             self.trace_count += 1
             return jax.lax.fori_loop(
-                0, num_steps, lambda _, carry: step(*carry, orders, dataset), (state, _zero_sums(state))
+                0, num_steps, lambda _, carry: step(*carry, orders, dataset, ends), (state, _zero_sums(state))
             )
 
         def counted_step(*args):
@@ -224,13 +233,13 @@ class TrainChunk:
         self._chunk = jax.jit(chunk, donate_argnums=0)
         self._step = jax.jit(counted_step, donate_argnums=(0, 1))
 
-    def __call__(self, state, orders, dataset, num_steps: int):
+    def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None):
         if self.step_loop == "device":
             # One explicit scalar transfer per chunk; the steps themselves never touch the host.
-            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)))
+            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)), ends)
         sums = _zero_sums_jit(state)  # Made on the device: nothing crosses from the host per step.
         for _ in range(num_steps):
-            state, sums = self._step(state, sums, orders, dataset)
+            state, sums = self._step(state, sums, orders, dataset, ends)
         return state, sums
 
 

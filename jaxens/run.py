@@ -1,38 +1,52 @@
-"""One run: validate → load data → init K members → train in jitted chunks → evaluate → summarize.
+"""One run: validate → load data → [parent phase → spawn] → members phase → evaluate → summarize.
 
 `train_and_evaluate(config, workdir)` is what `python -m jaxens.train` calls; tests call it directly.
+
+Under `no_coupling` and `coupled_order` the K members train from initialization. Under the spawning
+conditions (`jaxens.coupling`) a one-member parent trains first, up to the largest spawn time t, saving a
+checkpoint at every t; then the children of all spawn times are spawned and train together as one
+stacked state. Both phases run the same loop (`_train`), in lockstep *ticks*: at tick τ member m is at step
+min(start_m + τ, end_m), and a member at its end step stops updating.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 from absl import logging
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
+from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import metrics
 from jaxens import models
 from jaxens import optim
 from jaxens import progress
+from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
+from jaxens import spawn as spawn_lib
 from jaxens import workdir as workdir_lib
 
 
 @functools.partial(jax.jit, static_argnames="method")
 def _labelled_metrics(member_logits: jax.Array, labels: jax.Array, method: str) -> dict:
-    """Per-member and ensemble error and NLL of logits [K, N, C] against labels [N]."""
+    """Per-member and ensemble error and NLL of one group's logits [k, N, C] against labels [N]."""
     ens = metrics.ensemble_log_probs(member_logits, method)
     return {
-        "member_error": metrics.error(member_logits, labels),  # [K]
-        "member_nll": metrics.nll(member_logits, labels),  # [K]
+        "member_error": metrics.error(member_logits, labels),  # [k]
+        "member_nll": metrics.nll(member_logits, labels),  # [k]
         "ensemble_error": metrics.error(ens, labels),
         "ensemble_nll": metrics.nll(ens, labels),
     }
@@ -40,11 +54,11 @@ def _labelled_metrics(member_logits: jax.Array, labels: jax.Array, method: str) 
 
 @functools.partial(jax.jit, static_argnames="method")
 def _ood_metrics(member_logits: jax.Array, method: str) -> dict:
-    """Mean predictive entropy and confidence on out-of-distribution inputs, logits [K, N, C]."""
+    """Mean predictive entropy and confidence of one group on out-of-distribution inputs, logits [k, N, C]."""
     ens = metrics.ensemble_log_probs(member_logits, method)
     return {
-        "member_entropy": metrics.entropy(member_logits).mean(-1),  # [K]
-        "member_confidence": metrics.confidence(member_logits).mean(-1),  # [K]
+        "member_entropy": metrics.entropy(member_logits).mean(-1),  # [k]
+        "member_confidence": metrics.confidence(member_logits).mean(-1),  # [k]
         "ensemble_entropy": metrics.entropy(ens).mean(-1),
         "ensemble_confidence": metrics.confidence(ens).mean(-1),
     }
@@ -64,30 +78,36 @@ def evaluate(
     dataset: data_lib.Dataset,
     sets: dict[str, data_lib.EvalSet],
     method: str,
-) -> dict[str, dict]:
-    """Metrics of every evaluation set as Python numbers: {set: {member_<m>: [K floats], ensemble_<m>: float}}.
+    num_groups: int = 1,
+) -> list[dict[str, dict]]:
+    """Metrics of every evaluation set for each group of members, as Python numbers.
 
-    Inputs are normalized with the training set's statistics; each set is predicted in fixed-size batches.
+    The K members form `num_groups` consecutive groups of K / num_groups (the children of one spawn
+    time); each group is an ensemble of its own. Inputs are normalized with the training set's
+    statistics; each set is predicted in fixed-size batches.
+
+    Returns:
+      Per group, {set: {member_<metric>: [k floats], ensemble_<metric>: float}}.
     """
-    out = {}
+    out = [{} for _ in range(num_groups)]
     for name, eval_set in sets.items():
         logits = predictor(state, eval_set.x, dataset)  # [K, N, C]
-        if eval_set.kind == "ood":
-            values = _ood_metrics(logits, method)
-        else:
-            values = _labelled_metrics(logits, eval_set.y, method)
-        out[name] = {k: (v.tolist() if v.ndim else float(v)) for k, v in jax.device_get(values).items()}
+        for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
+            if eval_set.kind == "ood":
+                values = _ood_metrics(group_logits, method)
+            else:
+                values = _labelled_metrics(group_logits, eval_set.y, method)
+            out[g][name] = {k: (v.tolist() if v.ndim else float(v)) for k, v in jax.device_get(values).items()}
     return out
 
 
-def _records(step: int, epoch: int, train: dict, evals: dict[str, dict]) -> list[dict]:
-    """Tidy rows {step, epoch, split, scope, member, metric, value} for metrics.jsonl."""
+def _records(phase: str, step: int, spe: int, t: int | None, train: dict, evals: dict[str, dict]) -> list[dict]:
+    """Tidy rows of one group for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
     rows = []
+    base = dict(phase=phase, step=step, epoch=round(step / spe, 4), t=t)
 
     def add(split, scope, member, metric, value):
-        rows.append(
-            dict(step=step, epoch=epoch, split=split, scope=scope, member=member, metric=metric, value=float(value))
-        )
+        rows.append(dict(base, split=split, scope=scope, member=member, metric=metric, value=float(value)))
 
     for metric, values in train.items():
         for m, v in enumerate(values):
@@ -104,35 +124,226 @@ def _records(step: int, epoch: int, train: dict, evals: dict[str, dict]) -> list
 
 
 def _report(summary: dict) -> str:
-    test = summary["test"]
-    lines = [f"test error after {summary['steps']} steps ({summary['epochs']} epochs):"]
-    for m, (e, n) in enumerate(zip(test["member_error"], test["member_nll"])):
-        lines.append(f"  member {m}:  error {e:.4f}  nll {n:.4f}")
-    lines.append(f"  mean member: error {test['mean_member_error']:.4f}")
-    lines.append(f"  ensemble ({summary['ensemble_method']}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}")
-    for name, values in summary.get("eval", {}).items():
-        if "ensemble_error" in values:
-            mean_member = sum(values["member_error"]) / len(values["member_error"])
-            lines.append(
-                f"{name}: ensemble error {values['ensemble_error']:.4f}  nll {values['ensemble_nll']:.4f}  "
-                f"(mean member error {mean_member:.4f})"
-            )
+    lines = []
+    for group in summary["groups"]:
+        test = group["test"]
+        if group["t"] is None:
+            lines.append(f"test error after {group['steps']} steps ({summary['epochs']} epochs):")
         else:
             lines.append(
-                f"{name} (out of distribution): ensemble entropy {values['ensemble_entropy']:.4f}  "
-                f"confidence {values['ensemble_confidence']:.4f}"
+                f"children spawned at t={group['t_label']} (step {group['t']}), test error at step {group['steps']}:"
             )
+        for m, (e, n) in enumerate(zip(test["member_error"], test["member_nll"])):
+            lines.append(f"  member {m}:  error {e:.4f}  nll {n:.4f}")
+        lines.append(f"  mean member: error {test['mean_member_error']:.4f}")
+        lines.append(
+            f"  ensemble ({summary['ensemble_method']}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}"
+        )
+        for name, values in group.get("eval", {}).items():
+            if "ensemble_error" in values:
+                mean_member = sum(values["member_error"]) / len(values["member_error"])
+                lines.append(
+                    f"  {name}: ensemble error {values['ensemble_error']:.4f}  nll {values['ensemble_nll']:.4f}  "
+                    f"(mean member error {mean_member:.4f})"
+                )
+            else:
+                lines.append(
+                    f"  {name} (out of distribution): ensemble entropy {values['ensemble_entropy']:.4f}  "
+                    f"confidence {values['ensemble_confidence']:.4f}"
+                )
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What both phases share."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    plan: coupling_lib.Plan
+    dataset: data_lib.Dataset
+    eval_sets: dict
+    spe: int  # Steps per epoch.
+    model: object
+    tx: optax.GradientTransformation
+    train_chunk: ensemble_lib.TrainChunk
+    predictor: ensemble_lib.Predictor
+    log: workdir_lib.MetricsLog
+
+    def template(self, k: int) -> ensemble_lib.EnsembleState:
+        """Shapes, dtypes and shardings of a k-member state (to restore checkpoints into), without compute."""
+        abstract = jax.eval_shape(
+            lambda: ensemble_lib.init_ensemble(self.model, self.tx, rng_lib.member_streams(0, k), self.dataset.input_shape)
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+
+
+def _train(
+    run: _Run,
+    state: ensemble_lib.EnsembleState,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    tick: int,
+    pauses: list[int],
+    on_pause: Callable,
+    desc: str,
+) -> ensemble_lib.EnsembleState:
+    """Trains K members in lockstep from `tick` to the last of `pauses`.
+
+    At tick τ member m is at step min(starts[m] + τ, ends[m]). Chunks end at every member's epoch end
+    (where its permutation changes) and at every pause; `on_pause(state, tick, train)` runs at each pause,
+    `train` holding each member's mean loss and error over its steps since the previous pause.
+    """
+    k = state.k
+    masked = len(set((ends - starts).tolist())) > 1  # Members finish at different ticks.
+    ends_dev = jax.device_put(ends.astype(np.int32)) if masked else None
+    last = pauses[-1]
+    bar = progress.bar(last, initial=tick, desc=desc)
+    orders, order_epochs = None, None
+    sums, counts = None, np.zeros(k)
+    num_train = run.dataset.num_train
+    while tick < last:
+        steps = np.minimum(starts + tick, ends)
+        active = steps < ends
+        epochs = steps // run.spe
+        if order_epochs is None or not np.array_equal(epochs, order_epochs):
+            orders = data_lib.epoch_orders(state.rngs.order, jax.device_put(epochs.astype(np.int32)), num_train)
+            order_epochs = epochs
+        to_epoch_end = np.where(active, (epochs + 1) * run.spe - steps, np.iinfo(np.int64).max)
+        next_pause = next(p for p in pauses if p > tick)
+        n = int(min(to_epoch_end.min(), next_pause - tick, run.config.train.steps_per_call))
+        state, chunk_sums = run.train_chunk(state, orders, run.dataset, n, ends_dev)
+        sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
+        counts += np.clip(ends - steps, 0, n)
+        tick += n
+        bar.update(n)
+        if tick == next_pause:
+            means = {m: (v / np.maximum(counts, 1)).tolist() for m, v in jax.device_get(sums).items()}
+            on_pause(state, tick, means)
+            sums, counts = None, np.zeros(k)
+    bar.close()
+    return state
+
+
+def _cadence(every_epochs: int, spe: int, last: int, extra=()) -> list[int]:
+    """Ticks at every `every_epochs` epochs, the extra ticks and the last one, sorted, within (0, last]."""
+    ticks = set(range(every_epochs * spe, last + 1, every_epochs * spe)) | {t for t in extra if 0 < t <= last}
+    return sorted(ticks | {last})
+
+
+def _parent_dir_source(config: ml_collections.ConfigDict) -> str | None:
+    """Checks `config.coupling.parent_dir` names a run with the same parent; returns its checkpoint dir.
+
+    Raises:
+      ConfigError: the directory holds no run, a run with a different parent, or no parent checkpoints.
+    """
+    parent_dir = config.coupling.parent_dir
+    if not parent_dir:
+        return None
+    field = f"config.coupling.parent_dir={parent_dir!r}"
+    path = os.path.join(parent_dir, "config.json")
+    if not os.path.exists(path):
+        raise config_lib.ConfigError(f"{field}: no run there (no config.json)")
+    with open(path) as f:
+        theirs = coupling_lib.parent_fields(json.load(f))
+    ours = coupling_lib.parent_fields(workdir_lib.config_to_dict(config))
+    differ = [f"config.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise config_lib.ConfigError(f"{field}: that run trained a different parent ({'; '.join(differ)})")
+    directory = os.path.join(parent_dir, "parent")
+    if not os.path.isdir(directory):
+        raise config_lib.ConfigError(f"{field}: that run saved no parent checkpoints ({directory} is missing)")
+    return directory
+
+
+def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.EnsembleState]:
+    """The one-member parent's state at every spawn step {t: state}, trained, restored or both.
+
+    Training starts from the latest checkpoint (this run's, or `config.coupling.parent_dir`'s) at or before
+    the first spawn step that no checkpoint holds, or from initialization; every spawn step is saved.
+    """
+    config, plan = run.config, run.plan
+    own = checkpoint_lib.Checkpointer(
+        os.path.join(run.workdir, "parent"), config.train.max_checkpoints, keep_steps=plan.spawn_steps
+    )
+    sources = [own]
+    if parent_source is not None:
+        sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True))
+    available = {}  # step → the first source holding it (this run's own first).
+    for source in reversed(sources):
+        available.update({s: source for s in source.all_steps()})
+    missing = [t for t in plan.spawn_steps if t not in available]
+    start = max((s for s in available if not missing or s <= missing[0]), default=None)
+    template = run.template(1)
+    if start is None:
+        state = ensemble_lib.init_ensemble(run.model, run.tx, rng_lib.member_streams(config.seed, 1), run.dataset.input_shape)
+        start = 0
+    else:
+        state = available[start].restore(start, template)
+        print(f"parent: restored the checkpoint at step {start}", flush=True)
+    run.log.retain(lambda r: r["phase"] == "parent" and r["step"] <= start)  # Children restart from spawn.
+    logged = {r["step"] for r in run.log.read()}
+    parents = {}
+
+    def log(step, parent, train):
+        if step not in logged:
+            evals = evaluate(run.predictor, parent, run.dataset, run.eval_sets, config.ensemble.method)[0]
+            run.log.write(_records("parent", step, run.spe, None, train, evals))
+            logged.add(step)
+
+    def keep(t, parent, train):
+        parents[t] = jax.tree.map(jnp.copy, parent)  # Training donates its state.
+        if t not in own.all_steps():
+            own.save(t, parent)
+        log(t, parent, train)
+
+    for t in plan.spawn_steps:
+        if t <= start:
+            keep(t, state if t == start else available[t].restore(t, template), {})
+    last = plan.spawn_steps[-1]
+    if last > start:
+        evals_at = _cadence(config.eval.every_epochs, run.spe, last)
+        saves_at = _cadence(config.train.checkpoint_every_epochs, run.spe, last)
+
+        def on_pause(state, tick, train):
+            if tick in plan.spawn_steps:
+                keep(tick, state, train)
+            else:
+                if tick in evals_at:
+                    log(tick, state, train)
+                if tick in saves_at:
+                    own.save(tick, state)
+
+        pauses = sorted(set(evals_at) | set(saves_at) | {t for t in plan.spawn_steps if t > start})
+        _train(run, state, np.zeros(1, np.int64), np.full(1, last), start, pauses, on_pause, "parent")
+    own.close()
+    return parents
+
+
+def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ensemble_lib.EnsembleState:
+    """The k children of every spawn time, stacked in spawn-step order, re-initialized as configured."""
+    config = run.config
+    reinit = None
+    if config.coupling.reinit_fraction > 0:
+        shape = (1, *run.dataset.input_shape)
+        init_params = lambda key: run.model.init({"params": key}, jnp.zeros(shape), train=False)["params"]
+        one = jax.tree.map(lambda x: x[0], next(iter(parents.values())).params)
+        order = models.forward_order(run.model, run.dataset.input_shape)
+        mask = reinit_lib.mask(one, order, config.coupling.reinit_fraction, config.coupling.reinit_side)
+        reinit = spawn_lib.Reinit(mask=mask, init_params=init_params)
+    return coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains a K-member ensemble as configured and writes its results to `workdir`.
+    """Trains the configured members (and their parent, under a spawning condition); writes results to `workdir`.
 
     Rerunning on the same workdir with the same config resumes from the latest checkpoint (or, when the
     run has finished, returns its summary without training).
 
     Returns:
-      The summary (also written to `workdir/summary.json`).
+      The summary (also written to `workdir/summary.json`): per group of members (the children of one
+      spawn time; a single group without parent) its test and evaluation-set metrics.
 
     Raises:
       ConfigError: before any compute or any write, for an invalid config or a workdir holding a
@@ -141,6 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.validate(config)
     dataset = data_lib.load(config)
     extra_sets = data_lib.load_eval_sets(config)
+    parent_source = _parent_dir_source(config)
     resuming = workdir_lib.claim(workdir, config)
     finished = workdir_lib.read_summary(workdir)
     if finished is not None:
@@ -150,79 +362,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     started = time.time()
     dataset = dataset.to_device()
-    eval_sets = jax.device_put(evaluation_sets(dataset, extra_sets))
-    k = config.ensemble.k
-    batch_size = config.train.batch_size
-    spe = data_lib.steps_per_epoch(dataset.num_train, batch_size)
-    total_steps = spe * config.train.num_epochs
+    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
+    plan = coupling_lib.plan(config, spe)
     model = models.build(config.model, dataset.num_classes, dataset.input_shape)
-    tx = optim.make_optimizer(config.optimizer, total_steps)
-    state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(config.seed, k, tuple(config.ensemble.shared_streams)), dataset.input_shape)
+    tx = optim.make_optimizer(config.optimizer, plan.total_steps)
+    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        plan=plan,
+        dataset=dataset,
+        eval_sets=jax.device_put(evaluation_sets(dataset, extra_sets)),
+        spe=spe,
+        model=model,
+        tx=tx,
+        train_chunk=ensemble_lib.TrainChunk(
+            model,
+            tx,
+            config.train.batch_size,
+            config.ensemble.strategy,
+            step_loop,
+            augment=data_lib.resolve_augment(config),
+            padding=config.data.crop_padding,
+        ),
+        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, config.ensemble.strategy),
+        log=workdir_lib.MetricsLog(workdir),
+    )
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_checkpoints)
-    log = workdir_lib.MetricsLog(workdir)
-    step = 0
     latest = checkpointer.latest_step() if resuming else None
+    tick = 0
     if latest is not None:
-        state = checkpointer.restore(latest, state)
-        step = latest
-        log.truncate_after(step)
-        logging.info("Resuming from the checkpoint at step %d.", step)
-        print(f"resuming {workdir} from step {step}", flush=True)
+        state = checkpointer.restore(latest, run.template(plan.num_members))
+        tick = latest
+        run.log.retain(lambda r: r["phase"] == "parent" or r["step"] - (r["t"] or 0) <= tick)
+        logging.info("Resuming from the checkpoint at tick %d.", tick)
+        print(f"resuming {workdir} from step {tick} of the members' phase", flush=True)
+    elif plan.spawning:
+        state = _children(run, _parents(run, parent_source))
+    else:
+        state = ensemble_lib.init_ensemble(model, tx, coupling_lib.member_streams(config.seed, plan), dataset.input_shape)
+        run.log.retain(lambda r: False)
 
-    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
-    train_chunk = ensemble_lib.TrainChunk(
-        model,
-        tx,
-        batch_size,
-        config.ensemble.strategy,
-        step_loop,
-        augment=data_lib.resolve_augment(config),
-        padding=config.data.crop_padding,
-    )
-    predictor = ensemble_lib.Predictor(model, config.eval.batch_size, config.ensemble.strategy)
-    evals = None
-    bar = progress.bar(total_steps, initial=step, desc=f"train K={k}")
-    while step < total_steps:
-        epoch = step // spe
-        orders = data_lib.epoch_orders(state.rngs.order, jnp.full((k,), epoch), dataset.num_train)  # [K, N]
-        sums = None
-        epoch_start = step
-        while step < (epoch + 1) * spe:
-            n = min(config.train.steps_per_call, (epoch + 1) * spe - step)
-            state, chunk_sums = train_chunk(state, orders, dataset, n)
-            sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
-            step += n
-            bar.update(n)
-        epochs_done = epoch + 1
-        if epochs_done % config.eval.every_epochs == 0 or step == total_steps:
-            train = {m: (v / (step - epoch_start)).tolist() for m, v in jax.device_get(sums).items()}
-            evals = evaluate(predictor, state, dataset, eval_sets, config.ensemble.method)
-            test = evals["test"]
-            log.write(_records(step, epochs_done, train, evals))
-            bar.set_postfix(ens_err=f"{test['ensemble_error']:.4f}", loss=f"{sum(train['loss']) / k:.3f}")
-            logging.info("epoch %d: ensemble test error %.4f", epochs_done, test["ensemble_error"])
-        if epochs_done % config.train.checkpoint_every_epochs == 0 or step == total_steps:
-            checkpointer.save(step, state)
-    bar.close()
+    groups = plan.group_spawn_steps()
+    starts, ends = plan.start_steps(), plan.end_steps()
+    last = plan.ticks()
+    logged = {}  # Group → the last step it was logged at (a group that has finished is not logged again).
+    for r in run.log.read():
+        if r["phase"] == "members":
+            logged[r["t"]] = max(logged.get(r["t"], -1), r["step"])
+    evals_at = _cadence(config.eval.every_epochs, spe, last)
+    saves_at = _cadence(config.train.checkpoint_every_epochs, spe, last)
+    final = {}
+
+    def on_pause(state, tick, train):
+        if tick in evals_at:
+            evals = evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))
+            for g, (t, group_evals) in enumerate(zip(groups, evals)):
+                step = int(min(starts[g * plan.k] + tick, ends[g * plan.k]))
+                if step > logged.get(t, -1):
+                    group_train = {m: v[g * plan.k : (g + 1) * plan.k] for m, v in train.items()}
+                    run.log.write(_records("members", step, spe, t, group_train, group_evals))
+                    logged[t] = step
+                if tick == last:
+                    final[g] = group_evals
+            test = evals[0]["test"]
+            logging.info("tick %d: first group's ensemble test error %.4f", tick, test["ensemble_error"])
+        if tick in saves_at:
+            checkpointer.save(tick, state)
+
+    pauses = sorted(set(evals_at) | set(saves_at))
+    state = _train(run, state, starts, ends, tick, pauses, on_pause, f"train K={plan.num_members}")
     checkpointer.close()
-    if evals is None:  # Resumed from the final checkpoint of a run killed before its summary.
-        evals = evaluate(predictor, state, dataset, eval_sets, config.ensemble.method)
+    if not final:  # Resumed from the final checkpoint of a run killed before its summary.
+        final = dict(enumerate(evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))))
 
-    test = evals.pop("test")
-    test["mean_member_error"] = sum(test["member_error"]) / k
+    summary_groups = []
+    for g, t in enumerate(groups):
+        evals = dict(final[g])
+        test = evals.pop("test")
+        test["mean_member_error"] = sum(test["member_error"]) / plan.k
+        summary_groups.append(
+            {
+                "t": t,
+                "t_label": plan.spawn_labels[g] if plan.spawning else None,
+                "steps": int(ends[g * plan.k]),
+                "test": test,
+                "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
+            }
+        )
     summary = {
         "dataset": config.dataset,
         "model": config.model.name,
-        "k": k,
+        "condition": plan.condition,
+        "k": plan.k,
         "ensemble_method": config.ensemble.method,
-        "steps": step,
+        "steps": plan.total_steps,
         "epochs": config.train.num_epochs,
-        "test": test,
-        "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
+        "groups": summary_groups,
         "wall_time_s": time.time() - started,
         "backend": jax.default_backend(),
     }
+    if len(summary_groups) == 1:  # The common case, at the top level too.
+        summary["test"], summary["eval"] = summary_groups[0]["test"], summary_groups[0]["eval"]
     workdir_lib.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     print(_report(summary), flush=True)
     return summary

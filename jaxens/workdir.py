@@ -4,7 +4,9 @@ Layout of DIR:
   config.json    the run's full config; a rerun with the same config resumes, a different one is refused
   metrics.jsonl  one JSON record per (step, split, member, metric), appended as training goes
   summary.json   final results, written once at the end
-  checkpoints/   Orbax checkpoints
+  checkpoints/   Orbax checkpoints of the members (the children, under a spawning condition)
+  parent/        spawning conditions: the parent's checkpoints, one at every spawn time (kept, so later
+                 runs can spawn from them: config.coupling.parent_dir) and the latest few
 """
 
 from __future__ import annotations
@@ -87,19 +89,30 @@ def claim(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 
 class MetricsLog:
-    """Appends tidy records to DIR/metrics.jsonl; on resume, drops records newer than the checkpoint."""
+    """Appends tidy records to DIR/metrics.jsonl; on resume, drops records newer than the checkpoint.
+
+    A record: {phase, step, epoch, t, member, split, scope, metric, value}. `phase` is 'parent' (the
+    parent of a spawning condition, before it spawns) or 'members' (the ensemble members, or the children);
+    `t` is the spawn step of the member's group (None without a parent); `member` indexes the member in its
+    group (None for scope 'ensemble'); `step`/`epoch` are the member's own.
+    """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
 
-    def truncate_after(self, step: int) -> None:
-        """Keeps only records with record['step'] <= step (rewritten atomically)."""
+    def retain(self, keep) -> None:
+        """Keeps only the records for which `keep(record)` is true (rewritten atomically).
+
+        A resumed run drops what was logged after the checkpoint it resumes from.
+        """
         if not os.path.exists(self.path):
             return
-        kept = [json.dumps(r, sort_keys=True) + "\n" for r in self.read() if r["step"] <= step]
+        kept = [json.dumps(r, sort_keys=True) + "\n" for r in self.read() if keep(r)]
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)), prefix=".tmp-")
         with os.fdopen(fd, "w") as f:
             f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def write(self, records: list[dict]) -> None:

@@ -12,6 +12,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+# XLA compiles dominate the suite on CPU, and many tests (and the CLI subprocesses they start, which
+# inherit the environment) compile the same programs: share them through JAX's persistent cache.
+_XLA_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxens-tests-xla")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
 from jaxens import config as config_lib  # noqa: E402
 from jaxens import data as data_lib  # noqa: E402
 

@@ -143,9 +143,16 @@ def test_training_steps_make_no_host_transfers(digits, step_loop):
         jax.block_until_ready(state)
     np.testing.assert_array_equal(state.step, [10, 10, 10])
     assert chunk.trace_count == 1
+    # Members that reach their end step stop (a spawn sweep): the masked step is transfer-free too.
+    ends = jax.device_put(np.array([12, 15, 20], np.int32))
+    with jax.transfer_guard("disallow"):
+        state, sums = chunk(state, orders, ds, 5, ends)
+        jax.block_until_ready(state)
+    np.testing.assert_array_equal(state.step, [12, 15, 15])
+    assert np.all(np.asarray(sums["loss"]) > 0)
 
-    jitted, args = (chunk._chunk, (state, orders, ds, np.int32(1))) if step_loop == "device" else (
-        chunk._step, (state, sums, orders, ds))
+    jitted, args = (chunk._chunk, (state, orders, ds, np.int32(1), None)) if step_loop == "device" else (
+        chunk._step, (state, sums, orders, ds, None))
     hlo = jitted.lower(*args).compile().as_text()
     assert "gather" in hlo
     for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):

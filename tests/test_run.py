@@ -53,7 +53,7 @@ def test_augmented_cnn_run_with_validation_split_and_coupled_order(tmp_path):
     config = small_config(
         **{"dataset": "digits", "model.name": "cnn2d", "model.widths": (16, 32), "train.batch_size": 64,
            "train.num_epochs": 6, "train.steps_per_call": 10, "data.augment": "crop_flip", "data.crop_padding": 1,
-           "data.val_size": 200, "ensemble.shared_streams": ("order",), "eval.every_epochs": 3}
+           "data.val_size": 200, "coupling.condition": "coupled_order", "eval.every_epochs": 3}
     )
     summary = run.train_and_evaluate(config, str(tmp_path))
     assert summary["steps"] == 6 * (1297 // 64)

@@ -128,16 +128,24 @@ def test_reinit_at_spawn_draws_fresh_tensors_per_child():
     model = models.build(config.model, 10)
     tx = optim.make_optimizer(config.optimizer, 100)
     parent = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(3, 1), (40, 1))
+    # A parent with momentum: every slot 0.5.
+    parent = parent.replace(opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.5), parent.opt_state))
     params0 = jax.tree.map(lambda x: x[0], parent.params)
     order = models.forward_order(model, (40, 1))
     init_params = lambda key: model.init({"params": key}, jnp.zeros((1, 40, 1)), train=False)["params"]
 
-    none = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), reinit=spawn_lib.Reinit(
+    none = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), tx=tx, reinit=spawn_lib.Reinit(
         reinit_lib.mask(params0, order, 0.0, "low"), init_params))
     assert _tree_equal(none.params, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.params))
+    assert _tree_equal(none.opt_state, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.opt_state))
 
     m = reinit_lib.mask(params0, order, 0.3, "high")  # head and dense1: 442 of 1,098 parameters.
-    children = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), reinit=spawn_lib.Reinit(m, init_params))
+    children = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), tx=tx, reinit=spawn_lib.Reinit(m, init_params))
+    # SGD's momentum of a re-initialized tensor restarts at zero; the others keep the parent's.
+    trace = children.opt_state[1][0].trace
+    for path in order:
+        expected = 0.0 if models.order.get_path(m, path) else 0.5
+        np.testing.assert_array_equal(models.order.get_path(trace, path), expected)
     for path in order:
         child = [models.order.get_path(children.params, path)[c] for c in (0, 1)]
         before = models.order.get_path(parent.params, path)[0]
