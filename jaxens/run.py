@@ -40,27 +40,46 @@ from jaxens import spawn as spawn_lib
 from jaxens import workdir as workdir_lib
 
 
-@functools.partial(jax.jit, static_argnames="method")
-def _labelled_metrics(member_logits: jax.Array, labels: jax.Array, method: str) -> dict:
-    """Per-member and ensemble error and NLL of one group's logits [k, N, C] against labels [N]."""
-    ens = metrics.ensemble_log_probs(member_logits, method)
+def _mean_over_pairs(matrix: jax.Array) -> jax.Array:
+    """Mean of a [k, k] pairwise matrix over the pairs i < j."""
+    i, j = jnp.triu_indices(matrix.shape[0], k=1)
+    return matrix[i, j].mean()
+
+
+def _diversity(member_logits: jax.Array) -> dict:
+    """Between-member diversity of one group (k ≥ 2): mean pairwise symmetric KL and disagreement."""
+    if member_logits.shape[0] < 2:
+        return {}
     return {
-        "member_error": metrics.error(member_logits, labels),  # [k]
-        "member_nll": metrics.nll(member_logits, labels),  # [k]
-        "ensemble_error": metrics.error(ens, labels),
-        "ensemble_nll": metrics.nll(ens, labels),
+        "ensemble_sym_kl": metrics.member_diversity(member_logits),
+        "ensemble_disagreement": _mean_over_pairs(metrics.pairwise_disagreement(member_logits)),
     }
 
 
 @functools.partial(jax.jit, static_argnames="method")
+def _labelled_metrics(member_logits: jax.Array, labels: jax.Array, method: str) -> dict:
+    """One group's metrics on a labelled set, logits [k, N, C] and labels [N]: per member ([k]) and of
+    the ensemble, error, NLL, Brier, ECE and MACE (15 bins); and the members' diversity."""
+    ens = metrics.ensemble_log_probs(member_logits, method)  # [N, C]
+    out = {}
+    for name, fn in (("error", metrics.error), ("nll", metrics.nll), ("brier", metrics.brier),
+                     ("ece", metrics.ece), ("mace", metrics.mace)):
+        out[f"member_{name}"] = fn(member_logits, labels)  # [k]
+        out[f"ensemble_{name}"] = fn(ens, labels)
+    return {**out, **_diversity(member_logits)}
+
+
+@functools.partial(jax.jit, static_argnames="method")
 def _ood_metrics(member_logits: jax.Array, method: str) -> dict:
-    """Mean predictive entropy and confidence of one group on out-of-distribution inputs, logits [k, N, C]."""
+    """One group's mean predictive entropy and confidence on out-of-distribution inputs, logits [k, N, C],
+    and the members' diversity there."""
     ens = metrics.ensemble_log_probs(member_logits, method)
     return {
         "member_entropy": metrics.entropy(member_logits).mean(-1),  # [k]
         "member_confidence": metrics.confidence(member_logits).mean(-1),  # [k]
         "ensemble_entropy": metrics.entropy(ens).mean(-1),
         "ensemble_confidence": metrics.confidence(ens).mean(-1),
+        **_diversity(member_logits),
     }
 
 
@@ -138,7 +157,12 @@ def _report(summary: dict) -> str:
         lines.append(f"  mean member: error {test['mean_member_error']:.4f}")
         lines.append(
             f"  ensemble ({summary['ensemble_method']}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}"
+            f"  MACE {test['ensemble_mace']:.4f}"
         )
+        if "ensemble_sym_kl" in test:
+            lines.append(
+                f"  diversity: symmetric KL {test['ensemble_sym_kl']:.4f}  disagreement {test['ensemble_disagreement']:.4f}"
+            )
         for name, values in group.get("eval", {}).items():
             if "ensemble_error" in values:
                 mean_member = sum(values["member_error"]) / len(values["member_error"])

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +45,22 @@ def small_config(**overrides):
         node[field] = value
     config_lib.validate(c)
     return c
+
+
+def np_softmax(z):
+    """Softmax over the last axis in float64: the NumPy reference the metric tests re-derive from."""
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def random_logits(seed, shape, scale=3.0):
+    """float32 logits of `shape` [..., N, C] (normal × scale) and int32 labels [N] in [0, C)."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=shape) * scale).astype(np.float32)
+    labels = rng.integers(0, shape[-1], size=shape[-2]).astype(np.int32)
+    return logits, labels
 
 
 def load_config_file(name):

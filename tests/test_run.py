@@ -63,6 +63,39 @@ def test_augmented_cnn_run_with_validation_split_and_coupled_order(tmp_path):
     assert {(r["split"], r["epoch"]) for r in records} == {(s, e) for s in ("train", "val", "test") for e in (3, 6)}
 
 
+def test_summary_metrics_match_a_numpy_rederivation_from_the_final_members(tmp_path, mnist1d):
+    """The trainer's evaluation (error, NLL, Brier, MACE, diversity) recomputed in NumPy from the logits of
+    the restored final members: the summary is what the formulas give."""
+    config = small_config(**{"ensemble.k": 3, "train.num_epochs": 1})
+    summary = run.train_and_evaluate(config, str(tmp_path))
+    model = models.build(config.model, 10)
+    tx = optim.make_optimizer(config.optimizer, 1)
+    like = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, 3), (40, 1))
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
+    state = ckpt.restore(ckpt.latest_step(), like)
+    dataset = mnist1d.to_device()
+    logits = np.asarray(ensemble_lib.Predictor(model, 1000, "vmap")(state, dataset.test_x, dataset), np.float64)
+    y = np.asarray(mnist1d.test_y)
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # [K, N, C]
+    ens = p.mean(0)
+    onehot = np.eye(10)[y]
+    conf, correct = ens.max(-1), ens.argmax(-1) == y
+    bins = np.minimum((conf * 15).astype(int), 14)
+    gaps = [abs(correct[bins == b].mean() - conf[bins == b].mean()) for b in range(15) if np.any(bins == b)]
+    pairs = [(i, j) for i in range(3) for j in range(i + 1, 3)]
+    sym_kl = np.mean([np.mean(np.sum((p[i] - p[j]) * (np.log(p[i]) - np.log(p[j])), -1)) for i, j in pairs])
+    disagree = np.mean([np.mean(p[i].argmax(-1) != p[j].argmax(-1)) for i, j in pairs])
+    test = summary["test"]
+    assert test["ensemble_error"] == pytest.approx(np.mean(~correct), abs=1e-6)
+    assert test["ensemble_nll"] == pytest.approx(-np.mean(np.log(ens[np.arange(len(y)), y])), rel=1e-4)
+    assert test["ensemble_brier"] == pytest.approx(np.mean(np.sum((ens - onehot) ** 2, -1)), rel=1e-4)
+    assert test["ensemble_mace"] == pytest.approx(np.mean(gaps), abs=1e-4)
+    np.testing.assert_allclose(test["member_brier"], np.mean(np.sum((p - onehot) ** 2, -1), -1), rtol=1e-4)
+    assert test["ensemble_sym_kl"] == pytest.approx(sym_kl, rel=1e-3)
+    assert test["ensemble_disagreement"] == pytest.approx(disagree, abs=1e-6)
+
+
 def test_checkpoint_restore_gives_identical_arrays(tmp_path, mnist1d):
     config = small_config(**{"model.name": "cnn1d", "model.widths": (8,)})
     dataset = mnist1d.to_device()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxens.metrics import checks
+
 
 def ensemble_log_probs(member_logits: jax.Array, method: str = "mean_prob") -> jax.Array:
     """Log-probabilities of the ensemble prediction.
@@ -19,19 +21,13 @@ def ensemble_log_probs(member_logits: jax.Array, method: str = "mean_prob") -> j
     Returns:
       [N, C] normalized log-probabilities.
     """
-    if member_logits.ndim < 3:
-        raise ValueError(f"member_logits: expected [K, N, C], got shape {member_logits.shape}")
+    checks.members(member_logits)
     if method == "mean_prob":
         log_p = jax.nn.log_softmax(member_logits, axis=-1)
         return jax.nn.logsumexp(log_p, axis=0) - jnp.log(member_logits.shape[0])
     if method == "mean_logit":
         return jax.nn.log_softmax(member_logits.mean(axis=0), axis=-1)
     raise ValueError(f"method={method!r}: allowed: 'mean_prob', 'mean_logit'")
-
-
-def _check(logits: jax.Array, labels: jax.Array) -> None:
-    if logits.shape[-2] != labels.shape[-1]:
-        raise ValueError(f"labels: length {labels.shape[-1]} != N={logits.shape[-2]} of logits {logits.shape}")
 
 
 def error(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -43,7 +39,7 @@ def error(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Returns:
       [...] error in [0, 1].
     """
-    _check(logits, labels)
+    checks.logits_labels(logits, labels)
     return 1.0 - jnp.mean(jnp.argmax(logits, axis=-1) == labels, axis=-1)
 
 
@@ -56,7 +52,7 @@ def nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Returns:
       [...] mean NLL in nats.
     """
-    _check(logits, labels)
+    checks.logits_labels(logits, labels)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_p, jnp.broadcast_to(labels, log_p.shape[:-1])[..., None], axis=-1)
     return -jnp.mean(picked[..., 0], axis=-1)
@@ -72,7 +68,8 @@ def entropy(logits: jax.Array) -> jax.Array:
       [..., N].
     """
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+    p = jnp.exp(log_p)
+    return -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)  # 0 · log 0 = 0 for classes at −inf.
 
 
 def confidence(logits: jax.Array) -> jax.Array:
