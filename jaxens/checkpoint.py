@@ -27,11 +27,12 @@ class Checkpointer:
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(max_to_keep), checkpoint_managers.CustomSteps(list(keep_steps))]
         )
+        self._read_only = read_only
+        # A read-only manager is one that never saves (so never deletes either); Orbax's own read_only
+        # option would log warnings on every open.
         self._manager = ocp.CheckpointManager(
             os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, create=not read_only, read_only=read_only
-            ),
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only),
         )
 
     def latest_step(self) -> int | None:
@@ -42,6 +43,8 @@ class Checkpointer:
 
     def save(self, step: int, state) -> None:
         """Saves `state` as checkpoint `step` and waits until it is on disk."""
+        if self._read_only:
+            raise PermissionError("this Checkpointer was opened read_only: it never writes")
         self._manager.save(step, args=ocp.args.StandardSave(state))
         self._manager.wait_until_finished()
 

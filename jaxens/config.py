@@ -82,6 +82,15 @@ def get_default_config() -> ml_collections.ConfigDict:
     # data, model, optimizer, batch size and epochs). '' = train the parent in this run.
     c.coupling.parent_dir = ""
 
+    # Webb et al.'s modular loss (jaxens.losses). lam = (): every member minimizes its own NLL (the usual
+    # ensemble). One or more λ in [0, 1]: each λ trains its own group of k members jointly with
+    # L_λ = λ·NLL(ensemble) + (1 − λ)·mean NLL of the members, all groups side by side (K = |lam|·k) on one
+    # shared minibatch (config.coupling.condition='coupled_order'). The trainer minimizes k·L_λ, so that
+    # λ = 0 is independent training at the configured learning rate (eq. 7 itself scales it by 1/k).
+    c.loss = ml_collections.ConfigDict()
+    c.loss.lam = ()
+    c.loss.family = "categorical"  # The trainer's datasets are classification: the categorical family.
+
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.1
@@ -222,6 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in config.ensemble.shared_streams:
         _choice(errors, "config.ensemble.shared_streams", name, tuple(rng_lib.STREAM_IDS))
     _coupling_errors(errors, config, info)
+    _loss_errors(errors, config)
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
@@ -322,3 +332,34 @@ def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info)
         return  # The steps per epoch are unknown; the other errors come first.
     spe = (info.num_train - config.data.val_size) // config.train.batch_size
     errors.extend(coupling_lib.spawn_time_problems(tuple(c.t), c.condition, spe, spe * config.train.num_epochs))
+
+
+def _loss_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
+    """λ values (Webb et al. Theorem 1), the family, and what a modular loss needs of the coupling."""
+    lams = tuple(config.loss.lam)
+    if config.loss.family != "categorical":
+        errors.append(
+            f"config.loss.family={config.loss.family!r}: the trainer trains classifiers (allowed: categorical); "
+            "the gaussian and poisson families are in jaxens.losses (see experiments/webb_regression.py)"
+        )
+    for lam in lams:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 1:
+            errors.append(
+                f"config.loss.lam: {lam!r} must be a number in [0, 1]; beyond 1 the modular loss is unbounded "
+                "below (Webb et al., Theorem 1)"
+            )
+    if len(set(lams)) != len(lams):
+        errors.append(f"config.loss.lam={lams!r}: values repeat")
+    if not lams:
+        return
+    if config.coupling.condition in SPAWNING_CONDITIONS:
+        errors.append(
+            f"config.loss.lam={lams!r} with config.coupling.condition={config.coupling.condition!r}: the modular "
+            "loss trains members from initialization; use coupled_order"
+        )
+    elif config.coupling.condition != "coupled_order":
+        errors.append(
+            f"config.loss.lam={lams!r}: the modular loss couples the members of a group through one shared "
+            f"minibatch (Webb et al.), so it needs config.coupling.condition='coupled_order' "
+            f"(not {config.coupling.condition!r})"
+        )

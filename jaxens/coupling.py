@@ -77,6 +77,7 @@ class Plan:
       spawn_steps: sorted spawn times in steps; () without a parent.
       spawn_labels: the spawn times as configured, in the order of `spawn_steps`.
       shared_streams: streams the members of one group share.
+      lams: Webb et al.'s λ of each group (() without the modular loss); a group per λ.
     """
 
     condition: str
@@ -85,6 +86,7 @@ class Plan:
     spawn_steps: tuple[int, ...]
     spawn_labels: tuple[str, ...]
     shared_streams: tuple[str, ...]
+    lams: tuple[float, ...] = ()
 
     @property
     def spawning(self) -> bool:
@@ -96,20 +98,35 @@ class Plan:
 
     @property
     def num_groups(self) -> int:
-        return max(len(self.spawn_steps), 1)
+        return max(len(self.spawn_steps), len(self.lams), 1)
 
     @property
     def num_members(self) -> int:
         """K, all groups together."""
         return self.num_groups * self.k
 
+    def member_streams(self, seed: int) -> rng_lib.Streams:
+        """The streams of a run without parent: members 0..K-1 of the seed, sharing `shared_streams`.
+
+        Under the modular loss every λ group takes the streams of members 0..k-1 (the same k
+        initializations for every λ), so a group of a λ sweep equals a run with that λ alone.
+        """
+        if not self.lams:
+            return rng_lib.member_streams(seed, self.num_members, self.shared_streams)
+        streams = rng_lib.member_streams(seed, self.k, self.shared_streams)
+        return jax.tree.map(lambda x: jnp.tile(x, (self.num_groups, 1)), streams)
+
     def group_spawn_steps(self) -> tuple[int | None, ...]:
-        """Each group's spawn step (None for the single group of a run without parent)."""
-        return self.spawn_steps or (None,)
+        """Each group's spawn step (None without a parent)."""
+        return self.spawn_steps or (None,) * self.num_groups
+
+    def group_lams(self) -> tuple[float | None, ...]:
+        """Each group's λ (None without the modular loss)."""
+        return tuple(float(lam) for lam in self.lams) or (None,) * self.num_groups
 
     def start_steps(self) -> np.ndarray:
         """[K] the step each member starts the members' phase at (its group's t)."""
-        return np.repeat(np.asarray(self.spawn_steps or (0,), np.int64), self.k)
+        return np.repeat(np.asarray(self.spawn_steps or (0,) * self.num_groups, np.int64), self.k)
 
     def end_steps(self) -> np.ndarray:
         """[K] the step each member stops at: T, or t + T under coupled_to_t_reset."""
@@ -139,12 +156,8 @@ def plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Plan:
         spawn_steps=steps,
         spawn_labels=labels,
         shared_streams=shared,
+        lams=tuple(config.loss.lam),
     )
-
-
-def member_streams(seed: int, p: Plan) -> rng_lib.Streams:
-    """The streams of a run without parent: members 0..k-1 of the seed, sharing `p.shared_streams`."""
-    return rng_lib.member_streams(seed, p.k, p.shared_streams)
 
 
 def spawn_groups(parents: dict, p: Plan, seed: int, tx, reinit=None):

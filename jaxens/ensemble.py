@@ -156,6 +156,60 @@ def member_train_step(
     return new_state, {"loss": loss, "error": err}
 
 
+def joint_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    strategy: str,
+    state: EnsembleState,
+    orders: jax.Array,
+    dataset: data_lib.Dataset,
+    batch_size: int,
+    lams: jax.Array,
+    augment: str = "none",
+    padding: int = 4,
+):
+    """One SGD step of all K members under Webb et al.'s modular loss, G groups of k = K/G members.
+
+    Every member sees member 0's minibatch (its order and augmentation streams at its step); dropout stays
+    per member. The step minimizes Σ_g k·L_λg over the groups' logits [G, k, B, C] (`jaxens.losses`), so the
+    gradient reaching member j of group g is k·∂L_λg/∂η_j = ŷ_j − y − λ_g(ŷ_j − ȳ_g) (eq. 8 times k): λ = 0
+    is independent training at the optimizer's learning rate. The optimizer then updates each member.
+
+    Args:
+      state: the K members' state (leaves [K, ...]).
+      orders: [K, N] the members' epoch permutations (row 0 is used).
+      lams: [G] each group's λ.
+
+    Returns:
+      (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K]}).
+    """
+    from jaxens import losses  # A leaf module; imported here to keep this module's imports light.
+
+    first = jax.tree.map(lambda x: x[0], state)
+    x, y = data_lib.member_batch(
+        dataset, orders[0], first.rngs.augment, first.step, batch_size=batch_size, augment=augment, padding=padding
+    )  # [B, ...], [B]
+    dropout_keys = jax.vmap(jax.random.fold_in)(state.rngs.dropout, state.step)  # [K, 2]
+    forward = map_members(
+        lambda p, s, key: member_loss(model, p, s, x, y, key)[1], strategy, in_axes=(0, 0, 0)
+    )  # → (logits [K, B, C], batch_stats [K, ...])
+    k = state.k // lams.shape[0]
+
+    def total(params):
+        logits, stats = forward(params, state.batch_stats, dropout_keys)
+        grouped = logits.reshape(lams.shape[0], k, *logits.shape[1:])  # [G, k, B, C]
+        per_group = jax.vmap(lambda o, lam: losses.modular_loss(o, y, lam, "categorical"))(grouped, lams)
+        return k * per_group.sum(), (logits, stats)
+
+    (_, (logits, batch_stats)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    update = map_members(lambda g, o, p: tx.update(g, o, p), strategy, in_axes=(0, 0, 0))
+    updates, opt_state = update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    member_nll = losses.member_nll(logits, y, "categorical")  # [K]
+    return new_state, {"loss": member_nll, "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1)}
+
+
 def resolve_step_loop(step_loop: str, convolutional: bool, backend: str | None = None) -> str:
     """'auto' → 'host' for convolutional models on CPU, 'device' otherwise.
 
@@ -188,6 +242,9 @@ class TrainChunk:
 
     `augment`/`padding` select the on-device training augmentation ('none' by default).
 
+    `lams` (Webb et al.'s λ per group, a tuple): train with the modular loss (`joint_train_step`) instead
+    of each member on its own NLL; the K members form len(lams) groups.
+
     `trace_count` counts traces of the jitted function (one per phase is expected).
     """
 
@@ -200,6 +257,7 @@ class TrainChunk:
         step_loop: str,
         augment: str = "none",
         padding: int = 4,
+        lams: tuple[float, ...] = (),
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
@@ -214,7 +272,16 @@ class TrainChunk:
             new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
             return new, jax.tree.map(lambda v: jnp.where(active, v, jnp.zeros_like(v)), metrics)
 
-        step_all = map_members(member_step, strategy, in_axes=(0, 0, None, 0))
+        if lams:
+            lam_array = np.asarray(lams, np.float32)
+
+            def step_all(state, orders, dataset, ends):
+                del ends  # Every group trains the same steps.
+                return joint_train_step(
+                    model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment, padding
+                )
+        else:
+            step_all = map_members(member_step, strategy, in_axes=(0, 0, None, 0))
 
         def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset, ends):
             state, metrics = step_all(state, orders, dataset, ends)

@@ -16,7 +16,7 @@ import functools
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,10 +120,13 @@ def evaluate(
     return out
 
 
-def _records(phase: str, step: int, spe: int, t: int | None, train: dict, evals: dict[str, dict]) -> list[dict]:
-    """Tidy rows of one group for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
+def _records(
+    phase: str, step: int, spe: int, group: tuple, train: dict, evals: dict[str, dict]
+) -> list[dict]:
+    """Tidy rows of one group (t, λ) for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
     rows = []
-    base = dict(phase=phase, step=step, epoch=round(step / spe, 4), t=t)
+    t, lam = group
+    base = dict(phase=phase, step=step, epoch=round(step / spe, 4), t=t, lam=lam)
 
     def add(split, scope, member, metric, value):
         rows.append(dict(base, split=split, scope=scope, member=member, metric=metric, value=float(value)))
@@ -142,11 +145,28 @@ def _records(phase: str, step: int, spe: int, t: int | None, train: dict, evals:
     return rows
 
 
+def _at_best_val(records: list[dict], group: tuple) -> dict | None:
+    """Early stopping after the fact (Webb et al.): the group's ensemble test metrics at the evaluation with
+    the lowest ensemble validation error (the first such), or None without a validation split."""
+    t, lam = group
+    mine = [r for r in records if r["phase"] == "members" and r["t"] == t and r.get("lam") == lam
+            and r["scope"] == "ensemble"]
+    val = sorted((r["value"], r["step"]) for r in mine if r["split"] == "val" and r["metric"] == "error")
+    if not val:
+        return None
+    val_error, step = val[0]
+    test = {r["metric"]: r["value"] for r in mine if r["split"] == "test" and r["step"] == step}
+    epoch = next(r["epoch"] for r in mine if r["step"] == step)
+    return {"step": step, "epoch": epoch, "val_error": val_error, "test_error": test["error"], "test_nll": test["nll"]}
+
+
 def _report(summary: dict) -> str:
     lines = []
     for group in summary["groups"]:
         test = group["test"]
-        if group["t"] is None:
+        if group.get("lam") is not None:
+            lines.append(f"modular loss λ={group['lam']:g}, test error after {group['steps']} steps ({summary['epochs']} epochs):")
+        elif group["t"] is None:
             lines.append(f"test error after {group['steps']} steps ({summary['epochs']} epochs):")
         else:
             lines.append(
@@ -162,6 +182,12 @@ def _report(summary: dict) -> str:
         if "ensemble_sym_kl" in test:
             lines.append(
                 f"  diversity: symmetric KL {test['ensemble_sym_kl']:.4f}  disagreement {test['ensemble_disagreement']:.4f}"
+            )
+        best = group.get("at_best_val")
+        if best:
+            lines.append(
+                f"  at the best validation epoch ({best['epoch']:g}): ensemble test error {best['test_error']:.4f}"
+                f"  (val {best['val_error']:.4f})"
             )
         for name, values in group.get("eval", {}).items():
             if "ensemble_error" in values:
@@ -195,12 +221,14 @@ class _Run:
     log: workdir_lib.MetricsLog
 
     def template(self, k: int) -> ensemble_lib.EnsembleState:
-        """Shapes, dtypes and shardings of a k-member state (to restore checkpoints into), without compute."""
-        abstract = jax.eval_shape(
-            lambda: ensemble_lib.init_ensemble(self.model, self.tx, rng_lib.member_streams(0, k), self.dataset.input_shape)
-        )
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        return _state_template(self.model, self.tx, k, self.dataset.input_shape)
+
+
+def _state_template(model, tx, k: int, input_shape) -> ensemble_lib.EnsembleState:
+    """Shapes, dtypes and shardings of a k-member state (to restore checkpoints into), without compute."""
+    abstract = jax.eval_shape(lambda: ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, k), input_shape))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
 
 def _train(
@@ -313,7 +341,7 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
     def log(step, parent, train):
         if step not in logged:
             evals = evaluate(run.predictor, parent, run.dataset, run.eval_sets, config.ensemble.method)[0]
-            run.log.write(_records("parent", step, run.spe, None, train, evals))
+            run.log.write(_records("parent", step, run.spe, (None, None), train, evals))
             logged.add(step)
 
     def keep(t, parent, train):
@@ -357,6 +385,46 @@ def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ense
         mask = reinit_lib.mask(one, order, config.coupling.reinit_fraction, config.coupling.reinit_side)
         reinit = spawn_lib.Reinit(mask=mask, init_params=init_params)
     return coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
+
+
+class Restored(NamedTuple):
+    """A run's members as its latest checkpoint holds them (see `restore`)."""
+
+    config: ml_collections.ConfigDict
+    plan: coupling_lib.Plan
+    dataset: data_lib.Dataset  # On the device.
+    model: object
+    state: ensemble_lib.EnsembleState
+    step: int  # The checkpoint's tick of the members' phase.
+
+
+def restore(workdir: str) -> Restored:
+    """The members of the run in `workdir` at its latest checkpoint, with its config, data and model.
+
+    For analyses after training (e.g. `experiments/webb_removal.py`): predict with
+    `ensemble.Predictor(r.model, ...)(r.state, x, r.dataset)`; the groups of `r.plan` are consecutive
+    blocks of `r.plan.k` members.
+
+    Raises:
+      ConfigError: `workdir` holds no run or no members' checkpoint.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise config_lib.ConfigError(f"{workdir}: no run there (no config.json)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    dataset = data_lib.load(config).to_device()
+    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
+    plan = coupling_lib.plan(config, spe)
+    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
+    tx = optim.make_optimizer(config.optimizer, plan.total_steps)
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise config_lib.ConfigError(f"{workdir}: no checkpoint of the members yet")
+    state = checkpointer.restore(step, _state_template(model, tx, plan.num_members, dataset.input_shape))
+    checkpointer.close()
+    return Restored(config, plan, dataset, model, state, step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -408,6 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step_loop,
             augment=data_lib.resolve_augment(config),
             padding=config.data.crop_padding,
+            lams=plan.lams,
         ),
         predictor=ensemble_lib.Predictor(model, config.eval.batch_size, config.ensemble.strategy),
         log=workdir_lib.MetricsLog(workdir),
@@ -425,16 +494,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif plan.spawning:
         state = _children(run, _parents(run, parent_source))
     else:
-        state = ensemble_lib.init_ensemble(model, tx, coupling_lib.member_streams(config.seed, plan), dataset.input_shape)
+        state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
         run.log.retain(lambda r: False)
 
-    groups = plan.group_spawn_steps()
+    groups = list(zip(plan.group_spawn_steps(), plan.group_lams()))  # (t, λ) of each group.
     starts, ends = plan.start_steps(), plan.end_steps()
     last = plan.ticks()
     logged = {}  # Group → the last step it was logged at (a group that has finished is not logged again).
     for r in run.log.read():
         if r["phase"] == "members":
-            logged[r["t"]] = max(logged.get(r["t"], -1), r["step"])
+            key = (r["t"], r.get("lam"))
+            logged[key] = max(logged.get(key, -1), r["step"])
     evals_at = _cadence(config.eval.every_epochs, spe, last)
     saves_at = _cadence(config.train.checkpoint_every_epochs, spe, last)
     final = {}
@@ -442,12 +512,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def on_pause(state, tick, train):
         if tick in evals_at:
             evals = evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))
-            for g, (t, group_evals) in enumerate(zip(groups, evals)):
+            for g, (group, group_evals) in enumerate(zip(groups, evals)):
                 step = int(min(starts[g * plan.k] + tick, ends[g * plan.k]))
-                if step > logged.get(t, -1):
+                if step > logged.get(group, -1):
                     group_train = {m: v[g * plan.k : (g + 1) * plan.k] for m, v in train.items()}
-                    run.log.write(_records("members", step, spe, t, group_train, group_evals))
-                    logged[t] = step
+                    run.log.write(_records("members", step, spe, group, group_train, group_evals))
+                    logged[group] = step
                 if tick == last:
                     final[g] = group_evals
             test = evals[0]["test"]
@@ -462,17 +532,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         final = dict(enumerate(evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))))
 
     summary_groups = []
-    for g, t in enumerate(groups):
+    records = run.log.read()
+    for g, (t, lam) in enumerate(groups):
         evals = dict(final[g])
         test = evals.pop("test")
         test["mean_member_error"] = sum(test["member_error"]) / plan.k
         summary_groups.append(
             {
                 "t": t,
+                "lam": lam,
                 "t_label": plan.spawn_labels[g] if plan.spawning else None,
                 "steps": int(ends[g * plan.k]),
                 "test": test,
                 "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
+                "at_best_val": _at_best_val(records, (t, lam)),
             }
         )
     summary = {

@@ -21,14 +21,14 @@ import ml_collections
 from jaxens.config import ConfigError
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes `obj` as JSON to `path` via a temporary file and a rename (never a half-written file)."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes `data` to `path` via a temporary file in the same directory, fsync and a rename: readers see
+    the old file or the whole new one, never a half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +36,11 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes `obj` as JSON to `path` atomically (`write_bytes_atomic`)."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

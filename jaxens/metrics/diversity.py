@@ -134,6 +134,12 @@ def member_diversity(member_logits: jax.Array) -> jax.Array:
 
     (2 / (K(K−1))) Σ_{i<j} mean_n [KL(p_i‖p_j) + KL(p_j‖p_i)].
 
+    Computed in O(K·N·C), not over the K² pairs: per example, KL(p‖q) + KL(q‖p) = Σ_c (p_c − q_c)(l_c − m_c)
+    with l = log p, m = log q, and summing over all ordered pairs with the logs centred on their member mean
+    l̄ = (1/K) Σ_i l_i (which changes no difference l_i − l_j) gives
+    Σ_{i<j} = K Σ_i Σ_c p_ic (l_ic − l̄_c), so the mean over pairs is (2/(K−1)) Σ_i Σ_c p_ic (l_ic − l̄_c).
+    A class some member gives probability 0 while another does not makes the divergence +inf, as it is.
+
     Args:
       member_logits: [K, N, C] logits of K ≥ 2 members.
 
@@ -145,9 +151,11 @@ def member_diversity(member_logits: jax.Array) -> jax.Array:
     """
     _stacked(member_logits, min_members=2)
     k = member_logits.shape[0]
-    s = pairwise_symmetric_kl(member_logits)  # [K, K]
-    upper = jnp.triu(jnp.ones((k, k), dtype=bool), k=1)  # [K, K] pairs i < j
-    return jnp.sum(jnp.where(upper, s, 0.0)) / (k * (k - 1) / 2)
+    log_p = jax.nn.log_softmax(member_logits, axis=-1)  # [K, N, C]
+    p = jnp.exp(log_p)
+    centred = log_p - log_p.mean(axis=0)  # [K, N, C]
+    terms = jnp.where(p > 0, p * centred, 0.0)
+    return 2.0 / (k - 1) * jnp.sum(terms, axis=(0, 2)).mean()
 
 
 def ensemble_kl(member_logits_a: jax.Array, member_logits_b: jax.Array, method: str = "mean_prob") -> jax.Array:
