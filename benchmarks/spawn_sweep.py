@@ -32,16 +32,6 @@ def _train(config: str, workdir: str, overrides: list[str]) -> tuple[float, dict
         return time.perf_counter() - start, json.load(f)
 
 
-def _load_config(path: str):
-    """`get_config()` of a config file, loaded by path as config_flags loads it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmarked_config", os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mnist1d_spawn.py")
@@ -49,7 +39,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="--config.field=value overrides for every run")
     args = parser.parse_args()
 
-    config = _load_config(args.config)
+    from jaxens.config import load_file
+
+    config = load_file(os.path.join(REPO, args.config))
     times = [str(t) for t in config.coupling.t]
     for override in args.overrides:
         if override.startswith("--config.coupling.t="):

@@ -123,6 +123,17 @@ def get_default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` (or `get_config(arg)`) of a config file, loaded by path as `--config=path[:arg]` loads it."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
 def unknown_fields(paths: list[str]) -> list[str]:
     """Messages for dotted paths like 'config.ensemble.kk' that name no field of the schema."""
     schema = get_default_config()

@@ -278,10 +278,9 @@ def _train(
     return state
 
 
-def _cadence(every_epochs: int, spe: int, last: int, extra=()) -> list[int]:
-    """Ticks at every `every_epochs` epochs, the extra ticks and the last one, sorted, within (0, last]."""
-    ticks = set(range(every_epochs * spe, last + 1, every_epochs * spe)) | {t for t in extra if 0 < t <= last}
-    return sorted(ticks | {last})
+def _cadence(every_epochs: int, spe: int, last: int) -> list[int]:
+    """Ticks at every `every_epochs` epochs and the last one, sorted, within (0, last]."""
+    return sorted(set(range(every_epochs * spe, last + 1, every_epochs * spe)) | {last})
 
 
 def _parent_dir_source(config: ml_collections.ConfigDict) -> str | None:
@@ -387,6 +386,14 @@ def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ense
     return coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
 
 
+def _build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+    """(steps per epoch, plan, model, optimizer) of a validated config on its dataset."""
+    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
+    plan = coupling_lib.plan(config, spe)
+    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
+    return spe, plan, model, optim.make_optimizer(config.optimizer, plan.total_steps)
+
+
 class Restored(NamedTuple):
     """A run's members as its latest checkpoint holds them (see `restore`)."""
 
@@ -414,10 +421,7 @@ def restore(workdir: str) -> Restored:
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     dataset = data_lib.load(config).to_device()
-    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
-    plan = coupling_lib.plan(config, spe)
-    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
-    tx = optim.make_optimizer(config.optimizer, plan.total_steps)
+    _, plan, model, tx = _build(config, dataset)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     step = checkpointer.latest_step()
     if step is None:
@@ -454,10 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     started = time.time()
     dataset = dataset.to_device()
-    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
-    plan = coupling_lib.plan(config, spe)
-    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
-    tx = optim.make_optimizer(config.optimizer, plan.total_steps)
+    spe, plan, model, tx = _build(config, dataset)
     step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
     run = _Run(
         config=config,

@@ -65,13 +65,7 @@ def random_logits(seed, shape, scale=3.0):
 
 def load_config_file(name):
     """`get_config()` of configs/<name>.py, loaded the way config_flags loads it (by path)."""
-    import importlib.util
-
-    path = os.path.join(REPO, "configs", name)
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_file(os.path.join(REPO, "configs", name))
 
 
 @pytest.fixture(scope="session")
