@@ -15,8 +15,8 @@ from ml_collections import config_dict
 
 MEMBER_STRATEGIES = ("vmap", "loop")
 STEP_LOOPS = ("auto", "device", "host")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "piecewise")
+OPTIMIZERS = ("sgd", "adam", "adamw", "sgmcmc")
+SCHEDULES = ("constant", "cosine", "piecewise", "cyclical")
 ENSEMBLE_METHODS = ("mean_prob", "mean_logit")
 # Zamparo et al. §1; the first two train K members from initialization, the last two spawn from a parent.
 CONDITIONS = ("no_coupling", "coupled_order", "coupled_to_t", "coupled_to_t_reset")
@@ -94,12 +94,21 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.1
-    c.optimizer.momentum = 0.9  # SGD only.
-    c.optimizer.nesterov = False  # SGD only.
-    c.optimizer.weight_decay = 0.0  # L2 added to the gradient (sgd, adam); decoupled for adamw.
-    c.optimizer.schedule = "constant"
+    c.optimizer.momentum = 0.9  # sgd; sgmcmc: 0 is SGLD, in (0, 1) SGHMC.
+    c.optimizer.nesterov = False  # sgd only.
+    # L2 added to the gradient (sgd, adam, sgmcmc: its Gaussian prior); decoupled for adamw.
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "constant"  # constant, cosine, piecewise or cyclical.
     c.optimizer.boundaries = (0.5, 0.75)  # piecewise: fractions of the total steps where lr decays.
     c.optimizer.decay_factor = 0.1  # piecewise: lr multiplier at each boundary.
+    # cyclical: cosine cycles over the T steps, each restarting at learning_rate (Zhang et al. 2020 eq. 1;
+    # with sgd: cyclical SGD / snapshot ensembles). sgmcmc: its exploration/sampling stages follow these
+    # cycles whatever the schedule. Samples: the weights at each cycle end (jaxens.optim.cycle_ends).
+    c.optimizer.cycles = 1
+    # sgmcmc (cyclical SG-MCMC, Zhang et al. 2020; jaxens.optim.sgmcmc): the first `exploration` share of
+    # every cycle is plain SGD, the rest adds Langevin noise of std sqrt(2·lr·(1 − momentum)·temperature/N).
+    c.optimizer.temperature = 1.0  # sgmcmc: T of the posterior p(θ|D)^(1/T); 0 adds no noise.
+    c.optimizer.exploration = 0.8  # sgmcmc: β in [0, 1), the exploration share of each cycle.
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128
@@ -110,6 +119,15 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.train.step_loop = "auto"
     c.train.checkpoint_every_epochs = 1
     c.train.max_checkpoints = 2
+
+    # Snapshots of the members' weights along training (Fort et al. §4; jaxens.trajectory): params and
+    # BatchNorm statistics of all K members, saved to workdir/trajectory/ at the start, at every multiple
+    # of `every` (a step string '1ep' or '50it'; '' = none) and at the end of training. keep_last = r > 0
+    # keeps only the r most recent snapshots on disk (what the diagonal / low-rank Gaussian samplers and
+    # weight averaging of jaxens.subspace need); 0 keeps them all (for trajectory similarity figures).
+    c.trajectory = ml_collections.ConfigDict()
+    c.trajectory.every = ""
+    c.trajectory.keep_last = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 1
@@ -229,6 +247,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.optimizer.boundaries={tuple(config.optimizer.boundaries)!r}: "
             "must be increasing fractions of the total steps, each in (0, 1)"
         )
+    _at_least(errors, "config.optimizer.cycles", config.optimizer.cycles, 1)
+    _at_least(errors, "config.optimizer.temperature", config.optimizer.temperature, 0)
+    if not 0 <= config.optimizer.exploration < 1:
+        errors.append(f"config.optimizer.exploration={config.optimizer.exploration!r}: must lie in [0, 1)")
+    if config.optimizer.name == "sgmcmc":
+        if not config.optimizer.momentum < 1:
+            errors.append(
+                f"config.optimizer.momentum={config.optimizer.momentum!r}: sgmcmc needs momentum in [0, 1) "
+                "(0: SGLD; SGHMC's friction is 1 - momentum)"
+            )
+        if config.optimizer.nesterov:
+            errors.append("config.optimizer.nesterov=True: sgmcmc has no Nesterov variant; set it to False")
     if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
         errors.append(f"config.model.dropout={config.model.dropout!r}: must lie in [0, 1)")
     _at_least(errors, "config.model.patch_size", config.model.patch_size, 1)
@@ -239,13 +269,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
     info = _data_errors(errors, config)
+    _cycle_errors(errors, config, info)
     for name in config.ensemble.shared_streams:
         _choice(errors, "config.ensemble.shared_streams", name, tuple(rng_lib.STREAM_IDS))
     _coupling_errors(errors, config, info)
     _loss_errors(errors, config)
+    _trajectory_errors(errors, config, info)
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
+    """config.optimizer.cycles against a member's T steps, and sgmcmc's sampling stage (needs T)."""
+    from jaxens import optim
+
+    o = config.optimizer
+    if o.schedule != "cyclical" and o.name != "sgmcmc":
+        return  # cycles is not read.
+    if info is None or not info.num_train or config.train.batch_size < 1 or config.train.num_epochs < 1:
+        return  # T is unknown; the other errors say why.
+    if not isinstance(o.cycles, int) or o.cycles < 1 or not 0 <= o.exploration < 1:
+        return  # Reported above.
+    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    total = spe * config.train.num_epochs
+    if total < 1:
+        return
+    if o.cycles > total:
+        errors.append(
+            f"config.optimizer.cycles={o.cycles}: more cycles than the T = {total} training steps "
+            f"({spe} per epoch × {config.train.num_epochs} epochs); allowed: 1 to {total}"
+        )
+        return
+    length = optim.cycle_length(total, o.cycles)
+    if o.name == "sgmcmc" and o.temperature and optim.first_sampling_offset(total, o.cycles, o.exploration) >= length:
+        errors.append(
+            f"config.optimizer.exploration={o.exploration!r}: a cycle of {length} steps (T = {total}, "
+            f"config.optimizer.cycles={o.cycles}) has no step with r(k) = mod(k, {length})/{length} >= "
+            f"{o.exploration}, so sgmcmc would never sample; lower it to at most {(length - 1) / length:.4g} "
+            "or use fewer cycles"
+        )
 
 
 def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
@@ -374,3 +437,24 @@ def _loss_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
             f"minibatch (Webb et al.), so it needs config.coupling.condition='coupled_order' "
             f"(not {config.coupling.condition!r})"
         )
+
+
+def _trajectory_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
+    """The snapshot cadence parses and fits in the members' training."""
+    from jaxens import spawn as spawn_lib
+
+    t = config.trajectory
+    _at_least(errors, "config.trajectory.keep_last", t.keep_last, 0)
+    if isinstance(t.every, str) and not t.every:
+        return
+    if info is None or not info.num_train:
+        return
+    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    field = f"config.trajectory.every={t.every!r}"
+    try:
+        every = spawn_lib.parse_steps(t.every, spe)
+    except ValueError as e:
+        errors.append(f"{field}: {e}")
+        return
+    if every < 1:
+        errors.append(f"{field}: must be at least one step (e.g. '1ep' or '50it'; '' for no snapshots)")

@@ -9,6 +9,10 @@ leading member axis K once, by `map_members`, with the configured strategy:
   one XLA program), stacking the results.
 
 Both compute the same numbers (tested).
+
+Optimizer noise (SG-MCMC, `jaxens.optim.sgmcmc`) is drawn per member and per step from the member's
+dropout stream; the derivation is a contract (`noise_key`). Every optimizer's `update` receives it as the
+extra argument `noise_key=` and all but `sgmcmc` ignore it.
 """
 
 from __future__ import annotations
@@ -100,6 +104,30 @@ def init_ensemble(
     )
 
 
+NOISE_FOLD = 1  # Folded into a member's per-step dropout key to give its optimizer-noise key.
+
+
+def noise_key(dropout_stream: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of a member's optimizer noise (SG-MCMC's ξ) at its step `step` (before the update).
+
+    Contract (tests re-derive it):
+
+        dropout_key(step) = fold_in(dropout_stream, step)            # what the model's dropout uses
+        noise_key(step)   = fold_in(dropout_key(step), NOISE_FOLD)   # NOISE_FOLD = 1
+
+    So the noise follows the dropout stream: members with independent dropout streams draw independent
+    noise, members sharing it (config.ensemble.shared_streams=('dropout',)) the same, and a resumed run
+    draws the same noise. It differs from the dropout key itself; Flax's dropout layers use
+    fold_in(dropout_key(step), h) with h a 32-bit SHA-1 hash of the layer path and call count, which equals
+    NOISE_FOLD only with probability 2^-32 per layer.
+
+    Args:
+      dropout_stream: one member's dropout stream key [2] (`state.rngs.dropout`).
+      step: the member's step (`state.step`), a scalar.
+    """
+    return jax.random.fold_in(jax.random.fold_in(dropout_stream, step), NOISE_FOLD)
+
+
 def member_loss(model: nn.Module, params, batch_stats, x, y, dropout_key):
     """Mean softmax cross-entropy of one member on a batch x [B, ...], y [B] in training mode.
 
@@ -131,7 +159,8 @@ def member_train_step(
     """One SGD step of ONE member (its `state` leaves carry no member axis).
 
     The batch is `jaxens.data.member_batch` of the member's order and augmentation streams at its
-    current step (an on-device gather, augmented on device); dropout draws from fold_in(dropout, step).
+    current step (an on-device gather, augmented on device); dropout draws from fold_in(dropout, step), and
+    the optimizer gets `noise_key(dropout, step)` as its extra argument `noise_key` (read by sgmcmc only).
 
     Args:
       state: one member's state.
@@ -149,7 +178,10 @@ def member_train_step(
     dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
     grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
+    updates, opt_state = tx.update(
+        grads, state.opt_state, state.params, noise_key=noise_key(state.rngs.dropout, state.step)
+    )
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     err = jnp.mean(jnp.argmax(logits, -1) != y)
@@ -173,7 +205,8 @@ def joint_train_step(
     Every member sees member 0's minibatch (its order and augmentation streams at its step); dropout stays
     per member. The step minimizes Σ_g k·L_λg over the groups' logits [G, k, B, C] (`jaxens.losses`), so the
     gradient reaching member j of group g is k·∂L_λg/∂η_j = ŷ_j − y − λ_g(ŷ_j − ȳ_g) (eq. 8 times k): λ = 0
-    is independent training at the optimizer's learning rate. The optimizer then updates each member.
+    is independent training at the optimizer's learning rate. The optimizer then updates each member, with
+    the member's own `noise_key(dropout, step)`.
 
     Args:
       state: the K members' state (leaves [K, ...]).
@@ -202,8 +235,10 @@ def joint_train_step(
         return k * per_group.sum(), (logits, stats)
 
     (_, (logits, batch_stats)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-    update = map_members(lambda g, o, p: tx.update(g, o, p), strategy, in_axes=(0, 0, 0))
-    updates, opt_state = update(grads, state.opt_state, state.params)
+    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
+    noise_keys = jax.vmap(noise_key)(state.rngs.dropout, state.step)  # [K, 2]
+    update = map_members(lambda g, o, p, nk: tx.update(g, o, p, noise_key=nk), strategy, in_axes=(0, 0, 0, 0))
+    updates, opt_state = update(grads, state.opt_state, state.params, noise_keys)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     member_nll = losses.member_nll(logits, y, "categorical")  # [K]

@@ -378,3 +378,61 @@ def barrier(
     alphas = np.linspace(0.0, 1.0, num_alphas, dtype=np.float32)
     path = linear_path(apply_fn, variables_a, variables_b, alphas, data, recompute_batch_stats, batch_size)
     return {**path, "barrier": error_barrier(path["error"], alphas, baseline)}
+
+
+def _predict_points(apply_fn, variables, x, train_x, chunk_size: int, batch_size):
+    num = jax.tree.leaves(variables)[0].shape[0]
+    pad = -num % chunk_size
+    padded = jax.tree.map(lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)]), variables)
+    chunks = jax.tree.map(lambda v: v.reshape((-1, chunk_size, *v.shape[1:])), padded)  # [P/c, c, ...]
+
+    def one(point):
+        if train_x is not None:
+            point = recompute_batch_stats(apply_fn, point, train_x)
+        return _eval_logits(apply_fn, point, x, batch_size)  # [N, C]
+
+    logits = jax.lax.map(jax.vmap(one), chunks)  # [P/c, c, N, C]
+    return logits.reshape((-1, *logits.shape[2:]))[:num]
+
+
+_predict_points_jit = jax.jit(_predict_points, static_argnames=("apply_fn", "chunk_size", "batch_size"))
+
+
+def predict_points(
+    apply_fn: ApplyFn,
+    variables,
+    x: jax.Array,
+    train_x: jax.Array | None = None,
+    chunk_size: int = 8,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Eval-mode logits of P networks stacked on a leading axis, in ONE jitted call.
+
+    The P networks run `chunk_size` at a time (vmapped), the chunks one after another (`lax.map`), so
+    memory grows with `chunk_size`, not P. For new weights (subspace samples, averages, interpolations)
+    pass `train_x`: every network's BatchNorm statistics are then recomputed on those training batches
+    first (`recompute_batch_stats`, DESIGN invariant 4); snapshots of trained networks keep their own.
+
+    Args:
+      apply_fn: `model.apply` of a Flax module (un-jitted).
+      variables: {'params': leaves [P, ...], 'batch_stats'?: leaves [P, ...]}.
+      x: [N, ...] normalized inputs.
+      train_x: None, or [num_batches, B, ...] normalized training batches to recompute BatchNorm statistics
+        on (ignored for models without BatchNorm).
+      chunk_size: networks evaluated together.
+      batch_size: evaluate x in chunks of this many examples (must divide N); None: all at once.
+
+    Returns:
+      [P, N, C] logits.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+    leading = {v.shape[0] if v.ndim else None for v in jax.tree.leaves(variables)}
+    if len(leading) != 1 or None in leading:
+        raise ValueError(f"variables: every leaf needs the same leading axis P, got leading sizes {sorted(map(str, leading))}")
+    n = x.shape[0]
+    if batch_size is not None and (batch_size < 1 or n % batch_size):
+        raise ValueError(f"batch_size={batch_size}: must be a positive divisor of the {n} inputs")
+    if not _has_batch_stats(variables):
+        train_x = None
+    return _predict_points_jit(apply_fn, variables, x, train_x, chunk_size=min(chunk_size, leading.pop()), batch_size=batch_size)

@@ -37,6 +37,7 @@ from jaxens import progress
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
+from jaxens import trajectory as trajectory_lib
 from jaxens import workdir as workdir_lib
 
 
@@ -391,7 +392,7 @@ def _build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
     spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
     plan = coupling_lib.plan(config, spe)
     model = models.build(config.model, dataset.num_classes, dataset.input_shape)
-    return spe, plan, model, optim.make_optimizer(config.optimizer, plan.total_steps)
+    return spe, plan, model, optim.make_optimizer(config.optimizer, plan.total_steps, num_train=dataset.num_train)
 
 
 class Restored(NamedTuple):
@@ -508,6 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logged[key] = max(logged.get(key, -1), r["step"])
     evals_at = _cadence(config.eval.every_epochs, spe, last)
     saves_at = _cadence(config.train.checkpoint_every_epochs, spe, last)
+    snapshots_at = []
+    if config.trajectory.every:
+        snapshots_at = trajectory_lib.snapshot_steps(spawn_lib.parse_steps(config.trajectory.every, spe), last)
     final = {}
 
     def on_pause(state, tick, train):
@@ -523,10 +527,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     final[g] = group_evals
             test = evals[0]["test"]
             logging.info("tick %d: first group's ensemble test error %.4f", tick, test["ensemble_error"])
+        if tick in snapshots_at:
+            trajectory_lib.save(workdir, tick, state.params, state.batch_stats, config.trajectory.keep_last)
         if tick in saves_at:
             checkpointer.save(tick, state)
 
-    pauses = sorted(set(evals_at) | set(saves_at))
+    if snapshots_at and tick == 0:  # The trajectory starts at initialization (or at the spawn).
+        trajectory_lib.save(workdir, 0, state.params, state.batch_stats, config.trajectory.keep_last)
+    pauses = sorted(set(evals_at) | set(saves_at) | set(snapshots_at))
     state = _train(run, state, starts, ends, tick, pauses, on_pause, f"train K={plan.num_members}")
     checkpointer.close()
     if not final:  # Resumed from the final checkpoint of a run killed before its summary.

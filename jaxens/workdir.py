@@ -7,6 +7,7 @@ Layout of DIR:
   checkpoints/   Orbax checkpoints of the members (the children, under a spawning condition)
   parent/        spawning conditions: the parent's checkpoints, one at every spawn time (kept, so later
                  runs can spawn from them: config.coupling.parent_dir) and the latest few
+  trajectory/    with config.trajectory.every: the members' weights at every snapshot (jaxens.trajectory)
 """
 
 from __future__ import annotations

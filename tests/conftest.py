@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +46,36 @@ def small_config(**overrides):
         node[field] = value
     config_lib.validate(c)
     return c
+
+
+BN_EPS = 1e-5  # BatchNorm epsilon of DenseBN.
+
+
+class DenseBN(nn.Module):
+    """Dense → BatchNorm → ReLU per hidden width (layers dense{i}, bn{i}), then Dense(3) 'head': a tiny
+    BatchNorm network whose NumPy re-derivations the landscape tests compare against."""
+
+    widths: tuple[int, ...] = (6, 5)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for i, width in enumerate(self.widths):
+            x = nn.Dense(width, name=f"dense{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPS, name=f"bn{i}")(x)
+            x = nn.relu(x)
+        return nn.Dense(3, name="head")(x)
+
+
+def init_variables(model, seed, x):
+    """model.init with PRNGKey(seed) on one example of x, in eval mode (jitted)."""
+    return jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.PRNGKey(seed))
+
+
+def np_nll(logits, y):
+    """Mean NLL of integer labels y [N] under logits [N, C], in NumPy."""
+    z = logits - logits.max(-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -log_p[np.arange(len(y)), y].mean()
 
 
 def np_softmax(z):

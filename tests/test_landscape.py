@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import BN_EPS, DenseBN, init_variables
+
 from jaxens import landscape, metrics, models
-
-EPS = 1e-5  # BatchNorm epsilon of the test model.
-
-
-class DenseBN(nn.Module):
-    """Dense → BN → ReLU → Dense → BN → ReLU → Dense(3): the second BatchNorm is fed by the first."""
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        for i, width in enumerate((6, 5)):
-            x = nn.Dense(width, name=f"dense{i}")(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=EPS, name=f"bn{i}")(x))
-        return nn.Dense(3, name="head")(x)
-
 
 def _small_cnn():
     """jaxens' 1-D strided CNN (conv → BatchNorm → ReLU, twice) with 4 and 6 channels."""
     return models.StridedCNN((4, 6), num_classes=3, kernel=(5,), norm="batch")
-
-
-def _init(model, key, x):
-    return jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.PRNGKey(key))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -54,7 +37,7 @@ def _np_stats(params, train_x):
             sums[f"bn{i}"][0] += mu
             sums[f"bn{i}"][1] += var
             # Training mode: this layer normalizes with this batch's statistics.
-            h = np.maximum(0.0, (h - mu) / np.sqrt(var + EPS) * p[f"bn{i}"]["scale"] + p[f"bn{i}"]["bias"])
+            h = np.maximum(0.0, (h - mu) / np.sqrt(var + BN_EPS) * p[f"bn{i}"]["scale"] + p[f"bn{i}"]["bias"])
     n = train_x.shape[0]
     return {name: {"mean": m / n, "var": v / n} for name, (m, v) in sums.items()}
 
@@ -77,7 +60,7 @@ def dense_bn():
     x = rng.normal(size=(40, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=40).astype(np.int32)
     train_x = (rng.normal(size=(3, 16, 4)) * 2 + 0.5).astype(np.float32)  # [num_batches, B, D]
-    va, vb = (_perturb_bn(_init(model, seed, x), seed) for seed in (1, 2))
+    va, vb = (_perturb_bn(init_variables(model, seed, x), seed) for seed in (1, 2))
     return model, va, vb, landscape.PathData(x, y, train_x)
 
 
@@ -121,7 +104,7 @@ def test_recompute_agrees_with_flax_running_update():
     # computed by nn.BatchNorm itself, for every layer of a jaxens CNN.
     model = _small_cnn()
     x = jax.random.normal(jax.random.PRNGKey(3), (1, 10, 16, 1)) * 1.5 + 0.3
-    variables = _init(model, 4, x[0])
+    variables = init_variables(model, 4, x[0])
     zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
     _, updates = jax.jit(lambda v, xb: model.apply(v, xb, train=True, mutable=["batch_stats"]))(
         {**variables, "batch_stats": zeros}, x[0])
@@ -136,7 +119,7 @@ def test_self_interpolation_has_zero_barrier():
     x = rng.normal(size=(30, 16, 1)).astype(np.float32)
     train_x = rng.normal(size=(2, 12, 16, 1)).astype(np.float32)
     data = landscape.PathData(x, rng.integers(0, 3, 30).astype(np.int32), train_x)
-    v = _init(model, 6, x)
+    v = init_variables(model, 6, x)
     for baseline in landscape.BASELINES:
         out = landscape.barrier(model.apply, v, v, data, num_alphas=5, baseline=baseline)
         np.testing.assert_allclose(out["error"], out["error"][0])
@@ -183,7 +166,7 @@ def test_model_without_batchnorm():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(25, 6)).astype(np.float32)
     y = rng.integers(0, 3, 25).astype(np.int32)
-    va, vb = _init(model, 8, x), _init(model, 9, x)
+    va, vb = init_variables(model, 8, x), init_variables(model, 9, x)
     assert landscape.recompute_batch_stats(model.apply, va, x[None]) is va
     data = landscape.PathData(x, y)  # No training batches needed.
     path = landscape.linear_path(model.apply, va, vb, [0.0, 0.5, 1.0], data)
@@ -229,7 +212,7 @@ def test_dropout_is_off_unless_a_key_is_given():
     train_x = rng.normal(size=(2, 16, 5)).astype(np.float32)
     with_dropout = models.MLP((8, 8), num_classes=3, dropout=0.5, norm="batch")
     without = models.MLP((8, 8), num_classes=3, dropout=0.0, norm="batch")
-    v = _init(without, 11, train_x[0])
+    v = init_variables(without, 11, train_x[0])
     recompute = jax.jit(landscape.recompute_batch_stats, static_argnums=0)
     off = recompute(with_dropout.apply, v, train_x)
     want = recompute(without.apply, v, train_x)
