@@ -16,8 +16,10 @@ computes, with `jaxens.subspace` samplers fitted to the last `--window` snapshot
 - Fig. 8: baseline, subspace sampling, ensemble and ensemble + subspace sampling against ensemble size on
   accuracy, NLL and Brier score (samples with validation accuracy below `--threshold` are rejected, §5).
 - Fig. 9: the same under distribution shift (additive Gaussian noise at CIFAR-10-C's five gaussian_noise
-  severities σ = 0.08, 0.12, 0.18, 0.26, 0.38 of the pixel range, on a test subset), and the JS divergence
-  between 5 samples of each method, 5 independent members and 5 snapshots of one trajectory.
+  severities σ = 0.08, 0.12, 0.18, 0.26, 0.38 of the pixel range, on a test subset) and on the run's own
+  `config.eval.shifted` sets (e.g. cifar10_corrupted/*); the JS divergence between 5 samples of each
+  method, 5 independent members and 5 snapshots of one trajectory on all of them and on the run's
+  `config.eval.ood` sets (e.g. svhn_cropped). Each shifted/OOD set contributes `--num_shifted` examples.
 
 New weights get BatchNorm statistics recomputed on training batches before evaluation (DESIGN invariant 4;
 `jaxens.landscape.predict_points`). Writes OUT/results.json, OUT/plane.csv, OUT/comparison.csv, OUT/js.csv
@@ -42,6 +44,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxens import data as data_lib  # noqa: E402
 from jaxens import landscape, metrics, run, subspace, trajectory  # noqa: E402
 from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
 
@@ -67,9 +70,16 @@ class Analysis:
         idx = rng.choice(test_x.shape[0], min(num_shifted, test_x.shape[0]), replace=False)
         top = float(np.asarray(ds.train_x).max())  # The pixel range (255 for images stored as uint8).
         self.sets = {"val": (ds.val_x, ds.val_y), "test": (test_x, test_y)}
+        self.kinds = {"val": "val", "test": "test"}
         for s, sigma in enumerate(NOISE_SEVERITIES, 1):
             noisy = test_x[idx].astype(np.float32) + rng.normal(size=test_x[idx].shape) * sigma * top
             self.sets[f"noise_{s}"] = (np.clip(noisy, 0, top), test_y[idx])
+            self.kinds[f"noise_{s}"] = "shifted"
+        # The run's own shifted and OOD test sets (config.eval.shifted / ood, e.g. CIFAR-10-C, SVHN).
+        for name, extra in data_lib.load_eval_sets(r.config).items():
+            pick = rng.choice(extra.x.shape[0], min(num_shifted, extra.x.shape[0]), replace=False)
+            self.sets[name] = (np.asarray(extra.x)[pick], np.asarray(extra.y)[pick])
+            self.kinds[name] = extra.kind
         self.names = list(self.sets)
         sizes = [self.sets[n][0].shape[0] for n in self.names]
         self.bounds = np.cumsum([0, *sizes])
@@ -240,7 +250,7 @@ def analyse(args) -> dict:
                   for m in range(k)])
     wa_logits = a.predict(was)  # {set: [K, N, C]}
     comparison = []
-    eval_sets = [n for n in a.names if n != "val"]
+    eval_sets = [n for n in a.names if a.kinds[n] in ("test", "shifted")]  # Labelled with the task's classes.
     for name in eval_sets:
         y = a.labels[name]
         for n in range(1, k + 1):
@@ -264,7 +274,7 @@ def analyse(args) -> dict:
     js_rows = []
     five = min(5, k)
     late = mine[-(2 * five) :: 2][-five:] if s_count >= 2 * five else mine[-five:]  # Spread over the late trajectory.
-    for name in eval_sets:
+    for name in [n for n in a.names if n != "val"]:  # JS needs no labels: OOD sets too.
         groups = {"independent": finals[name][:five], "trajectory": snap_logits[late] if name == "test" else None}
         if name != "test":
             groups["trajectory"] = a.predict(_member(snaps, late), _member(snap_stats, late) if snap_stats else None, fresh=False)[name]
@@ -322,6 +332,10 @@ def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _tick(name: str) -> str:
+    return name.replace("noise_", "noise ") if name.startswith("noise_") else name
 
 
 def write_results(out: dict, directory: str) -> None:
@@ -405,13 +419,14 @@ def write_results(out: dict, directory: str) -> None:
             vals = [next((r[metric] for r in out["comparison"] if r["set"] == s and r["size"] == k
                           and r["variant"] == variant and r["method"] == method), np.nan) for s in sets]
             ax.plot(range(len(sets)), vals, marker="o", label=f"{variant} {method}".strip())
-        ax.set_xticks(range(len(sets)), ["test" if s == "test" else s.split("_")[1] for s in sets])
-        ax.set_xlabel("noise severity")
+        ax.set_xticks(range(len(sets)), [_tick(s) for s in sets], rotation=30, fontsize=7)
+        ax.set_xlabel("test set (noise severity 1-5, then the run's shifted sets)")
         ax.set_title(f"{metric} (ensembles of {k})")
+    js_sets = list(dict.fromkeys(r["set"] for r in out["js"]))
     for method in dict.fromkeys(r["method"] for r in out["js"]):
-        vals = [next((r["js"] for r in out["js"] if r["set"] == s and r["method"] == method), np.nan) for s in sets]
-        axes[2].plot(range(len(sets)), vals, marker="o", label=method)
-    axes[2].set_xticks(range(len(sets)), ["test" if s == "test" else s.split("_")[1] for s in sets])
+        vals = [next((r["js"] for r in out["js"] if r["set"] == s and r["method"] == method), np.nan) for s in js_sets]
+        axes[2].plot(range(len(js_sets)), vals, marker="o", label=method)
+    axes[2].set_xticks(range(len(js_sets)), [_tick(s) for s in js_sets], rotation=30, fontsize=7)
     axes[2].set_title("JS divergence of 5 samples")
     axes[0].legend(fontsize=6)
     axes[2].legend(fontsize=7)
