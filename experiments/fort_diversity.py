@@ -201,7 +201,8 @@ def analyse(args) -> dict:
     # Fig. 2/3: along the base member's trajectory and across the final members.
     snaps = trajectory.flatten_points(a.traj.params)  # [S·K, ...]
     snap_stats = trajectory.flatten_points(a.traj.batch_stats) if jax.tree.leaves(a.traj.batch_stats) else None
-    snap_logits = a.predict(snaps, snap_stats, fresh=False)["test"]  # [S·K, N, C]
+    snap_all = a.predict(snaps, snap_stats, fresh=False)  # {set: [S·K, N, C]}
+    snap_logits = snap_all["test"]
     s_count = len(a.traj.steps)
     mine = np.arange(s_count) * k + base
     along = trajectory.similarity(_member(snaps, mine), snap_logits[mine])
@@ -275,9 +276,7 @@ def analyse(args) -> dict:
     five = min(5, k)
     late = mine[-(2 * five) :: 2][-five:] if s_count >= 2 * five else mine[-five:]  # Spread over the late trajectory.
     for name in [n for n in a.names if n != "val"]:  # JS needs no labels: OOD sets too.
-        groups = {"independent": finals[name][:five], "trajectory": snap_logits[late] if name == "test" else None}
-        if name != "test":
-            groups["trajectory"] = a.predict(_member(snaps, late), _member(snap_stats, late) if snap_stats else None, fresh=False)[name]
+        groups = {"independent": finals[name][:five], "trajectory": snap_all[name][late]}
         for method in METHODS:
             if samples[method, base][name].shape[0] >= 2:
                 groups[method] = samples[method, base][name][:five]

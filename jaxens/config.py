@@ -291,7 +291,7 @@ def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) ->
         return  # T is unknown; the other errors say why.
     if not isinstance(o.cycles, int) or o.cycles < 1 or not 0 <= o.exploration < 1:
         return  # Reported above.
-    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    spe = _steps_per_epoch(config, info)
     total = spe * config.train.num_epochs
     if total < 1:
         return
@@ -309,6 +309,13 @@ def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) ->
             f"{o.exploration}, so sgmcmc would never sample; lower it to at most {(length - 1) / length:.4g} "
             "or use fewer cycles"
         )
+
+
+def _steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
+    """A member's steps per epoch: the training examples left after the validation hold-out, per batch."""
+    from jaxens import data as data_lib
+
+    return data_lib.steps_per_epoch(info.num_train - config.data.val_size, config.train.batch_size)
 
 
 def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
@@ -404,7 +411,7 @@ def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info)
         return
     if info is None or not info.num_train or errors:
         return  # The steps per epoch are unknown; the other errors come first.
-    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    spe = _steps_per_epoch(config, info)
     errors.extend(coupling_lib.spawn_time_problems(tuple(c.t), c.condition, spe, spe * config.train.num_epochs))
 
 
@@ -449,7 +456,7 @@ def _trajectory_errors(errors: list[str], config: ml_collections.ConfigDict, inf
         return
     if info is None or not info.num_train:
         return
-    spe = (info.num_train - config.data.val_size) // config.train.batch_size
+    spe = _steps_per_epoch(config, info)
     field = f"config.trajectory.every={t.every!r}"
     try:
         every = spawn_lib.parse_steps(t.every, spe)

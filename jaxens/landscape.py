@@ -380,19 +380,38 @@ def barrier(
     return {**path, "barrier": error_barrier(path["error"], alphas, baseline)}
 
 
-def _predict_points(apply_fn, variables, x, train_x, chunk_size: int, batch_size):
-    num = jax.tree.leaves(variables)[0].shape[0]
-    pad = -num % chunk_size
-    padded = jax.tree.map(lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)]), variables)
-    chunks = jax.tree.map(lambda v: v.reshape((-1, chunk_size, *v.shape[1:])), padded)  # [P/c, c, ...]
+def map_in_chunks(fn: Callable, xs, chunk_size: int | None):
+    """`fn` mapped over the leading axis G of the pytree `xs`, `chunk_size` elements at a time.
 
+    Each chunk is vmapped and the chunks run one after another (`lax.map`), so memory grows with the chunk,
+    not with G. G is padded to a multiple of the chunk with copies of the last element, whose results are
+    dropped. Traced inside the caller's jitted function.
+
+    Args:
+      fn: a function of one element (leaves without the leading axis) returning a pytree.
+      xs: a pytree whose leaves share the leading axis G ≥ 1.
+      chunk_size: elements per vmapped chunk; None: all G at once.
+
+    Returns:
+      `fn`'s results stacked on a leading axis G.
+    """
+    g = jax.tree.leaves(xs)[0].shape[0]
+    chunk = g if chunk_size is None else min(chunk_size, g)
+    pad = -g % chunk
+    if pad:
+        xs = jax.tree.map(lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)]), xs)
+    chunks = jax.tree.map(lambda v: v.reshape((-1, chunk, *v.shape[1:])), xs)  # [G/chunk, chunk, ...]
+    out = jax.lax.map(jax.vmap(fn), chunks)  # [G/chunk, chunk, ...]
+    return jax.tree.map(lambda v: v.reshape((-1, *v.shape[2:]))[:g], out)
+
+
+def _predict_points(apply_fn, variables, x, train_x, chunk_size: int, batch_size):
     def one(point):
         if train_x is not None:
             point = recompute_batch_stats(apply_fn, point, train_x)
         return _eval_logits(apply_fn, point, x, batch_size)  # [N, C]
 
-    logits = jax.lax.map(jax.vmap(one), chunks)  # [P/c, c, N, C]
-    return logits.reshape((-1, *logits.shape[2:]))[:num]
+    return map_in_chunks(one, variables, chunk_size)  # [P, N, C]
 
 
 _predict_points_jit = jax.jit(_predict_points, static_argnames=("apply_fn", "chunk_size", "batch_size"))
@@ -435,4 +454,4 @@ def predict_points(
         raise ValueError(f"batch_size={batch_size}: must be a positive divisor of the {n} inputs")
     if not _has_batch_stats(variables):
         train_x = None
-    return _predict_points_jit(apply_fn, variables, x, train_x, chunk_size=min(chunk_size, leading.pop()), batch_size=batch_size)
+    return _predict_points_jit(apply_fn, variables, x, train_x, chunk_size=chunk_size, batch_size=batch_size)

@@ -55,10 +55,10 @@ def cyclical_schedule(init_value: float, total_steps: int, cycles: int) -> optax
       total_steps: K.
       cycles: M, in [1, K].
     """
-    length = cycle_length(total_steps, cycles)
+    cycle_length(total_steps, cycles)  # Checks the arguments now, not at the first step.
 
     def schedule(count):
-        r = jnp.mod(count, length).astype(jnp.float32) / length
+        r = cycle_proportion(count, total_steps, cycles)
         return 0.5 * init_value * (jnp.cos(jnp.pi * r) + 1.0)
 
     return schedule

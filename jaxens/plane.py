@@ -255,8 +255,7 @@ def _evaluate_points(apply_fn: ApplyFn, variables_at, zs, z_a, z_b, x, y, batch_
 
     `variables_at(z)` builds one point's variables. The reference predictions are those of `variables_at(z_a)`
     and `variables_at(z_b)` (the optima, under the same BatchNorm policy). Points run in vmapped chunks of
-    `chunk_size` (None: all at once), `lax.map` over the chunks; G is padded to a multiple of the chunk with
-    copies of the last point, whose results are dropped. Traced inside the callers' jitted functions.
+    `chunk_size` (None: all at once; `landscape.map_in_chunks`). Traced inside the callers' jitted functions.
     """
     logits_at = lambda z: landscape._eval_logits(apply_fn, variables_at(z), x, batch_size)  # noqa: E731  [N, C]
     ref_a, ref_b = logits_at(z_a), logits_at(z_b)  # [N, C] each
@@ -270,13 +269,7 @@ def _evaluate_points(apply_fn: ApplyFn, variables_at, zs, z_a, z_b, x, y, batch_
             "agreement_b": 1.0 - metrics.disagreement(logits, ref_b),
         }
 
-    g = zs.shape[0]
-    chunk = g if chunk_size is None else min(chunk_size, g)
-    pad = (-g) % chunk
-    padded = jnp.concatenate([zs, jnp.repeat(zs[-1:], pad, axis=0)]) if pad else zs  # [P·chunk, ...]
-    chunks = padded.reshape((padded.shape[0] // chunk, chunk, *zs.shape[1:]))  # [P, chunk, ...]
-    out = jax.lax.map(jax.vmap(one), chunks)  # each [P, chunk]
-    return jax.tree.map(lambda v: v.reshape(-1)[:g], out)  # each [G]
+    return landscape.map_in_chunks(one, zs, chunk_size)  # each [G]
 
 
 def _check_data(data: landscape.PathData, recompute: bool, batch_size, data_name: str = "data") -> landscape.PathData:
