@@ -30,5 +30,5 @@ def get_config():
     config.train.batch_size = 128
     config.train.num_epochs = 10
     config.eval.every_epochs = 5
-    config.train.checkpoint_every_epochs = 5
+    config.train.checkpoint_every = "5ep"
     return config

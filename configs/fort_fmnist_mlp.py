@@ -33,7 +33,7 @@ def get_config():
     config.optimizer.decay_factor = 0.5
     config.train.batch_size = 128
     config.train.num_epochs = 20
-    config.train.checkpoint_every_epochs = 5
+    config.train.checkpoint_every = "5ep"
     config.eval.every_epochs = 5
     config.trajectory.every = "1ep"
     return config

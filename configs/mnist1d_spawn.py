@@ -31,5 +31,5 @@ def get_config():
     config.train.num_epochs = 40
     config.train.steps_per_call = 40
     config.eval.every_epochs = 10
-    config.train.checkpoint_every_epochs = 10
+    config.train.checkpoint_every = "10ep"
     return config

@@ -37,6 +37,6 @@ def get_config():
     config.optimizer.decay_factor = 0.1
     config.train.batch_size = 128
     config.train.num_epochs = 160
-    config.train.checkpoint_every_epochs = 5
+    config.train.checkpoint_every = "5ep"
     config.eval.every_epochs = 5
     return config

@@ -31,6 +31,6 @@ def get_config():
     config.optimizer.momentum = 0.9
     config.train.batch_size = 100
     config.train.num_epochs = 400
-    config.train.checkpoint_every_epochs = 10
+    config.train.checkpoint_every = "10ep"
     config.eval.every_epochs = 1
     return config

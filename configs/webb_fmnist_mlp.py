@@ -44,7 +44,7 @@ def get_config(architecture: str = "256x4"):
     config.train.batch_size = 100
     config.train.num_epochs = 30
     config.train.steps_per_call = 500
-    config.train.checkpoint_every_epochs = 5
+    config.train.checkpoint_every = "5ep"
     config.eval.every_epochs = 1
     config.eval.batch_size = 2000
     return config

@@ -3,7 +3,7 @@
   python experiments/fort_csgmcmc.py --out=results/fort_csgmcmc [--overwrite]
   python experiments/fort_csgmcmc.py --out=results/fort_csgmcmc_cold --csgmcmc_config=configs/mnist1d_csgmcmc.py:cold
 
-Trains (or finishes, or reuses: `jaxens.run.train_and_evaluate` resumes a workdir) two runs under OUT/runs/:
+Trains (or finishes, or reuses: a `jaxens.sweep`) two runs under OUT/runs/:
 
 - `csgmcmc` (`csgmcmc_ARG` for a config `path:ARG`): `--csgmcmc_config` (default configs/mnist1d_csgmcmc.py), K chains of cyclical SG-MCMC (Zhang et
   al. 2020) from independent initializations, its members' weights snapshotted at every cycle end
@@ -51,6 +51,7 @@ from jaxens import ensemble as ensemble_lib  # noqa: E402
 from jaxens import metrics  # noqa: E402
 from jaxens import optim  # noqa: E402
 from jaxens import run  # noqa: E402
+from jaxens import sweep  # noqa: E402
 from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
 
 FILES = ("results.json", "fig_s5.png")
@@ -199,14 +200,14 @@ def main(argv=None) -> None:
     csg_config, csg_arg = load_config(args.csgmcmc_config)
     ens_config, _ = load_config(args.ensemble_config)
     ens_config.ensemble.k = csg_config.ensemble.k  # The same number of independent functions.
-    for config in (csg_config, ens_config):  # Both invalid configs are reported before any training.
-        config_lib.validate(config)
     csg_name = f"csgmcmc_{csg_arg}" if csg_arg else "csgmcmc"
-    workdirs = {"csgmcmc": os.path.join(args.out, "runs", csg_name), "ensemble": os.path.join(args.out, "runs", "ensemble")}
-    summaries = {
-        "csgmcmc": run.train_and_evaluate(csg_config, workdirs["csgmcmc"]),
-        "ensemble": run.train_and_evaluate(ens_config, workdirs["ensemble"]),
-    }
+    # Both configs are validated before any training; finished runs are reused, unfinished ones resume.
+    outcomes = sweep.run_all({csg_name: csg_config, "ensemble": ens_config}, os.path.join(args.out, "runs"))
+    failed = [f"{o.name}: {o.status} ({o.message})" for o in outcomes.values() if o.summary is None]
+    if failed:
+        raise SystemExit("error: " + "; ".join(failed))
+    workdirs = {"csgmcmc": outcomes[csg_name].workdir, "ensemble": outcomes["ensemble"].workdir}
+    summaries = {"csgmcmc": outcomes[csg_name].summary, "ensemble": outcomes["ensemble"].summary}
     found = csgmcmc_samples(workdirs["csgmcmc"])
     samples, ends, labels = found if found is not None else (None, [], None)
     members, labels = ensemble_members(workdirs["ensemble"])

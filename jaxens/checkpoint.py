@@ -1,58 +1,169 @@
-"""Orbax checkpoints of the ensemble state (atomic saves; the last few kept, plus chosen steps)."""
+"""Orbax checkpoints of the ensemble state: atomic saves, verified restores, fallback past a bad checkpoint.
+
+A checkpoint of step s holds two items: `state` (the pytree, Orbax's standard format) and `meta` (JSON: the
+caller's `progress`, e.g. running training-metric sums, and a fingerprint of the state's bytes). Orbax writes
+a checkpoint into a temporary directory and renames it when complete, so a process killed during a save
+leaves no checkpoint that looks finished. A checkpoint that is finished but damaged afterwards (a file
+missing or truncated, bytes changed on disk) fails to restore or fails its fingerprint: `restore_latest`
+then moves it aside to `<directory>.corrupt/` (nothing is deleted), says so, and falls back to the
+previous one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Sequence
+import shutil
+import time
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
+
+from jaxens import faults
+
+
+class CorruptCheckpoint(Exception):
+    """A finished checkpoint that cannot be restored, or whose bytes differ from what was saved."""
+
+
+def fingerprint(tree) -> str | None:
+    """A BLAKE2b digest of every leaf's dtype, shape and bytes, in tree order (None when some leaf is not
+    fully addressable from this process, as on a multi-host mesh)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return None
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any
+    progress: dict
 
 
 class Checkpointer:
     """Saves and restores a pytree (the ensemble state) under `directory`, one checkpoint per step.
 
-    Orbax writes each checkpoint to a temporary directory and renames it when complete, so a killed
-    save never leaves a checkpoint that looks finished.
-
     Args:
       directory: where the checkpoints live.
       max_to_keep: how many of the latest checkpoints to keep.
       keep_steps: steps kept besides the latest (e.g. a parent's spawn times).
-      read_only: only read (another run's checkpoints): saving raises, nothing is created or deleted.
+      read_only: only read (another run's checkpoints): saving raises, nothing is created, moved or deleted.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 2, keep_steps: Sequence[int] = (), read_only: bool = False):
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(max_to_keep), checkpoint_managers.CustomSteps(list(keep_steps))]
         )
+        self.directory = os.path.abspath(directory)
         self._read_only = read_only
+        self._skipped: set[int] = set()  # Bad checkpoints of a read-only directory, ignored from now on.
         # A read-only manager is one that never saves (so never deletes either); Orbax's own read_only
         # option would log warnings on every open.
         self._manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only),
         )
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        return sorted(set(self._manager.all_steps()) - self._skipped)
 
-    def save(self, step: int, state) -> None:
-        """Saves `state` as checkpoint `step` and waits until it is on disk."""
+    def save(self, step: int, state, progress: dict | None = None) -> None:
+        """Saves `state` (and the JSON-able `progress`) as checkpoint `step`; returns once it is on disk.
+
+        A step that is already saved is kept as it is (training is deterministic: a rerun reaching the step
+        again has the same state).
+        """
         if self._read_only:
             raise PermissionError("this Checkpointer was opened read_only: it never writes")
-        self._manager.save(step, args=ocp.args.StandardSave(state))
+        if step in self._manager.all_steps():
+            return
+        meta = {"progress": progress or {}, "fingerprint": fingerprint(state)}
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        faults.kill_point(os.path.basename(self.directory), step)  # Tests: SIGKILL while the write runs.
         self._manager.wait_until_finished()
+
+    def _restore(self, step: int, like) -> Restored:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+        except Exception as e:  # Orbax and TensorStore raise many kinds for missing or damaged files.
+            raise CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        expected = meta.get("fingerprint")
+        if expected is not None and fingerprint(state) != expected:
+            raise CorruptCheckpoint("its arrays differ from what was saved (fingerprint mismatch)")
+        return Restored(step, state, meta.get("progress", {}))
 
     def restore(self, step: int, like):
         """Checkpoint `step`, restored into the structure, shapes and dtypes of `like` (arrays, or
-        `jax.ShapeDtypeStruct`s with a sharding)."""
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        `jax.ShapeDtypeStruct`s with a sharding), its bytes verified.
+
+        Raises:
+          CorruptCheckpoint: the checkpoint cannot be read or its bytes changed since the save.
+        """
+        return self._restore(step, like).state
+
+    def restore_progress(self, step: int, like) -> Restored:
+        """(step, state, progress) of checkpoint `step`, verified like `restore`."""
+        return self._restore(step, like)
+
+    def restore_latest(self, like, at_most: int | None = None) -> Restored | None:
+        """The newest checkpoint (at or before step `at_most`, if given) that restores intact, or None if
+        there is no checkpoint.
+
+        Newer checkpoints that fail are reported and (unless read-only) moved to
+        `<directory>.corrupt/<step>-<time>`, so that later saves of their steps can proceed.
+
+        Raises:
+          CorruptCheckpoint: no checkpoint restores. Then nothing is moved: every checkpoint failing at
+            once points to a mismatch of code or config rather than to damaged files.
+        """
+        failed = []
+        for step in reversed(self.all_steps()):
+            if at_most is not None and step > at_most:
+                continue
+            try:
+                restored = self._restore(step, like)
+            except CorruptCheckpoint as e:
+                failed.append((step, str(e)))
+                continue
+            for bad, reason in failed:
+                self.set_aside(bad, reason)
+            return restored
+        if failed:
+            step, reason = failed[0]
+            raise CorruptCheckpoint(
+                f"no checkpoint in {self.directory} restores (the newest, {step}, {reason}); nothing was moved"
+            )
+        return None
+
+    def set_aside(self, step: int, reason: str) -> None:
+        """Reports checkpoint `step` as bad and moves it out of the way (a read-only one stays, ignored
+        by this Checkpointer from now on)."""
+        where = "skipped"
+        if not self._read_only:
+            target = os.path.join(f"{self.directory}.corrupt", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+            self._manager.reload()
+            where = f"moved to {target}"
+        else:
+            self._skipped.add(step)
+        message = f"checkpoint {step} in {self.directory} {reason}; {where}, falling back to an earlier one"
+        logging.warning(message)
 
     def close(self) -> None:
         self._manager.close()

@@ -22,6 +22,7 @@ ENSEMBLE_METHODS = ("mean_prob", "mean_logit")
 CONDITIONS = ("no_coupling", "coupled_order", "coupled_to_t", "coupled_to_t_reset")
 SPAWNING_CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
 REINIT_SIDES = ("low", "high")
+ON_DIVERGENCE = ("freeze", "stop")
 
 
 class ConfigError(ValueError):
@@ -109,16 +110,26 @@ def get_default_config() -> ml_collections.ConfigDict:
     # every cycle is plain SGD, the rest adds Langevin noise of std sqrt(2·lr·(1 − momentum)·temperature/N).
     c.optimizer.temperature = 1.0  # sgmcmc: T of the posterior p(θ|D)^(1/T); 0 adds no noise.
     c.optimizer.exploration = 0.8  # sgmcmc: β in [0, 1), the exploration share of each cycle.
+    # Per-member learning-rate multipliers, one per member of a group (k values; () = all 1): member m's
+    # updates are scaled by member_lr_scale[m] (sgd, adam, adamw). E.g. ensembles over learning rates.
+    c.optimizer.member_lr_scale = ()
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128
     c.train.num_epochs = 10
-    c.train.steps_per_call = 100  # Steps between progress updates; capped at epoch ends.
+    # Steps between progress updates (capped at epoch ends); also the most steps a SIGTERM waits for.
+    c.train.steps_per_call = 100
     # Where the loop over steps runs: 'device' (a while loop in one jitted call), 'host' (one jitted
     # call per step, dispatched without waiting), 'auto' (host on CPU, device elsewhere).
     c.train.step_loop = "auto"
-    c.train.checkpoint_every_epochs = 1
-    c.train.max_checkpoints = 2
+    # Checkpoints of the members (and of the parent, which is also saved at every spawn time), as a step
+    # string: '1ep', '5ep', '500it'. SIGTERM or SIGINT also saves at once and exits (code 128 + signal).
+    c.train.checkpoint_every = "1ep"
+    c.train.max_checkpoints = 2  # The latest ones kept (a rerun falls back past a corrupt latest one).
+    # A member whose loss or gradients turn non-finite is always frozen at its state before that step and
+    # reported ('freeze': the others train on; 'stop': the run stops, exit code 3). Either way the run stops
+    # once no member is left training.
+    c.train.on_divergence = "freeze"
 
     # Snapshots of the members' weights along training (Fort et al. §4; jaxens.trajectory): params and
     # BatchNorm statistics of all K members, saved to workdir/trajectory/ at the start, at every multiple
@@ -264,8 +275,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _at_least(errors, "config.model.patch_size", config.model.patch_size, 1)
     if not config.model.widths or not all(isinstance(w, int) and w >= 1 for w in config.model.widths):
         errors.append(f"config.model.widths={tuple(config.model.widths)!r}: must be positive integers")
-    for field in ("batch_size", "num_epochs", "steps_per_call", "checkpoint_every_epochs", "max_checkpoints"):
+    for field in ("batch_size", "num_epochs", "steps_per_call", "max_checkpoints"):
         _at_least(errors, f"config.train.{field}", config.train[field], 1)
+    _choice(errors, "config.train.on_divergence", config.train.on_divergence, ON_DIVERGENCE)
+    _member_lr_errors(errors, config)
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
     info = _data_errors(errors, config)
@@ -275,9 +288,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _coupling_errors(errors, config, info)
     _loss_errors(errors, config)
     _trajectory_errors(errors, config, info)
+    _step_string_errors(errors, "config.train.checkpoint_every", config.train.checkpoint_every, config, info, "'1ep' or '500it'")
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _member_lr_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
+    """One positive learning-rate multiplier per member of a group, for the optimizers it scales."""
+    scales = tuple(config.optimizer.member_lr_scale)
+    field = f"config.optimizer.member_lr_scale={scales!r}"
+    if not scales:
+        return
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales):
+        errors.append(f"{field}: must be positive numbers")
+    k = config.ensemble.k
+    if isinstance(k, int) and len(scales) != k:
+        errors.append(f"{field}: needs one multiplier per member of a group, config.ensemble.k={k}; got {len(scales)}")
+    if config.optimizer.name == "sgmcmc":
+        errors.append(
+            f"{field}: sgmcmc's Langevin noise scales with the square root of the learning rate, not with "
+            "these multipliers; allowed with sgd, adam, adamw"
+        )
+
+
+def _step_string_errors(errors: list[str], name: str, value, config, info, example: str) -> None:
+    """A step string (`jaxens.spawn.parse_steps`) that parses to at least one step."""
+    from jaxens import spawn as spawn_lib
+
+    if not isinstance(value, str) or not value:
+        errors.append(f"{name}={value!r}: expected a step string such as {example}")
+        return
+    if info is None or not info.num_train or not isinstance(config.train.batch_size, int) or config.train.batch_size < 1:
+        return  # Steps per epoch unknown; the other errors say why.
+    try:
+        steps = spawn_lib.parse_steps(value, _steps_per_epoch(config, info))
+    except ValueError as e:
+        errors.append(f"{name}={value!r}: {e}")
+        return
+    if steps < 1:
+        errors.append(f"{name}={value!r}: must be at least one step, e.g. {example}")
 
 
 def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:

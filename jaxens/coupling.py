@@ -201,6 +201,10 @@ PARENT_FIELDS = (
 )
 
 
+# Fields inside PARENT_FIELDS that only the children read.
+CHILD_ONLY_FIELDS = ("optimizer.member_lr_scale",)
+
+
 def parent_fields(config: dict) -> dict:
     """The PARENT_FIELDS of a config given as a plain dict (`jaxens.workdir.config_to_dict`)."""
     out = {}
@@ -208,5 +212,7 @@ def parent_fields(config: dict) -> dict:
         node = config
         for part in path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node = {k: v for k, v in node.items() if f"{path}.{k}" not in CHILD_ONLY_FIELDS}
         out[path] = node
     return out

@@ -10,6 +10,11 @@ leading member axis K once, by `map_members`, with the configured strategy:
 
 Both compute the same numbers (tested).
 
+Divergence: every step checks, on the device, that each member's loss and gradients are finite. A member
+whose are not keeps its state from before that step from then on (frozen) and records the step in
+`EnsembleState.diverged`; the others train on unaffected (their numbers do not depend on it). The host
+reads the flags when it pauses anyway (evaluation, checkpoints), never per step.
+
 Optimizer noise (SG-MCMC, `jaxens.optim.sgmcmc`) is drawn per member and per step from the member's
 dropout stream; the derivation is a contract (`noise_key`). Every optimizer's `update` receives it as the
 extra argument `noise_key=` and all but `sgmcmc` ignore it.
@@ -43,6 +48,8 @@ class EnsembleState:
       batch_stats: leaves [K, ...], per-member BatchNorm statistics ({} for models without BatchNorm).
       opt_state: leaves [K, ...] (momentum, schedule counts, ...).
       rngs: the members' PRNG streams, each [K, 2].
+      diverged: [K] int32, the step whose update turned the member's loss or state non-finite (the member
+        is frozen at its state before that step), or -1.
     """
 
     step: jax.Array
@@ -50,6 +57,7 @@ class EnsembleState:
     batch_stats: PyTree
     opt_state: PyTree
     rngs: rng_lib.Streams
+    diverged: jax.Array
 
     @property
     def k(self) -> int:
@@ -100,7 +108,12 @@ def init_ensemble(
         streams.init
     )
     return EnsembleState(
-        step=jnp.zeros((k,), jnp.int32), params=params, batch_stats=batch_stats, opt_state=opt_state, rngs=streams
+        step=jnp.zeros((k,), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        rngs=streams,
+        diverged=jnp.full((k,), -1, jnp.int32),
     )
 
 
@@ -146,6 +159,63 @@ def member_loss(model: nn.Module, params, batch_stats, x, y, dropout_key):
     return loss, (logits, new_stats)
 
 
+def _all_finite(tree) -> jax.Array:
+    """True iff every float in `tree` is finite (a scalar; integer leaves are skipped)."""
+    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def member_update(
+    tx: optax.GradientTransformation,
+    state: EnsembleState,
+    grads,
+    batch_stats,
+    metrics: dict,
+    noise_key: jax.Array,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
+):
+    """ONE member's optimizer update, under the divergence check.
+
+    The member takes its step if it is `active` (default: yes), has not diverged before, and its loss
+    (`metrics['loss']`) and gradients are finite: then params += update (times `lr_scale`), and the new
+    optimizer state and BatchNorm statistics replace the old ones. Otherwise everything stays as it was;
+    a member that was active but whose loss or gradients were not finite records its step in `diverged`
+    and is frozen from then on. The choice is a select inside the update's elementwise kernels, not a
+    second pass over the state. `check_finite=False` skips the check (every active member steps).
+
+    Returns:
+      (state, metrics): metrics zeroed for a member that did not step, plus 'steps' (1 or 0).
+    """
+    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
+    if check_finite:
+        finite = _all_finite((metrics["loss"], grads))
+        trying = state.diverged < 0 if active is None else (state.diverged < 0) & active
+    else:
+        finite = jnp.bool_(True)
+        trying = jnp.bool_(True) if active is None else active
+    take = trying & finite
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, noise_key=noise_key)
+    updates = _scaled(updates, lr_scale)
+    params = jax.tree.map(lambda p, u: jnp.asarray(p + jnp.where(take, u, 0)).astype(p.dtype), state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + take.astype(state.step.dtype),
+        params=params,
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        diverged=jnp.where(trying & ~finite, state.step, state.diverged),
+    )
+    metrics = {**metrics, "steps": jnp.ones_like(metrics["loss"])}
+    return new_state, jax.tree.map(lambda v: jnp.where(take, v, jnp.zeros_like(v)), metrics)
+
+
+def _scaled(updates, lr_scale):
+    """Updates times a member's learning-rate multiplier (None: unchanged)."""
+    return updates if lr_scale is None else jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+
+
 def member_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -155,12 +225,16 @@ def member_train_step(
     batch_size: int,
     augment: str = "none",
     padding: int = 4,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
 ):
     """One SGD step of ONE member (its `state` leaves carry no member axis).
 
     The batch is `jaxens.data.member_batch` of the member's order and augmentation streams at its
     current step (an on-device gather, augmented on device); dropout draws from fold_in(dropout, step), and
     the optimizer gets `noise_key(dropout, step)` as its extra argument `noise_key` (read by sgmcmc only).
+    The update goes through `member_update` (the divergence check).
 
     Args:
       state: one member's state.
@@ -168,9 +242,13 @@ def member_train_step(
       dataset: on-device dataset, shared by all members.
       batch_size: B.
       augment, padding: the training augmentation (see `jaxens.data.augment`).
+      lr_scale: a scalar multiplying the optimizer's update (the member's learning-rate multiplier for
+        sgd, adam and adamw), or None.
+      active: whether the member steps (False once it reached its end step), or None for yes.
+      check_finite: see `member_update`.
 
     Returns:
-      (new state, {'loss': scalar, 'error': scalar}) for the batch before the update.
+      (new state, {'loss', 'error', 'steps'} scalars) for the batch before the update.
     """
     x, y = data_lib.member_batch(
         dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
@@ -178,14 +256,10 @@ def member_train_step(
     dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
     grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
-    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
-    updates, opt_state = tx.update(
-        grads, state.opt_state, state.params, noise_key=noise_key(state.rngs.dropout, state.step)
+    metrics = {"loss": loss, "error": jnp.mean(jnp.argmax(logits, -1) != y)}
+    return member_update(
+        tx, state, grads, batch_stats, metrics, noise_key(state.rngs.dropout, state.step), lr_scale, active, check_finite
     )
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-    err = jnp.mean(jnp.argmax(logits, -1) != y)
-    return new_state, {"loss": loss, "error": err}
 
 
 def joint_train_step(
@@ -199,28 +273,33 @@ def joint_train_step(
     lams: jax.Array,
     augment: str = "none",
     padding: int = 4,
+    lr_scales: jax.Array | None = None,
+    check_finite: bool = True,
 ):
     """One SGD step of all K members under Webb et al.'s modular loss, G groups of k = K/G members.
 
-    Every member sees member 0's minibatch (its order and augmentation streams at its step); dropout stays
-    per member. The step minimizes Σ_g k·L_λg over the groups' logits [G, k, B, C] (`jaxens.losses`), so the
+    Every member sees member 0's minibatch (its order and augmentation streams at the members' step: the
+    largest, so that a frozen diverged member does not hold the others back); dropout stays per member.
+    The step minimizes Σ_g k·L_λg over the groups' logits [G, k, B, C] (`jaxens.losses`), so the
     gradient reaching member j of group g is k·∂L_λg/∂η_j = ŷ_j − y − λ_g(ŷ_j − ȳ_g) (eq. 8 times k): λ = 0
-    is independent training at the optimizer's learning rate. The optimizer then updates each member, with
-    the member's own `noise_key(dropout, step)`.
+    is independent training at the optimizer's learning rate. The optimizer then updates each member
+    (`member_update`, with the member's own NLL, gradients and `noise_key(dropout, step)`). A group shares
+    one loss, so a member whose logits turn non-finite takes its group's gradients with it.
 
     Args:
       state: the K members' state (leaves [K, ...]).
       orders: [K, N] the members' epoch permutations (row 0 is used).
       lams: [G] each group's λ.
+      lr_scales: [K] multipliers of each member's update, or None.
 
     Returns:
-      (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K]}).
+      (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K], 'steps': [K]}).
     """
     from jaxens import losses  # A leaf module; imported here to keep this module's imports light.
 
     first = jax.tree.map(lambda x: x[0], state)
     x, y = data_lib.member_batch(
-        dataset, orders[0], first.rngs.augment, first.step, batch_size=batch_size, augment=augment, padding=padding
+        dataset, orders[0], first.rngs.augment, state.step.max(), batch_size=batch_size, augment=augment, padding=padding
     )  # [B, ...], [B]
     dropout_keys = jax.vmap(jax.random.fold_in)(state.rngs.dropout, state.step)  # [K, 2]
     forward = map_members(
@@ -235,14 +314,17 @@ def joint_train_step(
         return k * per_group.sum(), (logits, stats)
 
     (_, (logits, batch_stats)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
+    metrics = {
+        "loss": losses.member_nll(logits, y, "categorical"),  # [K]
+        "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1),
+    }
     noise_keys = jax.vmap(noise_key)(state.rngs.dropout, state.step)  # [K, 2]
-    update = map_members(lambda g, o, p, nk: tx.update(g, o, p, noise_key=nk), strategy, in_axes=(0, 0, 0, 0))
-    updates, opt_state = update(grads, state.opt_state, state.params, noise_keys)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-    member_nll = losses.member_nll(logits, y, "categorical")  # [K]
-    return new_state, {"loss": member_nll, "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1)}
+    update = map_members(
+        lambda st, g, bs, m, nk, sc: member_update(tx, st, g, bs, m, nk, sc, None, check_finite),
+        strategy,
+        in_axes=(0, 0, 0, 0, 0, None if lr_scales is None else 0),
+    )
+    return update(state, grads, batch_stats, metrics, noise_keys, lr_scales)
 
 
 def resolve_step_loop(step_loop: str, convolutional: bool, backend: str | None = None) -> str:
@@ -260,15 +342,22 @@ def resolve_step_loop(step_loop: str, convolutional: bool, backend: str | None =
 
 
 class TrainChunk:
-    """Runs `num_steps` training steps of all K members: `(state, orders, dataset, num_steps, ends=None) -> (state, sums)`.
+    """Runs `num_steps` training steps of all K members: `(state, orders, dataset, num_steps, ends=None,
+    lr_scales=None) -> (state, sums)`.
 
     `orders` [K, N] are the members' current epoch permutations. The input state is donated. `sums` holds
-    [K] metric arrays summed over the chunk's steps (divide by the number of steps), left on device: no
-    host synchronization happens inside a chunk.
+    [K] metric arrays summed over the chunk's steps, with 'steps' counting the steps each member took
+    (divide by it), left on device: no host synchronization happens inside a chunk.
 
     `ends` (optional, [K] int32 on device): member m stops updating once its step reaches `ends[m]` (its
     state is carried unchanged and it adds 0 to `sums`). Members of a spawn sweep finish at different
     steps; without `ends` every member takes every step.
+
+    `lr_scales` (optional, [K] float32 on device): each member's learning-rate multiplier (default 1).
+
+    Every step runs the divergence check (`member_update`): a member whose loss or new state is non-finite
+    is frozen and its step recorded in `state.diverged`. `check_finite=False` leaves it out (for
+    `benchmarks/divergence_check.py`, which measures what it costs).
 
     `step_loop`: 'device' runs the steps in a `while` loop inside one jitted call,
     `num_steps` traced, so every chunk length shares one compilation; 'host' dispatches one jitted call per
@@ -293,39 +382,43 @@ class TrainChunk:
         augment: str = "none",
         padding: int = 4,
         lams: tuple[float, ...] = (),
+        check_finite: bool = True,
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
         self.trace_count = 0
         self.step_loop = step_loop
 
-        def member_step(state, order, dataset, end):
-            new, metrics = member_train_step(model, tx, state, order, dataset, batch_size, augment, padding)
-            if end is None:
-                return new, metrics
-            active = state.step < end  # A finished member keeps its state and adds nothing.
-            new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-            return new, jax.tree.map(lambda v: jnp.where(active, v, jnp.zeros_like(v)), metrics)
+        def member_step(state, order, dataset, end, lr_scale):
+            # A finished member (step ≥ end) keeps its state and adds nothing, as a diverged one does.
+            active = None if end is None else state.step < end
+            return member_train_step(
+                model, tx, state, order, dataset, batch_size, augment, padding, lr_scale, active, check_finite
+            )
 
         if lams:
             lam_array = np.asarray(lams, np.float32)
 
-            def step_all(state, orders, dataset, ends):
+            def step_all(state, orders, dataset, ends, lr_scales):
                 del ends  # Every group trains the same steps.
                 return joint_train_step(
-                    model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment, padding
+                    model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment, padding,
+                    lr_scales, check_finite,
                 )
         else:
-            step_all = map_members(member_step, strategy, in_axes=(0, 0, None, 0))
 
-        def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset, ends):
-            state, metrics = step_all(state, orders, dataset, ends)
+            def step_all(state, orders, dataset, ends, lr_scales):
+                in_axes = (0, 0, None, None if ends is None else 0, None if lr_scales is None else 0)
+                return map_members(member_step, strategy, in_axes)(state, orders, dataset, ends, lr_scales)
+
+        def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset, ends, lr_scales):
+            state, metrics = step_all(state, orders, dataset, ends, lr_scales)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        def chunk(state: EnsembleState, orders: jax.Array, dataset: data_lib.Dataset, num_steps: jax.Array, ends):
+        def chunk(state, orders, dataset, num_steps: jax.Array, ends, lr_scales):
             self.trace_count += 1
             return jax.lax.fori_loop(
-                0, num_steps, lambda _, carry: step(*carry, orders, dataset, ends), (state, _zero_sums(state))
+                0, num_steps, lambda _, carry: step(*carry, orders, dataset, ends, lr_scales), (state, _zero_sums(state))
             )
 
         def counted_step(*args):
@@ -335,18 +428,18 @@ class TrainChunk:
         self._chunk = jax.jit(chunk, donate_argnums=0)
         self._step = jax.jit(counted_step, donate_argnums=(0, 1))
 
-    def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None):
+    def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None, lr_scales=None):
         if self.step_loop == "device":
             # One explicit scalar transfer per chunk; the steps themselves never touch the host.
-            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)), ends)
+            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)), ends, lr_scales)
         sums = _zero_sums_jit(state)  # Made on the device: nothing crosses from the host per step.
         for _ in range(num_steps):
-            state, sums = self._step(state, sums, orders, dataset, ends)
+            state, sums = self._step(state, sums, orders, dataset, ends, lr_scales)
         return state, sums
 
 
 def _zero_sums(state: EnsembleState) -> dict:
-    return {"loss": jnp.zeros(state.step.shape), "error": jnp.zeros(state.step.shape)}
+    return {name: jnp.zeros(state.step.shape) for name in ("loss", "error", "steps")}
 
 
 _zero_sums_jit = jax.jit(_zero_sums)

@@ -7,6 +7,18 @@ conditions (`jaxens.coupling`) a one-member parent trains first, up to the large
 checkpoint at every t; then the children of all spawn times are spawned and train together as one
 stacked state. Both phases run the same loop (`_train`), in lockstep *ticks*: at tick τ member m is at step
 min(start_m + τ, end_m), and a member at its end step stops updating.
+
+Reliability (the contract the tests check):
+- Every random draw is a function of (member stream, step), so a run resumed from any checkpoint ends
+  bitwise equal (on CPU) to an uninterrupted one; the checkpoints also carry the running training-metric
+  sums, so even the metrics log agrees.
+- Rerunning the command resumes from the newest checkpoint that restores intact (`jaxens.checkpoint`);
+  a finished run is left untouched; a workdir of another run is refused (unless --overwrite).
+- SIGTERM / SIGINT save a checkpoint after the current chunk of steps and raise `preemption.Preempted`.
+- A member whose step turns non-finite is frozen (`ensemble.member_update`), reported when the host next
+  pauses, and marked in the summary; its group's ensemble metrics then cover the other members.
+  `config.train.on_divergence='stop'` raises `Diverged` instead, as does a run with no member left.
+- DIR/status.json says whether the run is running, finished, preempted, diverged or failed.
 """
 
 from __future__ import annotations
@@ -32,13 +44,22 @@ from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import metrics
 from jaxens import models
+from jaxens import faults
 from jaxens import optim
+from jaxens import preemption
 from jaxens import progress
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
 from jaxens import trajectory as trajectory_lib
 from jaxens import workdir as workdir_lib
+
+
+class Diverged(Exception):
+    """Training stopped on divergence (config.train.on_divergence='stop', or no member left training)."""
+
+    exit_code = 3
+    status = "diverged"
 
 
 def _mean_over_pairs(matrix: jax.Array) -> jax.Array:
@@ -99,12 +120,15 @@ def evaluate(
     sets: dict[str, data_lib.EvalSet],
     method: str,
     num_groups: int = 1,
+    diverged: np.ndarray | None = None,
 ) -> list[dict[str, dict]]:
     """Metrics of every evaluation set for each group of members, as Python numbers.
 
     The K members form `num_groups` consecutive groups of K / num_groups (the children of one spawn
     time); each group is an ensemble of its own. Inputs are normalized with the training set's
-    statistics; each set is predicted in fixed-size batches.
+    statistics; each set is predicted in fixed-size batches. With `diverged` ([K], -1 for a healthy
+    member), a group's ensemble and diversity metrics cover its healthy members only (all of them if
+    none is healthy); member metrics are always every member's.
 
     Returns:
       Per group, {set: {member_<metric>: [k floats], ensemble_<metric>: float}}.
@@ -112,12 +136,16 @@ def evaluate(
     out = [{} for _ in range(num_groups)]
     for name, eval_set in sets.items():
         logits = predictor(state, eval_set.x, dataset)  # [K, N, C]
+        k = logits.shape[0] // num_groups
         for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
-            if eval_set.kind == "ood":
-                values = _ood_metrics(group_logits, method)
-            else:
-                values = _labelled_metrics(group_logits, eval_set.y, method)
-            out[g][name] = {k: (v.tolist() if v.ndim else float(v)) for k, v in jax.device_get(values).items()}
+            metric_fn = _ood_metrics if eval_set.kind == "ood" else functools.partial(_labelled_metrics, labels=eval_set.y)
+            values = jax.device_get(metric_fn(group_logits, method=method))
+            healthy = np.arange(k) if diverged is None else np.flatnonzero(diverged[g * k : (g + 1) * k] < 0)
+            if 0 < len(healthy) < k:
+                of_healthy = jax.device_get(metric_fn(group_logits[healthy], method=method))
+                values = {key: of_healthy.get(key) if key.startswith("ensemble_") else v for key, v in values.items()}
+                values = {key: v for key, v in values.items() if v is not None}  # Diversity needs 2 members.
+            out[g][name] = {key: (v.tolist() if v.ndim else float(v)) for key, v in values.items()}
     return out
 
 
@@ -173,11 +201,15 @@ def _report(summary: dict) -> str:
             lines.append(
                 f"children spawned at t={group['t_label']} (step {group['t']}), test error at step {group['steps']}:"
             )
-        for m, (e, n) in enumerate(zip(test["member_error"], test["member_nll"])):
-            lines.append(f"  member {m}:  error {e:.4f}  nll {n:.4f}")
+        diverged = group.get("diverged") or [None] * len(test["member_error"])
+        for m, (e, n, d) in enumerate(zip(test["member_error"], test["member_nll"], diverged)):
+            note = "" if d is None else f"  (diverged at step {d}; frozen there)"
+            lines.append(f"  member {m}:  error {e:.4f}  nll {n:.4f}{note}")
         lines.append(f"  mean member: error {test['mean_member_error']:.4f}")
+        healthy = sum(d is None for d in diverged)
+        of = "" if healthy == len(diverged) or not healthy else f", of the {healthy} members that did not diverge"
         lines.append(
-            f"  ensemble ({summary['ensemble_method']}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}"
+            f"  ensemble ({summary['ensemble_method']}{of}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}"
             f"  MACE {test['ensemble_mace']:.4f}"
         )
         if "ensemble_sym_kl" in test:
@@ -232,29 +264,91 @@ def _state_template(model, tx, k: int, input_shape) -> ensemble_lib.EnsembleStat
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
 
+@dataclasses.dataclass
+class _Phase:
+    """How `_train` runs one phase (the parent's, or the members').
+
+    Attributes:
+      name: 'parent' or 'members' (in messages).
+      checkpointer: where the phase's checkpoints go.
+      pauses: the ticks where the loop stops to call `on_pause` (sorted); the last one ends the phase.
+      windows_at: pauses that report the mean training metrics since the previous such pause.
+      saves_at: pauses that save a checkpoint (after `on_pause`).
+      on_pause: `(state, tick, train)`, with `train` {metric: [K] means} at `windows_at`, else None.
+      member_names: how messages name each member.
+      lr_scales: [K] learning-rate multipliers, or None.
+    """
+
+    name: str
+    checkpointer: checkpoint_lib.Checkpointer
+    pauses: list[int]
+    windows_at: set[int]
+    saves_at: set[int]
+    on_pause: Callable
+    member_names: list[str]
+    lr_scales: np.ndarray | None = None
+
+
+def _window_progress(sums: dict | None) -> dict:
+    """The training-metric sums of the current window, as checkpoint metadata (float32 values are exact
+    as JSON numbers)."""
+    if sums is None:
+        return {}
+    return {"train_sums": {m: np.asarray(v).tolist() for m, v in jax.device_get(sums).items()}}
+
+
+def _window_sums(progress: dict) -> dict | None:
+    sums = progress.get("train_sums")
+    return None if not sums else {m: jnp.asarray(np.asarray(v, np.float32)) for m, v in sums.items()}
+
+
+def _check_divergence(run: _Run, state: ensemble_lib.EnsembleState, phase: _Phase, known: set[int]) -> None:
+    """Reports members that diverged since the last check; raises `Diverged` under on_divergence='stop'
+    or when no member is left training."""
+    diverged = np.asarray(jax.device_get(state.diverged))
+    new = [m for m in np.flatnonzero(diverged >= 0) if m not in known]
+    for m in new:
+        message = (
+            f"{phase.member_names[m]} diverged at step {diverged[m]}: its loss or gradients were not finite; "
+            f"it stays frozen at step {diverged[m]}"
+        )
+        logging.warning(message)
+        known.add(int(m))
+    if new and run.config.train.on_divergence == "stop":
+        raise Diverged(
+            f"{len(new)} member(s) of the {phase.name} diverged (config.train.on_divergence='stop'); the last "
+            f"checkpoint before it is kept in {phase.checkpointer.directory}"
+        )
+    if len(known) == state.k:
+        raise Diverged(f"every member of the {phase.name} diverged: nothing is left to train")
+
+
 def _train(
     run: _Run,
     state: ensemble_lib.EnsembleState,
     starts: np.ndarray,
     ends: np.ndarray,
     tick: int,
-    pauses: list[int],
-    on_pause: Callable,
-    desc: str,
+    phase: _Phase,
+    resume_progress: dict | None = None,
 ) -> ensemble_lib.EnsembleState:
-    """Trains K members in lockstep from `tick` to the last of `pauses`.
+    """Trains K members in lockstep from `tick` to the last of `phase.pauses`.
 
     At tick τ member m is at step min(starts[m] + τ, ends[m]). Chunks end at every member's epoch end
-    (where its permutation changes) and at every pause; `on_pause(state, tick, train)` runs at each pause,
-    `train` holding each member's mean loss and error over its steps since the previous pause.
+    (where its permutation changes) and at every pause. At a pause: `phase.on_pause`, then the divergence
+    check, then the checkpoint (with the current window's training sums as its progress, which a resumed
+    run passes back as `resume_progress`). A stop request (`jaxens.preemption`) saves a checkpoint after
+    the current chunk and raises `Preempted`.
     """
     k = state.k
     masked = len(set((ends - starts).tolist())) > 1  # Members finish at different ticks.
     ends_dev = jax.device_put(ends.astype(np.int32)) if masked else None
-    last = pauses[-1]
-    bar = progress.bar(last, initial=tick, desc=desc)
+    lr_scales = None if phase.lr_scales is None else jax.device_put(np.asarray(phase.lr_scales, np.float32))
+    known = set(np.flatnonzero(np.asarray(jax.device_get(state.diverged)) >= 0).tolist())
+    last = phase.pauses[-1]
+    bar = progress.bar(last, initial=tick, desc=f"{phase.name} K={k}")
     orders, order_epochs = None, None
-    sums, counts = None, np.zeros(k)
+    sums = _window_sums(resume_progress or {})
     num_train = run.dataset.num_train
     while tick < last:
         steps = np.minimum(starts + tick, ends)
@@ -264,24 +358,45 @@ def _train(
             orders = data_lib.epoch_orders(state.rngs.order, jax.device_put(epochs.astype(np.int32)), num_train)
             order_epochs = epochs
         to_epoch_end = np.where(active, (epochs + 1) * run.spe - steps, np.iinfo(np.int64).max)
-        next_pause = next(p for p in pauses if p > tick)
+        next_pause = next(p for p in phase.pauses if p > tick)
         n = int(min(to_epoch_end.min(), next_pause - tick, run.config.train.steps_per_call))
-        state, chunk_sums = run.train_chunk(state, orders, run.dataset, n, ends_dev)
+        state, chunk_sums = run.train_chunk(state, orders, run.dataset, n, ends_dev, lr_scales)
         sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
-        counts += np.clip(ends - steps, 0, n)
         tick += n
         bar.update(n)
+        saved = False
         if tick == next_pause:
-            means = {m: (v / np.maximum(counts, 1)).tolist() for m, v in jax.device_get(sums).items()}
-            on_pause(state, tick, means)
-            sums, counts = None, np.zeros(k)
+            train = None
+            if tick in phase.windows_at:
+                window = jax.device_get(sums)
+                taken = np.maximum(window.pop("steps"), 1)  # Steps each member took (not frozen, not done).
+                train = {m: (v / taken).tolist() for m, v in window.items()}
+                sums = None
+            phase.on_pause(state, tick, train)
+            _check_divergence(run, state, phase, known)
+            if tick in phase.saves_at:
+                phase.checkpointer.save(tick, state, _window_progress(sums))
+                saved = True
+        signum = preemption.requested()
+        if signum is not None and tick < last:
+            if not saved:
+                phase.checkpointer.save(tick, state, _window_progress(sums))
+            bar.close()
+            raise preemption.Preempted(signum, tick, f"{phase.name} phase")
     bar.close()
     return state
 
 
+def _ticks_every(every: str | int, spe: int, last: int) -> list[int]:
+    """Ticks at every multiple of the step string `every` (`jaxens.spawn.parse_steps`) and the last one,
+    sorted, within (0, last]."""
+    n = spawn_lib.parse_steps(every, spe)
+    return sorted(set(range(n, last + 1, n)) | {last})
+
+
 def _cadence(every_epochs: int, spe: int, last: int) -> list[int]:
     """Ticks at every `every_epochs` epochs and the last one, sorted, within (0, last]."""
-    return sorted(set(range(every_epochs * spe, last + 1, every_epochs * spe)) | {last})
+    return _ticks_every(every_epochs * spe, spe, last)
 
 
 def _parent_dir_source(config: ml_collections.ConfigDict) -> str | None:
@@ -309,11 +424,52 @@ def _parent_dir_source(config: ml_collections.ConfigDict) -> str | None:
     return directory
 
 
+def _restore_parents(sources: list, spawn_steps: tuple[int, ...], template):
+    """The parent checkpoint to resume from, and those of the spawn steps before it, all restored intact.
+
+    Sources are searched in order (this run's own first). Resumes from the latest checkpoint at or before
+    the first spawn step that no source holds. A checkpoint that fails to restore is passed over (the
+    choice is made again without it) and, once another one restored, set aside.
+
+    Returns:
+      (start step or None for none, {step: checkpoint_lib.Restored} for the start and the spawn steps ≤ it).
+
+    Raises:
+      CorruptCheckpoint: checkpoints exist but none restores (nothing is moved).
+    """
+    bad = {}  # (source index, step) → why it failed.
+    while True:
+        available = {}  # step → index of the first source holding it.
+        for i in reversed(range(len(sources))):
+            available.update({s: i for s in sources[i].all_steps() if (i, s) not in bad})
+        missing = [t for t in spawn_steps if t not in available]
+        start = max((s for s in available if not missing or s <= missing[0]), default=None)
+        if start is None:
+            break
+        restored = {}
+        try:
+            for s in sorted({start} | {t for t in spawn_steps if t <= start}):
+                restored[s] = sources[available[s]].restore_progress(s, template)
+            break
+        except checkpoint_lib.CorruptCheckpoint as e:
+            failing = next(s for s in sorted({start} | {t for t in spawn_steps if t <= start}) if s not in restored)
+            bad[(available[failing], failing)] = str(e)
+    if bad and start is None:
+        (i, step), reason = next(iter(bad.items()))
+        raise checkpoint_lib.CorruptCheckpoint(
+            f"no parent checkpoint restores (checkpoint {step} in {sources[i].directory} {reason}); nothing was moved"
+        )
+    for (i, step), reason in bad.items():
+        sources[i].set_aside(step, reason)
+    return start, restored if start is not None else {}
+
+
 def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.EnsembleState]:
     """The one-member parent's state at every spawn step {t: state}, trained, restored or both.
 
-    Training starts from the latest checkpoint (this run's, or `config.coupling.parent_dir`'s) at or before
-    the first spawn step that no checkpoint holds, or from initialization; every spawn step is saved.
+    Training starts from the latest intact checkpoint (this run's, or `config.coupling.parent_dir`'s) at
+    or before the first spawn step that no checkpoint holds, or from initialization; every spawn step is
+    saved.
     """
     config, plan = run.config, run.plan
     own = checkpoint_lib.Checkpointer(
@@ -322,17 +478,13 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
     sources = [own]
     if parent_source is not None:
         sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True))
-    available = {}  # step → the first source holding it (this run's own first).
-    for source in reversed(sources):
-        available.update({s: source for s in source.all_steps()})
-    missing = [t for t in plan.spawn_steps if t not in available]
-    start = max((s for s in available if not missing or s <= missing[0]), default=None)
-    template = run.template(1)
+    start, restored = _restore_parents(sources, plan.spawn_steps, run.template(1))
+    progress = {}
     if start is None:
         state = ensemble_lib.init_ensemble(run.model, run.tx, rng_lib.member_streams(config.seed, 1), run.dataset.input_shape)
         start = 0
     else:
-        state = available[start].restore(start, template)
+        state, progress = restored[start].state, restored[start].progress
         print(f"parent: restored the checkpoint at step {start}", flush=True)
     run.log.retain(lambda r: r["phase"] == "parent" and r["step"] <= start)  # Children restart from spawn.
     logged = {r["step"] for r in run.log.read()}
@@ -341,35 +493,40 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
     def log(step, parent, train):
         if step not in logged:
             evals = evaluate(run.predictor, parent, run.dataset, run.eval_sets, config.ensemble.method)[0]
-            run.log.write(_records("parent", step, run.spe, (None, None), train, evals))
+            run.log.write(_records("parent", step, run.spe, (None, None), train or {}, evals))
             logged.add(step)
 
-    def keep(t, parent, train):
-        parents[t] = jax.tree.map(jnp.copy, parent)  # Training donates its state.
-        if t not in own.all_steps():
-            own.save(t, parent)
-        log(t, parent, train)
-
     for t in plan.spawn_steps:
-        if t <= start:
-            keep(t, state if t == start else available[t].restore(t, template), {})
+        if t <= start:  # Restored, or (t = 0) the initialization.
+            parent, saved = (restored[t].state, restored[t].progress) if t in restored else (state, {})
+            parents[t] = jax.tree.map(jnp.copy, parent)  # Training donates `state`.
+            if t not in own.all_steps():  # The initialization, or from parent_dir: kept with this run.
+                own.save(t, parent, saved)
+            log(t, parents[t], {})
     last = plan.spawn_steps[-1]
     if last > start:
         evals_at = _cadence(config.eval.every_epochs, run.spe, last)
-        saves_at = _cadence(config.train.checkpoint_every_epochs, run.spe, last)
 
         def on_pause(state, tick, train):
             if tick in plan.spawn_steps:
-                keep(tick, state, train)
-            else:
-                if tick in evals_at:
-                    log(tick, state, train)
-                if tick in saves_at:
-                    own.save(tick, state)
+                parents[tick] = jax.tree.map(jnp.copy, state)  # Training donates its state.
+            if tick in evals_at or tick in plan.spawn_steps:
+                log(tick, state, train)
 
-        pauses = sorted(set(evals_at) | set(saves_at) | {t for t in plan.spawn_steps if t > start})
-        _train(run, state, np.zeros(1, np.int64), np.full(1, last), start, pauses, on_pause, "parent")
-    own.close()
+        later_spawns = {t for t in plan.spawn_steps if t > start}
+        saves_at = set(_ticks_every(config.train.checkpoint_every, run.spe, last)) | later_spawns
+        phase = _Phase(
+            name="parent",
+            checkpointer=own,
+            pauses=sorted(set(evals_at) | saves_at),
+            windows_at=set(evals_at) | later_spawns,
+            saves_at=saves_at,
+            on_pause=on_pause,
+            member_names=["the parent"],
+        )
+        _train(run, state, np.zeros(1, np.int64), np.full(1, last), start, phase, progress)
+    for source in sources:
+        source.close()
     return parents
 
 
@@ -407,14 +564,14 @@ class Restored(NamedTuple):
 
 
 def restore(workdir: str) -> Restored:
-    """The members of the run in `workdir` at its latest checkpoint, with its config, data and model.
+    """The members of the run in `workdir` at its latest intact checkpoint, with its config, data and model.
 
     For analyses after training (e.g. `experiments/webb_removal.py`): predict with
     `ensemble.Predictor(r.model, ...)(r.state, x, r.dataset)`; the groups of `r.plan` are consecutive
-    blocks of `r.plan.k` members.
+    blocks of `r.plan.k` members. Nothing in `workdir` is written.
 
     Raises:
-      ConfigError: `workdir` holds no run or no members' checkpoint.
+      ConfigError: `workdir` holds no run or no intact members' checkpoint.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -424,39 +581,78 @@ def restore(workdir: str) -> Restored:
     dataset = data_lib.load(config).to_device()
     _, plan, model, tx = _build(config, dataset)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise config_lib.ConfigError(f"{workdir}: no checkpoint of the members yet")
-    state = checkpointer.restore(step, _state_template(model, tx, plan.num_members, dataset.input_shape))
+    restored = checkpointer.restore_latest(_state_template(model, tx, plan.num_members, dataset.input_shape))
     checkpointer.close()
-    return Restored(config, plan, dataset, model, state, step)
+    if restored is None:
+        raise config_lib.ConfigError(f"{workdir}: no intact checkpoint of the members yet")
+    return Restored(config, plan, dataset, model, restored.state, restored.step)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _member_names(plan: coupling_lib.Plan) -> list[str]:
+    """'member m', with its group when there are several (spawn time or λ), for messages."""
+    names = []
+    for g, (t, lam) in enumerate(zip(plan.group_spawn_steps(), plan.group_lams())):
+        for m in range(plan.k):
+            if lam is not None and plan.num_groups > 1:
+                names.append(f"member {m} of the λ={lam:g} group")
+            elif t is not None and plan.num_groups > 1:
+                names.append(f"member {m} of the children spawned at t={plan.spawn_labels[g]}")
+            else:
+                names.append(f"member {m}")
+    return names
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> dict:
     """Trains the configured members (and their parent, under a spawning condition); writes results to `workdir`.
 
-    Rerunning on the same workdir with the same config resumes from the latest checkpoint (or, when the
-    run has finished, returns its summary without training).
+    Rerunning on the same workdir with the same config resumes from the latest intact checkpoint (or, when
+    the run has finished, returns its summary without writing anything).
+
+    Args:
+      overwrite: replace whatever run `workdir` holds (`jaxens.workdir.claim`), once the config is valid.
 
     Returns:
       The summary (also written to `workdir/summary.json`): per group of members (the children of one
-      spawn time; a single group without parent) its test and evaluation-set metrics.
+      spawn time; a single group without parent) its test and evaluation-set metrics, and which members
+      diverged.
 
     Raises:
-      ConfigError: before any compute or any write, for an invalid config or a workdir holding a
-        different run.
+      ConfigError: before any compute or any write, for an invalid config, a workdir holding a different
+        run (without `overwrite`) or one another process is training in.
+      preemption.Preempted: SIGTERM or SIGINT arrived; a checkpoint was saved.
+      Diverged: see config.train.on_divergence.
     """
     config_lib.validate(config)
     dataset = data_lib.load(config)
     extra_sets = data_lib.load_eval_sets(config)
     parent_source = _parent_dir_source(config)
-    resuming = workdir_lib.claim(workdir, config)
-    finished = workdir_lib.read_summary(workdir)
-    if finished is not None:
-        logging.info("%s already holds a finished run; nothing to do.", workdir)
-        print(_report(finished), flush=True)
-        return finished
+    if not overwrite and workdir_lib.check(workdir, config):  # Refuses another run's directory.
+        finished = workdir_lib.read_summary(workdir)
+        if finished is not None:  # Nothing to do, and nothing is written.
+            logging.info("%s already holds a finished run; nothing to do.", workdir)
+            print(_report(finished), flush=True)
+            return finished
+    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.Lock(workdir), preemption.stop_on_signals():
+        resuming = workdir_lib.claim(workdir, config, overwrite)
+        workdir_lib.write_status(workdir, "running")
+        try:
+            summary = _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming)
+        except preemption.Preempted as e:
+            workdir_lib.write_status(workdir, "preempted", e.step, str(e))
+            raise
+        except Diverged as e:
+            workdir_lib.write_status(workdir, "diverged", None, str(e))
+            raise
+        except BaseException as e:
+            workdir_lib.write_status(workdir, "failed", None, f"{type(e).__name__}: {e}")
+            raise
+        workdir_lib.write_status(workdir, "finished", summary["steps"])
+    print(_report(summary), flush=True)
+    return summary
 
+
+def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming) -> dict:
     started = time.time()
     dataset = dataset.to_device()
     spe, plan, model, tx = _build(config, dataset)
@@ -485,16 +681,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_checkpoints)
-    latest = checkpointer.latest_step() if resuming else None
-    tick = 0
+    latest = checkpointer.restore_latest(run.template(plan.num_members)) if resuming else None
+    tick, resume_progress = 0, {}
     if latest is not None:
-        state = checkpointer.restore(latest, run.template(plan.num_members))
-        tick = latest
+        state, tick, resume_progress = latest.state, latest.step, latest.progress
         run.log.retain(lambda r: r["phase"] == "parent" or r["step"] - (r["t"] or 0) <= tick)
         logging.info("Resuming from the checkpoint at tick %d.", tick)
         print(f"resuming {workdir} from step {tick} of the members' phase", flush=True)
     elif plan.spawning:
         state = _children(run, _parents(run, parent_source))
+        faults.kill_point("spawn")  # Tests: SIGKILL right after the spawn.
     else:
         state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
         run.log.retain(lambda r: False)
@@ -508,19 +704,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             key = (r["t"], r.get("lam"))
             logged[key] = max(logged.get(key, -1), r["step"])
     evals_at = _cadence(config.eval.every_epochs, spe, last)
-    saves_at = _cadence(config.train.checkpoint_every_epochs, spe, last)
+    saves_at = _ticks_every(config.train.checkpoint_every, spe, last)
     snapshots_at = []
     if config.trajectory.every:
         snapshots_at = trajectory_lib.snapshot_steps(spawn_lib.parse_steps(config.trajectory.every, spe), last)
     final = {}
 
+    def evaluate_groups(state):
+        diverged = np.asarray(jax.device_get(state.diverged))
+        return evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups), diverged)
+
     def on_pause(state, tick, train):
         if tick in evals_at:
-            evals = evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))
+            evals = evaluate_groups(state)
             for g, (group, group_evals) in enumerate(zip(groups, evals)):
                 step = int(min(starts[g * plan.k] + tick, ends[g * plan.k]))
                 if step > logged.get(group, -1):
-                    group_train = {m: v[g * plan.k : (g + 1) * plan.k] for m, v in train.items()}
+                    group_train = {m: v[g * plan.k : (g + 1) * plan.k] for m, v in (train or {}).items()}
                     run.log.write(_records("members", step, spe, group, group_train, group_evals))
                     logged[group] = step
                 if tick == last:
@@ -529,23 +729,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("tick %d: first group's ensemble test error %.4f", tick, test["ensemble_error"])
         if tick in snapshots_at:
             trajectory_lib.save(workdir, tick, state.params, state.batch_stats, config.trajectory.keep_last)
-        if tick in saves_at:
-            checkpointer.save(tick, state)
 
     if snapshots_at and tick == 0:  # The trajectory starts at initialization (or at the spawn).
         trajectory_lib.save(workdir, 0, state.params, state.batch_stats, config.trajectory.keep_last)
-    pauses = sorted(set(evals_at) | set(saves_at) | set(snapshots_at))
-    state = _train(run, state, starts, ends, tick, pauses, on_pause, f"train K={plan.num_members}")
+    lr_scales = None
+    if config.optimizer.member_lr_scale:
+        lr_scales = np.tile(np.asarray(config.optimizer.member_lr_scale, np.float32), plan.num_groups)
+    phase = _Phase(
+        name="members",
+        checkpointer=checkpointer,
+        pauses=sorted(set(evals_at) | set(saves_at) | set(snapshots_at)),
+        windows_at=set(evals_at),
+        saves_at=set(saves_at),
+        on_pause=on_pause,
+        member_names=_member_names(plan),
+        lr_scales=lr_scales,
+    )
+    state = _train(run, state, starts, ends, tick, phase, resume_progress)
     checkpointer.close()
     if not final:  # Resumed from the final checkpoint of a run killed before its summary.
-        final = dict(enumerate(evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups))))
+        final = dict(enumerate(evaluate_groups(state)))
 
+    diverged = np.asarray(jax.device_get(state.diverged))
     summary_groups = []
     records = run.log.read()
     for g, (t, lam) in enumerate(groups):
         evals = dict(final[g])
         test = evals.pop("test")
         test["mean_member_error"] = sum(test["member_error"]) / plan.k
+        group_diverged = [int(d) if d >= 0 else None for d in diverged[g * plan.k : (g + 1) * plan.k]]
         summary_groups.append(
             {
                 "t": t,
@@ -555,6 +767,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "test": test,
                 "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
                 "at_best_val": _at_best_val(records, (t, lam)),
+                # Per member: the step it diverged at (it is frozen since; the ensemble metrics leave it
+                # out), or None.
+                "diverged": group_diverged,
             }
         )
     summary = {
@@ -571,6 +786,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     if len(summary_groups) == 1:  # The common case, at the top level too.
         summary["test"], summary["eval"] = summary_groups[0]["test"], summary_groups[0]["eval"]
+        summary["diverged"] = summary_groups[0]["diverged"]
     workdir_lib.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    print(_report(summary), flush=True)
     return summary

@@ -3,8 +3,16 @@
   python -m jaxens.train --config=configs/mnist1d_ensemble.py --workdir=runs/demo \
       [--config.ensemble.k=8 --config.train.num_epochs=20 ...]
 
-An invalid config (unknown field, unknown dataset or model, out-of-range value) or a workdir holding a
-different run stops with exit code 2 and a message naming the field, before anything is computed or written.
+Rerunning the same command resumes an unfinished run from its latest intact checkpoint, and leaves a
+finished one untouched. Exit codes:
+
+  0    finished (or already finished)
+  2    invalid config (unknown field, unknown dataset or model, out-of-range value), a workdir holding a
+       different run (replace it with --overwrite) or in use by another process: the message names the
+       field, and nothing is computed or written
+  3    stopped on divergence (config.train.on_divergence='stop', or every member diverged)
+  130, 143  stopped by SIGINT / SIGTERM after saving a checkpoint: rerun the same command to resume
+  1    anything else (a traceback)
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from jaxens.data.errors import DatasetError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's checkpoints, metrics and summary.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete the run --workdir holds (finished or not, any config) and start this one afresh."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,11 +53,16 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
     from jaxens import run  # Deferred: flag errors should not wait for JAX to import.
 
+    from jaxens import preemption
+
     try:
-        run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
     except (config_lib.ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (preemption.Preempted, run.Diverged) as e:
+        print(f"{'stopped' if isinstance(e, preemption.Preempted) else 'error'}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

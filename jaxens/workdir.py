@@ -3,18 +3,22 @@
 Layout of DIR:
   config.json    the run's full config; a rerun with the same config resumes, a different one is refused
   metrics.jsonl  one JSON record per (step, split, member, metric), appended as training goes
-  summary.json   final results, written once at the end
+  summary.json   final results, written once at the end (a run with a summary is finished)
+  status.json    {status: running | finished | preempted | diverged | failed, step, message, time}
   checkpoints/   Orbax checkpoints of the members (the children, under a spawning condition)
   parent/        spawning conditions: the parent's checkpoints, one at every spawn time (kept, so later
                  runs can spawn from them: config.coupling.parent_dir) and the latest few
   trajectory/    with config.trajectory.every: the members' weights at every snapshot (jaxens.trajectory)
+  checkpoints.corrupt/, parent.corrupt/   checkpoints that failed to restore, moved aside (never deleted)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from typing import Any
 
 import ml_collections
@@ -60,6 +64,31 @@ def _diff(old: dict, new: dict, prefix: str = "config.") -> list[str]:
     return out
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "status.json")
+RUN_DIRS = ("checkpoints", "parent", "trajectory", "checkpoints.corrupt", "parent.corrupt")
+STATUSES = ("running", "finished", "preempted", "diverged", "failed")
+
+
+def write_status(workdir: str, status: str, step: int | None = None, message: str = "") -> None:
+    """Records the run's state in DIR/status.json (atomically)."""
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r}: allowed: {', '.join(STATUSES)}")
+    record = {"status": status, "step": step, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(os.path.join(workdir, "status.json"), record)
+
+
+def read_status(workdir: str) -> dict | None:
+    """DIR/status.json, with status 'finished' whenever a summary exists; None for no run."""
+    summary = os.path.exists(os.path.join(workdir, "summary.json"))
+    path = os.path.join(workdir, "status.json")
+    record = json.load(open(path)) if os.path.exists(path) else None
+    if summary and (record is None or record["status"] != "finished"):
+        return {"status": "finished", "step": None, "message": "", "time": None}
+    if record is None and os.path.exists(os.path.join(workdir, "config.json")):
+        return {"status": "running", "step": None, "message": "no status recorded", "time": None}
+    return record
+
+
 def read_summary(workdir: str) -> dict | None:
     path = os.path.join(workdir, "summary.json")
     if not os.path.exists(path):
@@ -68,29 +97,52 @@ def read_summary(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def claim(workdir: str, config: ml_collections.ConfigDict) -> bool:
+def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `workdir` holds this run (True) or no run (False); reads only.
+
+    Raises:
+      ConfigError: the directory holds a run with a different config.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        old = json.load(f)
+    new = config_to_dict(config)
+    if old != new:
+        raise ConfigError(
+            f"--workdir={workdir} holds another run (its config.json differs: "
+            + "; ".join(_diff(old, new))
+            + "). Results are never overwritten: choose a new --workdir, rerun with that config to resume, "
+            "or pass --overwrite to replace that run."
+        )
+    return True
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False) -> bool:
     """Makes `workdir` this run's directory, or confirms it already is.
+
+    Args:
+      overwrite: first delete the run files and directories (`RUN_FILES`, `RUN_DIRS`) of whatever run the
+        directory holds, finished or not, with this config or another (the command-line flag --overwrite).
+        Other files are left alone.
 
     Returns:
       True if the directory already holds this run (resume or finished), False if newly claimed.
 
     Raises:
-      ConfigError: the directory holds a run with a different config; nothing is touched.
+      ConfigError: without `overwrite`, the directory holds a run with a different config; nothing is touched.
     """
-    path = os.path.join(workdir, "config.json")
-    new = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != new:
-            raise ConfigError(
-                f"--workdir={workdir} holds another run (its config.json differs: "
-                + "; ".join(_diff(old, new))
-                + "). Results are never overwritten: choose a new --workdir, or rerun with that config to resume."
-            )
+    if overwrite and os.path.isdir(workdir):
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(workdir, name)):
+                os.remove(os.path.join(workdir, name))
+        for name in RUN_DIRS:
+            shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    if check(workdir, config):
         return True
     os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(path, new)
+    write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
     return False
 
 
@@ -122,9 +174,10 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, records: list[dict]) -> None:
+        """Appends the records in one write (a process killed mid-write leaves at most one cut line, which
+        `read` skips and the next `retain` drops)."""
         with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
 
@@ -140,3 +193,31 @@ class MetricsLog:
                 except json.JSONDecodeError:
                     continue
         return records
+
+
+class Busy(ConfigError):
+    """Another process is running in the workdir."""
+
+
+class Lock:
+    """An exclusive lock on DIR/.lock for as long as a run uses the directory (released when the process
+    ends, however it ends), so that two processes never train into one workdir."""
+
+    def __init__(self, workdir: str):
+        import fcntl
+
+        self._file = open(os.path.join(workdir, ".lock"), "a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise Busy(f"--workdir={workdir}: another process is running there (it holds {workdir}/.lock)") from None
+
+    def release(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

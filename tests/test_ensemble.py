@@ -174,3 +174,31 @@ def test_auto_step_loop_choice():
     assert ensemble_lib.resolve_step_loop("host", convolutional=False) == "host"
     with pytest.raises(ValueError, match="step_loop='scan'"):
         ensemble_lib.resolve_step_loop("scan", convolutional=False)
+
+
+@pytest.mark.parametrize("strategy, step_loop", [("vmap", "device"), ("loop", "host")])
+def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(mnist1d, strategy, step_loop):
+    """Member 1's updates are scaled by 1e8: it diverges, keeps the finite state it had before the failing
+    step and records that step; members 0 and 2 end bitwise as with scales (1, 1, 1)."""
+    config = small_config()
+    dataset = mnist1d.to_device()
+    model, tx, state = _setup(config, dataset)
+    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, step_loop)
+    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((3,), jnp.int32), dataset.num_train)
+    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731  (the chunk donates its input)
+    calm, calm_sums = chunk(copy(state), orders, dataset, 8, None, jnp.array([1.0, 1.0, 1.0]))
+    wild, wild_sums = chunk(copy(state), orders, dataset, 8, None, jnp.array([1.0, 1e8, 1.0]))
+
+    np.testing.assert_array_equal(calm.diverged, [-1, -1, -1])
+    s = int(wild.diverged[1])
+    assert 0 <= s < 8 and list(np.asarray(wild.diverged)) == [-1, s, -1]
+    np.testing.assert_array_equal(wild.step, [8, s, 8])  # Frozen at the step that failed.
+    assert all(np.isfinite(np.asarray(x[1])).all() for x in jax.tree.leaves(wild.params))
+    for a, b in zip(jax.tree.leaves(calm), jax.tree.leaves(wild)):
+        np.testing.assert_array_equal(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]])
+    # The frozen state is the one member 1 had after s steps.
+    partial, _ = chunk(copy(state), orders, dataset, s, None, jnp.array([1.0, 1e8, 1.0])) if s else (state, None)
+    for a, b in zip(jax.tree.leaves(partial.params), jax.tree.leaves(wild.params)):
+        np.testing.assert_array_equal(np.asarray(a)[1], np.asarray(b)[1])
+    np.testing.assert_array_equal(wild_sums["steps"], [8, s, 8])  # Metric sums count the steps taken.
+    np.testing.assert_array_equal(np.asarray(wild_sums["loss"])[[0, 2]], np.asarray(calm_sums["loss"])[[0, 2]])

@@ -1,0 +1,93 @@
+"""What the per-step divergence check costs: training steps/s with and without it, measured side by side.
+
+  python benchmarks/divergence_check.py [--config=configs/mnist1d_ensemble.py] [--steps=400] [--repeats=3]
+      [-- --config.field=value ...]
+
+Builds the config's model, optimizer and K-member state on its dataset, then times `TrainChunk` chunks of
+`--steps` steps with `check_finite=True` (the trainer's setting: per member, a finiteness reduction over
+loss and new state and a select that keeps a failed member's old state) and `check_finite=False`,
+alternating the two `--repeats` times after one warm-up chunk each (compilation excluded). Prints steps/s
+of both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxens import config as config_lib  # noqa: E402
+from jaxens import data as data_lib  # noqa: E402
+from jaxens import ensemble as ensemble_lib  # noqa: E402
+from jaxens import models  # noqa: E402
+from jaxens import run  # noqa: E402
+
+
+def _override(config, text: str) -> None:
+    path, value = text.removeprefix("--config.").split("=", 1)
+    *groups, field = path.split(".")
+    node = config
+    for g in groups:
+        node = node[g]
+    import ast
+
+    try:
+        node[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        node[field] = value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=os.path.join(REPO, "configs", "mnist1d_ensemble.py"))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="--config.field=value")
+    args = parser.parse_args()
+    path, _, arg = args.config.partition(":")
+    config = config_lib.load_file(path, arg or None)
+    for text in args.overrides:
+        _override(config, text)
+    config_lib.validate(config)
+
+    dataset = data_lib.load(config).to_device()
+    _, plan, model, tx = run._build(config, dataset)
+    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
+    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+    k = state.k
+    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)
+    chunks = {
+        check: ensemble_lib.TrainChunk(
+            model, tx, config.train.batch_size, config.ensemble.strategy, step_loop,
+            augment=data_lib.resolve_augment(config), padding=config.data.crop_padding, lams=plan.lams,
+            check_finite=check,
+        )
+        for check in (True, False)
+    }
+    states = {check: jax.tree.map(jnp.copy, state) for check in chunks}
+    times = {check: [] for check in chunks}
+    for repeat in range(args.repeats + 1):
+        for check, chunk in chunks.items():
+            start = time.perf_counter()
+            states[check], sums = chunk(states[check], orders, dataset, args.steps)
+            jax.block_until_ready((states[check], sums))
+            if repeat:  # The first round compiles.
+                times[check].append(time.perf_counter() - start)
+    rate = {check: args.steps / np.median(t) for check, t in times.items()}
+    print(f"{config.model.name} K={k} batch {config.train.batch_size} on {jax.default_backend()} "
+          f"({config.ensemble.strategy}, {step_loop} loop), {args.steps} steps x {args.repeats}:")
+    print(f"  with the check    {rate[True]:9.1f} steps/s")
+    print(f"  without the check {rate[False]:9.1f} steps/s")
+    print(f"  ratio (with / without) {rate[True] / rate[False]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

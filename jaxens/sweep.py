@@ -1,0 +1,139 @@
+"""Resumable sweeps: many runs, each in its own workdir under one root, each run's status recorded.
+
+    outcomes = sweep.run_all({"lr0.1": config_a, "lr0.3": config_b}, root="runs/lr_sweep")
+
+- Every config is validated, and every existing workdir checked to hold the same config, before the first
+  run starts: a typo in the tenth config costs seconds, not nine runs.
+- A finished run is skipped (its files are not touched); an unfinished one resumes from its latest
+  checkpoint; a failed one is tried again.
+- A run that fails (any exception, e.g. a dataset that is missing, or divergence under
+  config.train.on_divergence='stop') is recorded and the sweep goes on with the next run.
+- SIGTERM or SIGINT stops the sweep: the current run saves a checkpoint and `Preempted` propagates.
+  Rerunning the sweep resumes there.
+- ROOT/sweep.json holds every run's status, rewritten atomically after each run; each run's own
+  DIR/status.json says the same (`jaxens.workdir.read_status`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from typing import Callable, Mapping
+
+import ml_collections
+from absl import logging
+
+from jaxens import config as config_lib
+from jaxens import preemption
+from jaxens import workdir as workdir_lib
+
+_NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One run of a sweep: its status ('finished', 'failed', 'diverged' or 'preempted'), its summary when
+    finished, the error message otherwise, and whether this call ran it (False: it had finished before)."""
+
+    name: str
+    workdir: str
+    status: str
+    summary: dict | None = None
+    message: str = ""
+    ran: bool = True
+
+
+def validate_all(runs: Mapping[str, ml_collections.ConfigDict], root: str) -> None:
+    """Checks every run's name, config and workdir before anything runs.
+
+    Raises:
+      ConfigError: listing every problem, each prefixed with its run's name.
+    """
+    problems = []
+    for name, config in runs.items():
+        if not _NAME.match(name):
+            problems.append(f"{name!r}: a run name may hold letters, digits and _ . = + - only (it names a directory)")
+            continue
+        try:
+            config_lib.validate(config)
+            workdir_lib.check(os.path.join(root, name), config)
+        except config_lib.ConfigError as e:
+            problems.append(f"run {name!r}: " + str(e).replace("\n", "\n  "))
+    if problems:
+        raise config_lib.ConfigError("invalid sweep:\n" + "\n".join(problems))
+
+
+def _write_table(root: str, outcomes: dict[str, Outcome]) -> None:
+    table = {
+        name: {"status": o.status, "message": o.message, "workdir": o.workdir, "ran": o.ran}
+        for name, o in outcomes.items()
+    }
+    workdir_lib.write_json_atomic(os.path.join(root, "sweep.json"), table)
+
+
+def run_all(
+    runs: Mapping[str, ml_collections.ConfigDict],
+    root: str,
+    train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+) -> dict[str, Outcome]:
+    """Runs every config of `runs` (name → config) in ROOT/name, in order; see the module docstring.
+
+    Args:
+      train: `(config, workdir) -> summary`; default `jaxens.run.train_and_evaluate`.
+
+    Returns:
+      name → Outcome, for every run.
+
+    Raises:
+      ConfigError: before anything runs (`validate_all`).
+      preemption.Preempted: a stop signal arrived; the current run saved its checkpoint.
+    """
+    if train is None:
+        from jaxens import run  # Deferred: validating a sweep does not need the trainer.
+
+        train = run.train_and_evaluate
+    validate_all(runs, root)
+    os.makedirs(root, exist_ok=True)
+    outcomes = {}
+    for name in runs:
+        workdir = os.path.join(root, name)
+        status = workdir_lib.read_status(workdir)
+        if status is not None and status["status"] == "finished":
+            outcomes[name] = Outcome(name, workdir, "finished", workdir_lib.read_summary(workdir), ran=False)
+    with preemption.stop_on_signals():
+        for name, config in runs.items():
+            if name in outcomes:
+                print(f"sweep: {name} finished before; skipped", flush=True)
+                continue
+            workdir = os.path.join(root, name)
+            started = time.time()
+            print(f"sweep: {name} ...", flush=True)
+            try:
+                summary = train(config, workdir)
+                outcomes[name] = Outcome(name, workdir, "finished", summary)
+            except preemption.Preempted as e:
+                outcomes[name] = Outcome(name, workdir, "preempted", message=str(e))
+                _write_table(root, outcomes)
+                raise
+            except Exception as e:  # One failed run does not stop the others.
+                status = getattr(e, "status", "failed")  # run.Diverged says 'diverged'.
+                outcomes[name] = Outcome(name, workdir, status, message=f"{type(e).__name__}: {e}")
+                logging.exception("sweep: run %s failed", name)
+                print(f"sweep: {name} {status}: {type(e).__name__}: {e}", flush=True)
+            else:
+                print(f"sweep: {name} finished in {time.time() - started:.0f} s", flush=True)
+            _write_table(root, outcomes)
+    _write_table(root, outcomes)
+    return outcomes
+
+
+def statuses(root: str) -> dict[str, dict]:
+    """Each run directory under `root` → its status record (`jaxens.workdir.read_status`)."""
+    out = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        record = workdir_lib.read_status(os.path.join(root, name))
+        if record is not None:
+            out[name] = record
+    return out
