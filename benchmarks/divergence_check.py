@@ -64,9 +64,10 @@ def main() -> None:
     state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
     k = state.k
     orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)
+    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
     chunks = {
         check: ensemble_lib.TrainChunk(
-            model, tx, config.train.batch_size, config.ensemble.strategy, step_loop,
+            model, tx, config.train.batch_size, strategy, step_loop,
             augment=data_lib.resolve_augment(config), padding=config.data.crop_padding, lams=plan.lams,
             check_finite=check,
         )
@@ -83,7 +84,7 @@ def main() -> None:
                 times[check].append(time.perf_counter() - start)
     rate = {check: args.steps / np.median(t) for check, t in times.items()}
     print(f"{config.model.name} K={k} batch {config.train.batch_size} on {jax.default_backend()} "
-          f"({config.ensemble.strategy}, {step_loop} loop), {args.steps} steps x {args.repeats}:")
+          f"({strategy}, {step_loop} loop), {args.steps} steps x {args.repeats}:")
     print(f"  with the check    {rate[True]:9.1f} steps/s")
     print(f"  without the check {rate[False]:9.1f} steps/s")
     print(f"  ratio (with / without) {rate[True] / rate[False]:.3f}")

@@ -96,7 +96,7 @@ def csgmcmc_samples(workdir: str):
         )
         return None
     traj = trajectory_lib.load(workdir, at=ends)
-    predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.config.ensemble.strategy)
+    predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.strategy)
     logits = []
     for s in range(len(ends)):
         pick = lambda x, s=s: jnp.asarray(x[s])  # noqa: E731  [K, ...] of sample s
@@ -108,7 +108,7 @@ def csgmcmc_samples(workdir: str):
 def ensemble_members(workdir: str):
     """Test logits [K, N, C] of the members at the end of the run, and the labels [N]."""
     r = run.restore(workdir)
-    predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.config.ensemble.strategy)
+    predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.strategy)
     return predictor(r.state, r.dataset.test_x, r.dataset), r.dataset.test_y
 
 

@@ -58,7 +58,7 @@ def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 2
     m = plan.k
     if num_removed is None:
         num_removed = sorted({*range(0, m, max(m // 16, 1)), m - 1})
-    predictor = ensemble_lib.Predictor(restored.model, restored.config.eval.batch_size, restored.config.ensemble.strategy)
+    predictor = ensemble_lib.Predictor(restored.model, restored.config.eval.batch_size, restored.strategy)
     logits = predictor(restored.state, restored.dataset.test_x, restored.dataset)  # [K, N, C]
     labels = restored.dataset.test_y
     key = jax.random.PRNGKey(seed)

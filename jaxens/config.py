@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-MEMBER_STRATEGIES = ("vmap", "loop")
+MEMBER_STRATEGIES = ("vmap", "loop")  # How K members execute; config.ensemble.strategy also takes "auto".
 STEP_LOOPS = ("auto", "device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw", "sgmcmc")
 SCHEDULES = ("constant", "cosine", "piecewise", "cyclical")
@@ -62,7 +62,10 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     c.ensemble = ml_collections.ConfigDict()
     c.ensemble.k = 4  # Number of members K (under a spawning condition: children per spawn time).
-    c.ensemble.strategy = "vmap"  # How the K members execute inside one jitted step.
+    # How the K members execute inside one jitted step: 'vmap', 'loop' (unrolled), or 'auto': loop for
+    # convolutional models on CPU (where vmap lowers to grouped convolutions: measured 2-4.5x slower, see
+    # benchmarks/member_strategies.py), vmap otherwise.
+    c.ensemble.strategy = "auto"
     c.ensemble.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
     # Extra PRNG streams all members share (see jaxens.rng), e.g. ('augment',) on top of coupled_order's
     # shared order. 'order' itself is shared by config.coupling.condition='coupled_order' only.
@@ -240,7 +243,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
-    _choice(errors, "config.ensemble.strategy", config.ensemble.strategy, MEMBER_STRATEGIES)
+    _choice(errors, "config.ensemble.strategy", config.ensemble.strategy, ("auto", *MEMBER_STRATEGIES))
     _choice(errors, "config.train.step_loop", config.train.step_loop, STEP_LOOPS)
     _choice(errors, "config.ensemble.method", config.ensemble.method, ENSEMBLE_METHODS)
     _choice(errors, "config.optimizer.name", config.optimizer.name, OPTIMIZERS)

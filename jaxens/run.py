@@ -562,6 +562,13 @@ class Restored(NamedTuple):
     state: ensemble_lib.EnsembleState
     step: int  # The checkpoint's tick of the members' phase.
 
+    @property
+    def strategy(self) -> str:
+        """The member strategy the run trained with ('auto' resolved on this backend)."""
+        return ensemble_lib.resolve_strategy(
+            self.config.ensemble.strategy, models.MODELS[self.config.model.name].convolutional
+        )
+
 
 def restore(workdir: str) -> Restored:
     """The members of the run in `workdir` at its latest intact checkpoint, with its config, data and model.
@@ -656,7 +663,9 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
     started = time.time()
     dataset = dataset.to_device()
     spe, plan, model, tx = _build(config, dataset)
-    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
+    convolutional = models.MODELS[config.model.name].convolutional
+    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, convolutional)
+    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, convolutional)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -670,13 +679,13 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
             model,
             tx,
             config.train.batch_size,
-            config.ensemble.strategy,
+            strategy,
             step_loop,
             augment=data_lib.resolve_augment(config),
             padding=config.data.crop_padding,
             lams=plan.lams,
         ),
-        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, config.ensemble.strategy),
+        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, strategy),
         log=workdir_lib.MetricsLog(workdir),
     )
 

@@ -259,3 +259,21 @@ def test_cpu_spawn_config_runs_from_the_command_line(tmp_path):
     summary = json.load(open(tmp_path / "summary.json"))
     assert [(g["t"], g["steps"]) for g in summary["groups"]] == [(0, 80), (43, 123)]  # t + T under reset.
     assert sorted(os.listdir(tmp_path / "parent")) == ["0", "43"]  # One checkpoint per spawn time.
+
+
+@pytest.mark.parametrize("step_loop", ["device", "host"])
+def test_each_phase_traces_its_training_step_once(tmp_path, monkeypatch, step_loop):
+    """A spawn run with two evaluations and a checkpoint per epoch traces the member step exactly once per
+    phase (the parent's K = 1 and the children's K), whatever the chunk lengths (chex counts the traces)."""
+    import chex
+
+    chex.clear_trace_counter()
+    counted = chex.assert_max_traces(ensemble_lib.member_train_step, n=2)
+    monkeypatch.setattr(ensemble_lib, "member_train_step", counted)
+    config = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",), "ensemble.k": 2,
+                        "train.step_loop": step_loop, "train.steps_per_call": 3})
+    run.train_and_evaluate(config, str(tmp_path / "run"))  # Chunks of 3, 3, 2 steps per epoch.
+    chex.clear_trace_counter()
+    strict = chex.assert_max_traces(ensemble_lib.member_train_step, n=1)
+    monkeypatch.setattr(ensemble_lib, "member_train_step", strict)
+    run.train_and_evaluate(_config(**{"ensemble.k": 2, "train.step_loop": step_loop}), str(tmp_path / "plain"))

@@ -215,7 +215,7 @@ SPAWN = "configs/mnist1d_spawn.py"
         (ENSEMBLE, ["--config.dataset=cifar11"], "config.dataset='cifar11': unknown dataset; allowed"),
         (ENSEMBLE, ["--config.optimizer.name=rmsprop"], "config.optimizer.name='rmsprop': unknown; allowed: sgd, adam"),
         (ENSEMBLE, ["--config.optimizer.schedule=linear"], "config.optimizer.schedule='linear': unknown; allowed"),
-        (ENSEMBLE, ["--config.ensemble.strategy=pmap"], "config.ensemble.strategy='pmap': unknown; allowed: vmap, loop"),
+        (ENSEMBLE, ["--config.ensemble.strategy=pmap"], "config.ensemble.strategy='pmap': unknown; allowed: auto, vmap, loop"),
         (ENSEMBLE, ["--config.train.batch_size=5000"], "config.train.batch_size=5000: larger than the 4000"),
         (ENSEMBLE, ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate=0.0: must be > 0"),
         (ENSEMBLE, ["--config.train.num_epochs=0"], "config.train.num_epochs=0: must be >= 1"),
