@@ -6,8 +6,8 @@ Needs the `benchmark` extra (torch 2.13.0, CPU wheel). Each case trains the same
 100 and SGD step (learning rate 0.1, momentum 0.9, softmax cross-entropy, float32) on both sides:
 
   a. Webb et al.'s MLP ensemble: K=256 members 784-4-10, all on one shared batch (jaxens: Fashion-MNIST
-     under coupled_order, and the same with loss.lam=(0,), Webb's joint step at λ=0 = independent
-     training, which gathers the batch once). torch: a loop over 256 modules, torch.func (vmap of grad
+     under coupled_order, whose step gathers the shared batch once, and the same with loss.lam=(0,), Webb's
+     joint step at λ=0 = independent training). torch: a loop over 256 modules, torch.func (vmap of grad
      over stacked parameters) and a hand-batched einsum/bmm model.
   b. One big MLP, K=1 784-1024-10. torch: one module and torch.optim.SGD.
   c. K=16 StridedCNNs (`cnn2d`, widths (32, 64): 3x3 stride-2 SAME convs, train-mode BatchNorm, ReLU,
@@ -80,7 +80,10 @@ def _jaxens_runner(config, dataset):
     """(runner, step loop): runner(n) trains n steps of the config's K members and waits for them."""
     _, plan, model, tx = run._build(config, dataset)
     step_loop = ensemble_lib.resolve_step_loop("auto", models.MODELS[config.model.name].convolutional)
-    chunk = ensemble_lib.TrainChunk(model, tx, BATCH, config.ensemble.strategy, step_loop, lams=plan.lams)
+    shared = ensemble_lib.shared_batch_of(plan.shared_streams, data_lib.resolve_augment(config), plan.spawning)
+    chunk = ensemble_lib.TrainChunk(
+        model, tx, BATCH, config.ensemble.strategy, step_loop, lams=plan.lams, shared_batch=shared
+    )  # As the trainer builds it.
     holder = [ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)]
     orders = data_lib.epoch_orders(holder[0].rngs.order, jnp.zeros((holder[0].k,), jnp.int32), dataset.num_train)
 
@@ -213,8 +216,7 @@ def _report(title, ms, jaxens_names, torch_names):
 def case_a(dataset, args):
     k = 256
     runner, loop = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True), dataset)
-    # Webb's modular loss at λ=0 is independent training, but its step gathers the shared batch once
-    # and feeds it to all members unbatched; coupled_order alone gathers it per member.
+    # Webb's modular loss at λ=0 is independent training through the joint step (also one shared batch).
     joint, _ = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True, lam=(0.0,)), dataset)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
     modules = [_mlp((4,)) for _ in range(k)]

@@ -253,6 +253,20 @@ def member_train_step(
     x, y = data_lib.member_batch(
         dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
     )  # [B, ...], [B]
+    return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite)
+
+
+def member_step_on_batch(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    state: EnsembleState,
+    x: jax.Array,
+    y: jax.Array,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
+):
+    """`member_train_step` on a given normalized batch x [B, ...], y [B] (ONE member)."""
     dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
     grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
@@ -327,6 +341,12 @@ def joint_train_step(
     return update(state, grads, batch_stats, metrics, noise_keys, lr_scales)
 
 
+def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:
+    """Whether all members of a run see the same minibatch at every step: a shared order, no augmentation
+    or a shared augmentation stream, and one group trained from initialization (not spawned children)."""
+    return not spawning and "order" in shared_streams and (augment == "none" or "augment" in shared_streams)
+
+
 def resolve_strategy(strategy: str, convolutional: bool, backend: str | None = None) -> str:
     """'auto' → 'loop' for convolutional models on CPU, 'vmap' otherwise.
 
@@ -384,6 +404,11 @@ class TrainChunk:
     `lams` (Webb et al.'s λ per group, a tuple): train with the modular loss (`joint_train_step`) instead
     of each member on its own NLL; the K members form len(lams) groups.
 
+    `shared_batch`: every member's minibatch is the same (shared order, and no augmentation or a shared
+    augmentation stream: `shared_batch_of`), so it is gathered once, from member 0's streams, and fed to all
+    members unbatched — one [B, D] input instead of K copies. Equal to the per-member path up to float
+    rounding (the matmuls differ in shape).
+
     `trace_count` counts traces of the jitted function (one per phase is expected).
     """
 
@@ -398,6 +423,7 @@ class TrainChunk:
         padding: int = 4,
         lams: tuple[float, ...] = (),
         check_finite: bool = True,
+        shared_batch: bool = False,
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
@@ -420,6 +446,20 @@ class TrainChunk:
                     model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment, padding,
                     lr_scales, check_finite,
                 )
+        elif shared_batch:
+
+            def step_all(state, orders, dataset, ends, lr_scales):
+                x, y = data_lib.member_batch(
+                    dataset, orders[0], state.rngs.augment[0], state.step.max(), batch_size=batch_size,
+                    augment=augment, padding=padding,
+                )  # [B, ...], [B]: gathered once, fed to every member unbatched.
+
+                def one(st, end, lr_scale):
+                    active = None if end is None else st.step < end
+                    return member_step_on_batch(model, tx, st, x, y, lr_scale, active, check_finite)
+
+                in_axes = (0, None if ends is None else 0, None if lr_scales is None else 0)
+                return map_members(one, strategy, in_axes)(state, ends, lr_scales)
         else:
 
             def step_all(state, orders, dataset, ends, lr_scales):

@@ -684,6 +684,7 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
             augment=data_lib.resolve_augment(config),
             padding=config.data.crop_padding,
             lams=plan.lams,
+            shared_batch=ensemble_lib.shared_batch_of(plan.shared_streams, data_lib.resolve_augment(config), plan.spawning),
         ),
         predictor=ensemble_lib.Predictor(model, config.eval.batch_size, strategy),
         log=workdir_lib.MetricsLog(workdir),

@@ -202,3 +202,24 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(mn
         np.testing.assert_array_equal(np.asarray(a)[1], np.asarray(b)[1])
     np.testing.assert_array_equal(wild_sums["steps"], [8, s, 8])  # Metric sums count the steps taken.
     np.testing.assert_array_equal(np.asarray(wild_sums["loss"])[[0, 2]], np.asarray(calm_sums["loss"])[[0, 2]])
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_a_shared_batch_gathered_once_trains_like_per_member_batches(mnist1d, strategy):
+    """Under coupled_order every member's batch is the same: gathering it once gives the per-member path's
+    numbers (to float rounding: the matmuls differ in shape), across an epoch boundary."""
+    config = small_config(**{"coupling.condition": "coupled_order", "model.dropout": 0.1})
+    dataset = mnist1d.to_device()
+    model, tx, _ = _setup(config, dataset)
+    streams = rng_lib.member_streams(config.seed, 3, ("order",))
+    assert ensemble_lib.shared_batch_of(("order",), "none", spawning=False)
+    assert not ensemble_lib.shared_batch_of(("order",), "crop", spawning=False)
+    assert not ensemble_lib.shared_batch_of((), "none", spawning=False)
+    out = {}
+    for shared in (False, True):
+        state = ensemble_lib.init_ensemble(model, tx, jax.tree.map(jnp.copy, streams), dataset.input_shape)
+        chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host", shared_batch=shared)
+        out[shared] = train_steps(chunk, state, dataset, 10, config.train.batch_size)
+    np.testing.assert_array_equal(out[True].step, out[False].step)
+    for a, b in zip(jax.tree.leaves(out[True].params), jax.tree.leaves(out[False].params)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
