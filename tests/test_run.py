@@ -130,6 +130,7 @@ def test_cli_bad_config_stops_before_anything(tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # Its kill-and-resume coverage runs by default in test_reliability.py (three kill points).
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     """SIGKILL after the first checkpoint; rerunning the command resumes and ends bitwise equal to an
     uninterrupted run."""
