@@ -28,6 +28,23 @@ def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def trainer_setup(config, **overrides):
+    """(dataset on device, K-member initial state, epoch-0 orders [K, N], TrainChunk) of a validated config,
+    the chunk built as the trainer builds it (`jaxens.run.make_train_chunk`; `overrides` replace its
+    arguments)."""
+    import jax.numpy as jnp
+
+    from jaxens import data as data_lib
+    from jaxens import ensemble as ensemble_lib
+    from jaxens import run
+
+    dataset = data_lib.load(config).to_device()
+    _, plan, model, tx = run._build(config, dataset)
+    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((state.k,), jnp.int32), dataset.num_train)
+    return dataset, state, orders, run.make_train_chunk(config, plan, model, tx, **overrides)
+
+
 def load_config(spec: str, k: int):
     """The validated config of a file `path[:arg]` (as `--config` takes it) with `ensemble.k = k`."""
     from jaxens import config as config_lib

@@ -25,10 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxens import config as config_lib  # noqa: E402
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import models  # noqa: E402
 from jaxens import run  # noqa: E402
+from common import trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
 def _override(config, text: str) -> None:
@@ -58,21 +56,10 @@ def main() -> None:
         _override(config, text)
     config_lib.validate(config)
 
-    dataset = data_lib.load(config).to_device()
-    _, plan, model, tx = run._build(config, dataset)
-    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
-    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+    dataset, state, orders, chunk = trainer_setup(config)
     k = state.k
-    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)
-    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
-    chunks = {
-        check: ensemble_lib.TrainChunk(
-            model, tx, config.train.batch_size, strategy, step_loop,
-            augment=data_lib.resolve_augment(config), padding=config.data.crop_padding, lams=plan.lams,
-            check_finite=check,
-        )
-        for check in (True, False)
-    }
+    chunks = {True: chunk, False: trainer_setup(config, check_finite=False)[3]}
+    strategy, step_loop = run.resolved_strategy(config), chunk.step_loop
     states = {check: jax.tree.map(jnp.copy, state) for check in chunks}
     times = {check: [] for check in chunks}
     for repeat in range(args.repeats + 1):

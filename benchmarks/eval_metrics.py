@@ -28,9 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxens import data as data_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import metrics, models, run  # noqa: E402
-from common import load_config, median_seconds  # noqa: E402  (benchmarks/common.py)
+from jaxens import metrics, run  # noqa: E402
+from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
 def _metric_kernels(k: int, n: int, c: int) -> dict:
@@ -47,16 +46,9 @@ def _metric_kernels(k: int, n: int, c: int) -> dict:
 
 def _train_call(config, steps: int) -> tuple:
     """(no-argument call training `steps` steps, steps per epoch, step loop) of the config's ensemble."""
-    dataset = data_lib.load(config).to_device()
-    spe, plan, model, tx = run._build(config, dataset)
-    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional)
-    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
-    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((state.k,), jnp.int32), dataset.num_train)  # [K, N]
-    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
-    chunk = ensemble_lib.TrainChunk(
-        model, tx, config.train.batch_size, strategy, step_loop,
-        augment=data_lib.resolve_augment(config), padding=config.data.crop_padding, lams=plan.lams,
-    )
+    dataset, state, orders, chunk = trainer_setup(config)  # orders [K, N]
+    spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
+    step_loop = chunk.step_loop
     holder = [state]  # The chunk donates its input state: each call trains on from the last one's output.
 
     def train():

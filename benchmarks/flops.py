@@ -27,11 +27,7 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import models  # noqa: E402
-from jaxens import run  # noqa: E402
-from common import load_config, median_seconds  # noqa: E402  (benchmarks/common.py)
+from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
 def _gemm_call(n: int):
@@ -77,16 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.k)
 
-    dataset = data_lib.load(config).to_device()
-    _, plan, model, tx = run._build(config, dataset)
-    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+    dataset, state, orders, chunk = trainer_setup(config, step_loop="device")  # orders [K, N]
     k = state.k
-    orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)  # [K, N]
-    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
-    chunk = ensemble_lib.TrainChunk(
-        model, tx, config.train.batch_size, strategy, "device",
-        augment=data_lib.resolve_augment(config), padding=config.data.crop_padding, lams=plan.lams,
-    )
     sums = {name: jnp.zeros((k,)) for name in ("loss", "error", "steps")}  # [K] each
     step_flops = _xla_flops(chunk._step.lower(state, sums, orders, dataset, None, None).compile())
     analytic, tight = (k * f for f in _analytic_flops(state.params, config.train.batch_size))

@@ -95,7 +95,8 @@ class Checkpointer:
         faults.kill_point(os.path.basename(self.directory), step)  # Tests: SIGKILL while the write runs.
         self._manager.wait_until_finished()
 
-    def _restore(self, step: int, like) -> Restored:
+    def restore_progress(self, step: int, like) -> Restored:
+        """(step, state, progress) of checkpoint `step`, verified like `restore`."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -114,11 +115,7 @@ class Checkpointer:
         Raises:
           CorruptCheckpoint: the checkpoint cannot be read or its bytes changed since the save.
         """
-        return self._restore(step, like).state
-
-    def restore_progress(self, step: int, like) -> Restored:
-        """(step, state, progress) of checkpoint `step`, verified like `restore`."""
-        return self._restore(step, like)
+        return self.restore_progress(step, like).state
 
     def restore_latest(self, like, at_most: int | None = None) -> Restored | None:
         """The newest checkpoint (at or before step `at_most`, if given) that restores intact, or None if
@@ -136,7 +133,7 @@ class Checkpointer:
             if at_most is not None and step > at_most:
                 continue
             try:
-                restored = self._restore(step, like)
+                restored = self.restore_progress(step, like)
             except CorruptCheckpoint as e:
                 failed.append((step, str(e)))
                 continue

@@ -500,21 +500,9 @@ def _loss_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
 
 
 def _trajectory_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
-    """The snapshot cadence parses and fits in the members' training."""
-    from jaxens import spawn as spawn_lib
-
+    """The snapshot cadence parses and fits in the members' training ('' = no snapshots)."""
     t = config.trajectory
     _at_least(errors, "config.trajectory.keep_last", t.keep_last, 0)
     if isinstance(t.every, str) and not t.every:
         return
-    if info is None or not info.num_train:
-        return
-    spe = _steps_per_epoch(config, info)
-    field = f"config.trajectory.every={t.every!r}"
-    try:
-        every = spawn_lib.parse_steps(t.every, spe)
-    except ValueError as e:
-        errors.append(f"{field}: {e}")
-        return
-    if every < 1:
-        errors.append(f"{field}: must be at least one step (e.g. '1ep' or '50it'; '' for no snapshots)")
+    _step_string_errors(errors, "config.trajectory.every", t.every, config, info, "'1ep' or '50it' ('' for none)")

@@ -544,6 +544,27 @@ def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ense
     return coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
 
 
+def resolved_strategy(config: ml_collections.ConfigDict) -> str:
+    """config.ensemble.strategy with 'auto' resolved for the model on this backend."""
+    return ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
+
+
+def make_train_chunk(config: ml_collections.ConfigDict, plan: coupling_lib.Plan, model, tx, **overrides):
+    """The members' `TrainChunk` as the trainer builds it for `config` (strategy and step loop resolved for
+    this backend, augmentation, λ groups, shared batch); `overrides` replace its arguments (benchmarks)."""
+    augment = data_lib.resolve_augment(config)
+    kwargs = dict(
+        batch_size=config.train.batch_size,
+        strategy=resolved_strategy(config),
+        step_loop=ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional),
+        augment=augment,
+        padding=config.data.crop_padding,
+        lams=plan.lams,
+        shared_batch=ensemble_lib.shared_batch_of(plan.shared_streams, augment, plan.spawning),
+    )
+    return ensemble_lib.TrainChunk(model, tx, **{**kwargs, **overrides})
+
+
 def _build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
     """(steps per epoch, plan, model, optimizer) of a validated config on its dataset."""
     spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
@@ -565,9 +586,7 @@ class Restored(NamedTuple):
     @property
     def strategy(self) -> str:
         """The member strategy the run trained with ('auto' resolved on this backend)."""
-        return ensemble_lib.resolve_strategy(
-            self.config.ensemble.strategy, models.MODELS[self.config.model.name].convolutional
-        )
+        return resolved_strategy(self.config)
 
 
 def restore(workdir: str) -> Restored:
@@ -663,9 +682,6 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
     started = time.time()
     dataset = dataset.to_device()
     spe, plan, model, tx = _build(config, dataset)
-    convolutional = models.MODELS[config.model.name].convolutional
-    step_loop = ensemble_lib.resolve_step_loop(config.train.step_loop, convolutional)
-    strategy = ensemble_lib.resolve_strategy(config.ensemble.strategy, convolutional)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -675,18 +691,8 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
         spe=spe,
         model=model,
         tx=tx,
-        train_chunk=ensemble_lib.TrainChunk(
-            model,
-            tx,
-            config.train.batch_size,
-            strategy,
-            step_loop,
-            augment=data_lib.resolve_augment(config),
-            padding=config.data.crop_padding,
-            lams=plan.lams,
-            shared_batch=ensemble_lib.shared_batch_of(plan.shared_streams, data_lib.resolve_augment(config), plan.spawning),
-        ),
-        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, strategy),
+        train_chunk=make_train_chunk(config, plan, model, tx),
+        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, resolved_strategy(config)),
         log=workdir_lib.MetricsLog(workdir),
     )
 
