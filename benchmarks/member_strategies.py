@@ -1,7 +1,7 @@
 """Member execution strategies × K: member-images/s, and the ratio to K sequential single-member steps.
 
-  python benchmarks/member_strategies.py [--models=mlp,cnn,resnet20] [--ks=1,4,8,16] [--strategies=vmap,loop]
-      [--repeats=3]
+  python benchmarks/member_strategies.py [--models=mlp,cnn,resnet20] [--ks=1,4,8,16]
+      [--strategies=vmap,loop,shard_map/vmap,shard_map/loop] [--cpu-devices=2] [--repeats=3]
 
 For each model and K, builds the K-member training step the trainer runs (`jaxens.ensemble.TrainChunk`,
 the trainer's default step loop for the model on this backend) under every strategy, and the same step of
@@ -9,6 +9,10 @@ ONE member (K = 1, the same jitted code). Every timing is a median over `--repea
 call (compilation excluded); all variants of one (model, K) are timed in the same rounds, interleaved.
 Prints member-images/s (K·B / step time) and `vs sequential` = K · (one member's step time) / (the
 K-member step time): above 1, one K-member step beats running K single-member steps one after another.
+
+`shard_map/<within>` shards the members over a 'member' mesh of the devices (`jaxens.ensemble.member_mesh`),
+each device running its share with `within`. On CPU, `--cpu-devices=N` splits the host into N XLA devices
+(`jax_num_cpu_devices`) so that it has devices to shard over; the other strategies still run on device 0.
 
 Models (float32, SGD with momentum 0.9, batch 128 per member, each member its own minibatch):
 - `mlp`: 784-256-256-10 on Fashion-MNIST (Fort et al.'s MLP, configs/fort_fmnist_mlp.py without dropout);
@@ -91,13 +95,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mlp,cnn,resnet20")
     parser.add_argument("--ks", default="1,4,8,16")
-    parser.add_argument("--strategies", default="vmap,loop")
+    parser.add_argument("--strategies", default="vmap,loop,shard_map/vmap,shard_map/loop")
+    parser.add_argument("--cpu-devices", type=int, default=2, help="XLA devices the CPU is split into")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # Before the backend starts.
     ks = [int(k) for k in args.ks.split(",")]
     strategies = args.strategies.split(",")
     device = jax.devices()[0]
-    print(f"backend {jax.default_backend()} ({device.device_kind}), {os.cpu_count()} CPU cores, jax {jax.__version__}")
+    print(f"backend {jax.default_backend()} ({device.device_kind}), {jax.device_count()} devices, "
+          f"{os.cpu_count()} CPU cores, jax {jax.__version__}")
     for name in args.models.split(","):
         config = _config(name)
         dataset = _dataset(config, name)
@@ -108,7 +115,7 @@ def main() -> None:
         single = _Variant(model, tx, dataset, 1, "vmap", step_loop)
         single(steps)  # Compiles.
         print(f"\n{name}: batch {BATCH} per member, {step_loop} step loop, {steps} steps per timing")
-        print(f"  {'K':>3} {'strategy':>9} {'step ms':>9} {'member-img/s':>13} {'vs sequential':>14}")
+        print(f"  {'K':>3} {'strategy':>14} {'step ms':>9} {'member-img/s':>13} {'vs sequential':>14}")
         for k in ks:
             variants = {s: _Variant(model, tx, dataset, k, s, step_loop) for s in strategies}
             for v in variants.values():
@@ -121,8 +128,8 @@ def main() -> None:
             one = float(np.median(times["single"]))
             for s in strategies:
                 t = float(np.median(times[s]))
-                print(f"  {k:>3} {s:>9} {t * 1e3:9.2f} {k * BATCH / t:13.0f} {k * one / t:14.2f}")
-            print(f"  {k:>3} {'1 member':>9} {one * 1e3:9.2f} {BATCH / one:13.0f} {'1.00':>14}")
+                print(f"  {k:>3} {s:>14} {t * 1e3:9.2f} {k * BATCH / t:13.0f} {k * one / t:14.2f}")
+            print(f"  {k:>3} {'1 member':>14} {one * 1e3:9.2f} {BATCH / one:13.0f} {'1.00':>14}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-MEMBER_STRATEGIES = ("vmap", "loop")  # How K members execute; config.ensemble.strategy also takes "auto".
+MEMBER_STRATEGIES = ("vmap", "loop", "shard_map")  # How K members execute; config.ensemble.strategy also takes "auto".
 STEP_LOOPS = ("auto", "device", "host")
 OPTIMIZERS = ("sgd", "adam", "adamw", "sgmcmc")
 SCHEDULES = ("constant", "cosine", "piecewise", "cyclical")
@@ -62,9 +62,10 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     c.ensemble = ml_collections.ConfigDict()
     c.ensemble.k = 4  # Number of members K (under a spawning condition: children per spawn time).
-    # How the K members execute inside one jitted step: 'vmap', 'loop' (unrolled), or 'auto': loop for
-    # convolutional models on CPU (where vmap lowers to grouped convolutions: measured 2-4.5x slower, see
-    # benchmarks/member_strategies.py), vmap otherwise.
+    # How the K members execute inside one jitted step: 'vmap', 'loop' (unrolled), 'shard_map' (members
+    # sharded over the devices on a 'member' mesh axis, each device running its share as 'auto' would), or
+    # 'auto': loop for convolutional models on CPU (where vmap lowers to grouped convolutions: measured
+    # 2-4.5x slower, see benchmarks/member_strategies.py), vmap otherwise.
     c.ensemble.strategy = "auto"
     c.ensemble.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
     # Extra PRNG streams all members share (see jaxens.rng), e.g. ('augment',) on top of coupled_order's

@@ -268,12 +268,12 @@ def test_each_phase_traces_its_training_step_once(tmp_path, monkeypatch, step_lo
     import chex
 
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(ensemble_lib.member_train_step, n=2)
-    monkeypatch.setattr(ensemble_lib, "member_train_step", counted)
+    counted = chex.assert_max_traces(ensemble_lib.member_gradients, n=2)
+    monkeypatch.setattr(ensemble_lib, "member_gradients", counted)
     config = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",), "ensemble.k": 2,
                         "train.step_loop": step_loop, "train.steps_per_call": 3})
     run.train_and_evaluate(config, str(tmp_path / "run"))  # Chunks of 3, 3, 2 steps per epoch.
     chex.clear_trace_counter()
-    strict = chex.assert_max_traces(ensemble_lib.member_train_step, n=1)
-    monkeypatch.setattr(ensemble_lib, "member_train_step", strict)
+    strict = chex.assert_max_traces(ensemble_lib.member_gradients, n=1)
+    monkeypatch.setattr(ensemble_lib, "member_gradients", strict)
     run.train_and_evaluate(_config(**{"ensemble.k": 2, "train.step_loop": step_loop}), str(tmp_path / "plain"))

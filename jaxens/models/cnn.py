@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 
@@ -36,7 +37,7 @@ class StridedCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         strides = (2,) * len(self.kernel)
         for i, width in enumerate(self.widths):
-            x = nn.Conv(width, tuple(self.kernel), strides, padding="SAME", use_bias=self.norm == "none",
+            x = Conv(width, tuple(self.kernel), strides, padding="SAME", use_bias=self.norm == "none",
                         dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.relu(norm(self.norm, train, self.dtype, f"norm{i}")(x))  # [B, L/2 (, W/2), width]
         # Sequences keep their positions (flatten); images are pooled.

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 # Webb et al.'s Table 4 configurations: name → (depth, growth rate).
@@ -58,7 +59,7 @@ class DenseNetBC(nn.Module):
     dtype: Any = jnp.float32
 
     def _conv(self, features: int, kernel: int, name: str) -> nn.Conv:
-        return nn.Conv(
+        return Conv(
             features,
             (kernel, kernel),
             padding="SAME",

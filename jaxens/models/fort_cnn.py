@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 SMALL_CNN = (16, 32, 32)
@@ -39,7 +40,7 @@ class FortCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for i, c in enumerate(self.channels):
-            x = nn.Conv(c, (3, 3), padding="SAME", use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(c, (3, 3), padding="SAME", use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.relu(norm(self.norm, train, self.dtype, f"norm{i}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")  # [B, H/2, W/2, c]
             x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 SHORTCUTS = ("A", "B")
@@ -33,7 +34,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = lambda f, k, s, name: nn.Conv(f, k, (s, s), padding="SAME", use_bias=False, dtype=self.dtype, name=name)
+        conv = lambda f, k, s, name: Conv(f, k, (s, s), padding="SAME", use_bias=False, dtype=self.dtype, name=name)
         y = conv(self.features, (3, 3), self.stride, "conv1")(x)
         y = nn.relu(norm(self.norm, train, self.dtype, "norm1")(y))
         y = conv(self.features, (3, 3), 1, "conv2")(y)
@@ -75,7 +76,7 @@ class ResNetCIFAR(nn.Module):
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={self.shortcut!r}: allowed: A, B")
         n = (self.depth - 2) // 6
-        x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+        x = Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(norm(self.norm, train, self.dtype, "stem_norm")(x))  # [B, 32, 32, w]
         for stage in range(3):
             for block in range(n):

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 # Output channels of a bottleneck block per channel of its 3×3 convolution.
@@ -63,19 +64,19 @@ class BottleneckV2(nn.Module):
         preact = nn.relu(norm(self.norm, train, self.dtype, name="norm1")(x))  # [B, H, W, C_in]
         if x.shape[-1] != out_features or self.strides != 1:
             # Projection of the pre-activated input (v2 paper, appendix): [B, H/s, W/s, 4w].
-            shortcut = nn.Conv(
+            shortcut = Conv(
                 out_features, (1, 1), strides=s, use_bias=False, dtype=self.dtype, name="shortcut"
             )(preact)
         else:
             shortcut = x  # identity path, not normalized
-        y = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(preact)  # [B, H, W, w]
+        y = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(preact)  # [B, H, W, w]
         y = nn.relu(norm(self.norm, train, self.dtype, name="norm2")(y))
         # [B, H, W, w] → [B, H/s, W/s, w]
-        y = nn.Conv(
+        y = Conv(
             self.features, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="conv2"
         )(y)
         y = nn.relu(norm(self.norm, train, self.dtype, name="norm3")(y))
-        y = nn.Conv(out_features, (1, 1), use_bias=False, dtype=self.dtype, name="conv3")(y)  # [B, H/s, W/s, 4w]
+        y = Conv(out_features, (1, 1), use_bias=False, dtype=self.dtype, name="conv3")(y)  # [B, H/s, W/s, 4w]
         return shortcut + y
 
 
@@ -119,12 +120,12 @@ class ResNetV2(nn.Module):
         """
         if self.small_inputs:
             # [B, H, W, C_in] → [B, H, W, width]
-            x = nn.Conv(
+            x = Conv(
                 self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="stem_conv"
             )(x)
         else:
             # [B, H, W, C_in] → [B, H/2, W/2, width] → [B, H/4, W/4, width]
-            x = nn.Conv(
+            x = Conv(
                 self.width,
                 (7, 7),
                 strides=(2, 2),

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 # Transformers normalize each token over its features: the only normalization the ViT accepts.
@@ -144,7 +145,7 @@ class ViT(nn.Module):
         """
         p = self.patch_size
         # [B, H, W, C_in] → [B, H/P, W/P, D]
-        x = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed")(x)
+        x = Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed")(x)
         x = x.reshape((x.shape[0], -1, self.hidden))  # [B, N, D]
         x = ClassTokenPosEmbed(self.dtype, name="embed")(x)  # [B, T = N + 1, D]
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.models.conv import Conv
 from jaxens.models.layers import logits_f32, norm
 
 # (filters, stride) of the five convolutions, input side first (Table 3).
@@ -52,7 +53,7 @@ class WebbCNN(nn.Module):
         use_bias = self.norm == "none"
         for i, (features, stride) in enumerate(WEBB_CNN_CONVS, start=1):
             # [B, H, W, C] → [B, (H - 3) // stride + 1, (W - 3) // stride + 1, features]
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (3, 3),
                 strides=(stride, stride),
