@@ -2,6 +2,7 @@
 # Set up jaxens from nothing and run one job. Usage:
 #   bash bootstrap.sh demo   # install, then train a 4-member MLP ensemble on MNIST-1D (~1 min on 2 cores)
 #   bash bootstrap.sh test   # install, then run the default test suite (slow tests deselected)
+#   bash bootstrap.sh lint   # install, then ruff (lint and format check) and mypy on the library
 # Works on a fresh Debian machine as root: installs python3-venv and dataset-fashion-mnist when missing,
 # creates ./.venv and installs the pinned package there. Extra arguments go to pytest / jaxens.train.
 set -euo pipefail
@@ -9,8 +10,8 @@ cd "$(dirname "$0")"
 
 job="${1:-}"
 case "$job" in
-  demo|test) shift ;;
-  *) echo "usage: bash bootstrap.sh {demo|test} [extra args]" >&2; exit 2 ;;
+  demo|test|lint) shift ;;
+  *) echo "usage: bash bootstrap.sh {demo|test|lint} [extra args]" >&2; exit 2 ;;
 esac
 
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
@@ -45,6 +46,11 @@ case "$job" in
   demo)
     workdir="${JAXENS_DEMO_WORKDIR:-runs/mnist1d_ensemble-$(date +%Y%m%d-%H%M%S)}"
     exec "$VENV/bin/python" -m jaxens.train --config=configs/mnist1d_ensemble.py --workdir="$workdir" "$@"
+    ;;
+  lint)
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    exec "$VENV/bin/mypy" "$@"
     ;;
   test)
     exec "$VENV/bin/python" -m pytest -q -n auto -m "not slow" "$@"

@@ -44,8 +44,9 @@ def _grad_fn(implementation: str, stride: int, ndim: int):
     dn = ("NHWC", "HWIO", "NHWC") if ndim == 2 else ("NWC", "WIO", "NWC")
 
     def loss(x, w):
-        y = conv_lib.conv_general_dilated(x, w, (stride,) * ndim, "SAME", dimension_numbers=dn,
-                                          implementation=implementation)
+        y = conv_lib.conv_general_dilated(
+            x, w, (stride,) * ndim, "SAME", dimension_numbers=dn, implementation=implementation
+        )
         return jnp.sum(y * y)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -64,18 +65,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cores; ms per forward + both gradients")
-    print(f"  {'layer':<28} {'input':<18} {'out':>4} {'k':>2} {'s':>2} {'xla':>8} {'im2col':>8} {'xla/im2col':>10}  auto")
+    print(
+        f"  {'layer':<28} {'input':<18} {'out':>4} {'k':>2} {'s':>2} {'xla':>8} {'im2col':>8} {'xla/im2col':>10}  auto"
+    )
     key = jax.random.PRNGKey(0)
     for shape, c_out, window, stride, where in LAYERS:
         ndim = len(shape) - 2
         x = jax.random.normal(key, shape)
         w = jax.random.normal(key, (window,) * ndim + (shape[-1], c_out)) * 0.1
         fns = {impl: _grad_fn(impl, stride, ndim) for impl in ("xla", "im2col")}
-        ms = {impl: 1e3 * t for impl, t in median_seconds(
-            {impl: (lambda f=f: f(x, w)) for impl, f in fns.items()}, args.repeats).items()}
+        ms = {
+            impl: 1e3 * t
+            for impl, t in median_seconds(
+                {impl: (lambda f=f: f(x, w)) for impl, f in fns.items()}, args.repeats
+            ).items()
+        }
         auto = "im2col" if _picks_im2col(shape, c_out, window, stride) else "xla"
-        print(f"  {where:<28} {str(shape[1:]):<18} {c_out:>4} {window:>2} {stride:>2} {ms['xla']:8.2f} "
-              f"{ms['im2col']:8.2f} {ms['xla'] / ms['im2col']:10.2f}  {auto}")
+        print(
+            f"  {where:<28} {str(shape[1:]):<18} {c_out:>4} {window:>2} {stride:>2} {ms['xla']:8.2f} "
+            f"{ms['im2col']:8.2f} {ms['xla'] / ms['im2col']:10.2f}  {auto}"
+        )
 
 
 if __name__ == "__main__":

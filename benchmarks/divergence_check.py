@@ -23,10 +23,10 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 from jaxens import config as config_lib  # noqa: E402
 from jaxens import run  # noqa: E402
-from common import trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
 def _override(config, text: str) -> None:
@@ -70,8 +70,10 @@ def main() -> None:
             if repeat:  # The first round compiles.
                 times[check].append(time.perf_counter() - start)
     rate = {check: args.steps / np.median(t) for check, t in times.items()}
-    print(f"{config.model.name} K={k} batch {config.train.batch_size} on {jax.default_backend()} "
-          f"({strategy}, {step_loop} loop), {args.steps} steps x {args.repeats}:")
+    print(
+        f"{config.model.name} K={k} batch {config.train.batch_size} on {jax.default_backend()} "
+        f"({strategy}, {step_loop} loop), {args.steps} steps x {args.repeats}:"
+    )
     print(f"  with the check    {rate[True]:9.1f} steps/s")
     print(f"  without the check {rate[False]:9.1f} steps/s")
     print(f"  ratio (with / without) {rate[True] / rate[False]:.3f}")

@@ -26,10 +26,10 @@ sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 from jaxens import data as data_lib  # noqa: E402
 from jaxens import metrics, run  # noqa: E402
-from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
 def _metric_kernels(k: int, n: int, c: int) -> dict:
@@ -77,8 +77,10 @@ def main() -> None:
     print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), median of {args.repeats}:")
     for name, seconds in metric.items():
         print(f"  {name:<18} K={args.k} N={args.n} C={args.c}  {seconds * 1e3:9.2f} ms")
-    print(f"  one epoch of {config.model.name} K={args.k} batch {config.train.batch_size} ({step_loop} loop): "
-          f"{epoch:.2f} s ({spe} steps, extrapolated from {args.train_steps} timed)")
+    print(
+        f"  one epoch of {config.model.name} K={args.k} batch {config.train.batch_size} ({step_loop} loop): "
+        f"{epoch:.2f} s ({spe} steps, extrapolated from {args.train_steps} timed)"
+    )
     print(f"  ratio (labelled_metrics / epoch) {trainer / epoch:.2%}  (target ≤ 5%)")
     if len(metric) > 1:
         print(f"  ratio (all metrics above / epoch) {total / epoch:.2%}")

@@ -26,7 +26,6 @@ sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
 from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 
@@ -91,8 +90,10 @@ def main() -> None:
     achieved = step_flops / step_seconds
     print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), median of {args.repeats}:")
     print(f"  f32 GEMM {args.n}x{args.n}          {gemm / 1e9:9.2f} GFLOP/s")
-    print(f"  {config.model.name} step K={k} batch {config.train.batch_size} ({args.steps} steps per chunk): "
-          f"{step_seconds * 1e3:.3f} ms")
+    print(
+        f"  {config.model.name} step K={k} batch {config.train.batch_size} ({args.steps} steps per chunk): "
+        f"{step_seconds * 1e3:.3f} ms"
+    )
     print(f"  step                      {achieved / 1e9:9.2f} GFLOP/s")
     print(f"  ratio (step / GEMM) {achieved / gemm:.1%}  (target ≥ 50%)")
     print(f"  flops per step: XLA {step_flops / 1e6:.2f} M")

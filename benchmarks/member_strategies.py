@@ -38,8 +38,10 @@ import numpy as np  # noqa: E402
 from jaxens import config as config_lib  # noqa: E402
 from jaxens import data as data_lib  # noqa: E402
 from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import models  # noqa: E402
-from jaxens import optim  # noqa: E402
+from jaxens import (
+    models,  # noqa: E402
+    optim,  # noqa: E402
+)
 from jaxens import rng as rng_lib  # noqa: E402
 
 BATCH = 128
@@ -103,8 +105,10 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     strategies = args.strategies.split(",")
     device = jax.devices()[0]
-    print(f"backend {jax.default_backend()} ({device.device_kind}), {jax.device_count()} devices, "
-          f"{os.cpu_count()} CPU cores, jax {jax.__version__}")
+    print(
+        f"backend {jax.default_backend()} ({device.device_kind}), {jax.device_count()} devices, "
+        f"{os.cpu_count()} CPU cores, jax {jax.__version__}"
+    )
     for name in args.models.split(","):
         config = _config(name)
         dataset = _dataset(config, name)

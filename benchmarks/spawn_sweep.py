@@ -59,7 +59,9 @@ def main() -> None:
                 separate_s += seconds
                 group = single["groups"][0]
                 ours = next(g for g in sweep["groups"] if g["t"] == group["t"])
-                diff = max(diff, *(abs(a - b) for a, b in zip(ours["test"]["member_error"], group["test"]["member_error"])))
+                diff = max(
+                    diff, *(abs(a - b) for a, b in zip(ours["test"]["member_error"], group["test"]["member_error"]))
+                )
             rows.append((sweep_s, separate_s, diff))
             print(
                 f"repeat {r}: sweep {sweep_s:.1f} s, {len(times)} separate runs {separate_s:.1f} s, "

@@ -225,8 +225,12 @@ def case_a(dataset, args):
         "torch batched einsum/bmm": _batched_runner(k, x, y),
     }
     ms = _median_ms(runners, args.steps, args.repeats)
-    _report(f"a. K={k} MLPs 784-4-10, one shared batch of {BATCH}, {args.steps} steps x {args.repeats}:",
-            ms, list(runners)[:2], list(runners)[2:])
+    _report(
+        f"a. K={k} MLPs 784-4-10, one shared batch of {BATCH}, {args.steps} steps x {args.repeats}:",
+        ms,
+        list(runners)[:2],
+        list(runners)[2:],
+    )
 
 
 def case_b(dataset, args):
@@ -239,8 +243,12 @@ def case_b(dataset, args):
         "torch module + optim.SGD": _autograd_runner([_mlp((1024,))], [(x, y)]),
     }
     ms = _median_ms(runners, args.steps, args.repeats)
-    _report(f"b. one MLP 784-1024-10, batch {BATCH}, {args.steps} steps x {args.repeats}:",
-            ms, list(runners)[:2], list(runners)[2:])
+    _report(
+        f"b. one MLP 784-1024-10, batch {BATCH}, {args.steps} steps x {args.repeats}:",
+        ms,
+        list(runners)[:2],
+        list(runners)[2:],
+    )
 
 
 def case_c(dataset, args):
@@ -259,8 +267,12 @@ def case_c(dataset, args):
     runners["torch.func vmap(grad)"] = _func_runner(modules, x, y, x_dim=0)
     ms = _median_ms(runners, args.cnn_steps, args.repeats)
     names = list(runners)
-    _report(f"c. K={k} StridedCNNs {widths} on 28x28x1, own batches of {BATCH}, {args.cnn_steps} steps x "
-            f"{args.repeats}:", ms, names[:2], names[2:])
+    _report(
+        f"c. K={k} StridedCNNs {widths} on 28x28x1, own batches of {BATCH}, {args.cnn_steps} steps x {args.repeats}:",
+        ms,
+        names[:2],
+        names[2:],
+    )
 
 
 CASES = {"a": case_a, "b": case_b, "c": case_c}
@@ -282,9 +294,11 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     dataset = data_lib.load(_config("mlp", (4,), 1)).to_device()  # Every case trains on Fashion-MNIST.
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device, {os.cpu_count()} "
-          f"cores); torch {torch.__version__}, {torch.get_num_threads()} threads. float32, SGD lr {LR} "
-          f"momentum {MOMENTUM}; ms per training step of the whole ensemble, medians.\n")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device, {os.cpu_count()} "
+        f"cores); torch {torch.__version__}, {torch.get_num_threads()} threads. float32, SGD lr {LR} "
+        f"momentum {MOMENTUM}; ms per training step of the whole ensemble, medians.\n"
+    )
     for case in cases:
         CASES[case](dataset, args)
 

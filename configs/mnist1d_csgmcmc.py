@@ -26,7 +26,6 @@ ensemble 0.311; samples of earlier cycles up to 0.41 at T = 1).
 
 from jaxens import config as jaxens_config
 
-
 NUM_TRAIN = 4000  # MNIST-1D's training examples (config.data.val_size = 0).
 
 

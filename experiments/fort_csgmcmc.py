@@ -48,10 +48,12 @@ import numpy as np  # noqa: E402
 
 from jaxens import config as config_lib  # noqa: E402
 from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import metrics  # noqa: E402
-from jaxens import optim  # noqa: E402
-from jaxens import run  # noqa: E402
-from jaxens import sweep  # noqa: E402
+from jaxens import (
+    metrics,  # noqa: E402
+    optim,  # noqa: E402
+    run,  # noqa: E402
+    sweep,  # noqa: E402
+)
 from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
 
 FILES = ("results.json", "fig_s5.png")
@@ -100,7 +102,9 @@ def csgmcmc_samples(workdir: str):
     logits = []
     for s in range(len(ends)):
         pick = lambda x, s=s: jnp.asarray(x[s])  # noqa: E731  [K, ...] of sample s
-        state = r.state.replace(params=jax.tree.map(pick, traj.params), batch_stats=jax.tree.map(pick, traj.batch_stats))
+        state = r.state.replace(
+            params=jax.tree.map(pick, traj.params), batch_stats=jax.tree.map(pick, traj.batch_stats)
+        )
         logits.append(predictor(state, r.dataset.test_x, r.dataset))  # [K, N, C]
     return jnp.stack(logits), ends, r.dataset.test_y  # [S, K, N, C]
 
@@ -125,15 +129,33 @@ def diversity_rows(samples: jax.Array | None, members: jax.Array, labels: jax.Ar
         num_samples, chains = samples.shape[:2]
         for c in range(chains):
             for s, t in itertools.combinations(range(num_samples), 2):
-                rows.append({"group": "within_chain", "a": f"chain{c}/cycle{s}", "b": f"chain{c}/cycle{t}",
-                             **pair_metrics(samples[s, c], samples[t, c], labels)})
+                rows.append(
+                    {
+                        "group": "within_chain",
+                        "a": f"chain{c}/cycle{s}",
+                        "b": f"chain{c}/cycle{t}",
+                        **pair_metrics(samples[s, c], samples[t, c], labels),
+                    }
+                )
         for s in range(num_samples):
             for c, d in itertools.combinations(range(chains), 2):
-                rows.append({"group": "across_chains", "a": f"chain{c}/cycle{s}", "b": f"chain{d}/cycle{s}",
-                             **pair_metrics(samples[s, c], samples[s, d], labels)})
+                rows.append(
+                    {
+                        "group": "across_chains",
+                        "a": f"chain{c}/cycle{s}",
+                        "b": f"chain{d}/cycle{s}",
+                        **pair_metrics(samples[s, c], samples[s, d], labels),
+                    }
+                )
     for i, j in itertools.combinations(range(members.shape[0]), 2):
-        rows.append({"group": "independent", "a": f"member{i}", "b": f"member{j}",
-                     **pair_metrics(members[i], members[j], labels)})
+        rows.append(
+            {
+                "group": "independent",
+                "a": f"member{i}",
+                "b": f"member{j}",
+                **pair_metrics(members[i], members[j], labels),
+            }
+        )
     return rows
 
 
@@ -144,8 +166,11 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["group"] == group]
         if mine:
             out[group] = {
-                m: {"mean": float(np.mean([r[m] for r in mine])), "std": float(np.std([r[m] for r in mine])),
-                    "pairs": len(mine)}
+                m: {
+                    "mean": float(np.mean([r[m] for r in mine])),
+                    "std": float(np.std([r[m] for r in mine])),
+                    "pairs": len(mine),
+                }
                 for m in METRICS
             }
     return out
@@ -159,8 +184,11 @@ def figure(summary: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     colors = {"within_chain": "tab:blue", "across_chains": "lightsteelblue", "independent": "tab:red"}
-    labels = {"within_chain": "cSG-MCMC,\nsame chain", "across_chains": "cSG-MCMC,\nacross chains",
-              "independent": "independent\nSGD members"}
+    labels = {
+        "within_chain": "cSG-MCMC,\nsame chain",
+        "across_chains": "cSG-MCMC,\nacross chains",
+        "independent": "independent\nSGD members",
+    }
     groups = [g for g in GROUPS if g in summary]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
     for ax, m in zip(axes, METRICS):
@@ -228,8 +256,14 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(
         os.path.join(args.out, "results.json"),
-        {"rows": rows, "summary": summary, "test_error": errors, "settings": settings,
-         "run_summaries": summaries, "seconds": time.time() - started},
+        {
+            "rows": rows,
+            "summary": summary,
+            "test_error": errors,
+            "settings": settings,
+            "run_summaries": summaries,
+            "seconds": time.time() - started,
+        },
     )
     write_bytes_atomic(os.path.join(args.out, "fig_s5.png"), figure(summary))
     for group, values in summary.items():

@@ -48,8 +48,16 @@ from jaxens import data as data_lib  # noqa: E402
 from jaxens import landscape, metrics, run, subspace, trajectory  # noqa: E402
 from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
 
-FILES = ("results.json", "plane.csv", "comparison.csv", "js.csv", "fig2_trajectory.png", "fig6_plane.png",
-         "fig8_ensembles.png", "fig9_shift.png")
+FILES = (
+    "results.json",
+    "plane.csv",
+    "comparison.csv",
+    "js.csv",
+    "fig2_trajectory.png",
+    "fig6_plane.png",
+    "fig8_ensembles.png",
+    "fig9_shift.png",
+)
 METHODS = ("random", "dropout", "diagonal", "low_rank")
 NOISE_SEVERITIES = (0.08, 0.12, 0.18, 0.26, 0.38)  # CIFAR-10-C gaussian_noise σ, as fractions of the pixel range.
 
@@ -64,7 +72,9 @@ class Analysis:
         self.traj = trajectory.load(workdir)
         self.chunk = chunk
         if not ds.val_x.shape[0]:
-            raise SystemExit(f"error: {workdir} holds no validation split (set config.data.val_size) for the rejection threshold")
+            raise SystemExit(
+                f"error: {workdir} holds no validation split (set config.data.val_size) for the rejection threshold"
+            )
         rng = np.random.default_rng(seed)
         test_x, test_y = np.asarray(ds.test_x), np.asarray(ds.test_y)
         idx = rng.choice(test_x.shape[0], min(num_shifted, test_x.shape[0]), replace=False)
@@ -96,11 +106,15 @@ class Analysis:
         statistics recomputed (snapshots keep their own)."""
         p = jax.tree.leaves(params)[0].shape[0]
         if batch_stats is None:  # Any template of the right shapes; recomputed below when BatchNorm exists.
-            batch_stats = jax.tree.map(lambda s: jnp.broadcast_to(s[:1], (p, *s.shape[1:])), self.restored.state.batch_stats)
+            batch_stats = jax.tree.map(
+                lambda s: jnp.broadcast_to(s[:1], (p, *s.shape[1:])), self.restored.state.batch_stats
+            )
         variables = {"params": params}
         if jax.tree.leaves(batch_stats):
             variables["batch_stats"] = batch_stats
-        logits = landscape.predict_points(self.model.apply, variables, self.x, self.train_x if fresh else None, self.chunk)
+        logits = landscape.predict_points(
+            self.model.apply, variables, self.x, self.train_x if fresh else None, self.chunk
+        )
         return {n: logits[:, self.bounds[i] : self.bounds[i + 1]] for i, n in enumerate(self.names)}
 
 
@@ -160,7 +174,7 @@ def accepted_samples(a: Analysis, method, key, m, iterates, args) -> dict[str, j
     """`--samples` samples around member m whose validation accuracy reaches `--threshold` ({set: [S, N, C]})."""
     theta0 = _member(a.restored.state.params, m)
     kept = []
-    for attempt in range(args.max_rounds):
+    for _ in range(args.max_rounds):
         k1, k2, key = jax.random.split(key, 3)
         params = draw(method, k1, theta0, iterates, natural(method, k2, args.samples, args), args.rank)
         logits = a.predict(params)
@@ -175,8 +189,11 @@ def accepted_samples(a: Analysis, method, key, m, iterates, args) -> dict[str, j
 def ensemble_scores(member_logits: jax.Array, labels) -> dict[str, float]:
     """Accuracy, NLL and Brier score of the mean-probability ensemble of [M, N, C] logits."""
     ens = metrics.ensemble_log_probs(member_logits, "mean_prob")
-    return {"accuracy": float(1 - metrics.error(ens, labels)), "nll": float(metrics.nll(ens, labels)),
-            "brier": float(metrics.brier(ens, labels))}
+    return {
+        "accuracy": float(1 - metrics.error(ens, labels)),
+        "nll": float(metrics.nll(ens, labels)),
+        "brier": float(metrics.brier(ens, labels)),
+    }
 
 
 def analyse(args) -> dict:
@@ -191,8 +208,15 @@ def analyse(args) -> dict:
     key = jax.random.PRNGKey(args.seed)
     num_classes = a.restored.dataset.num_classes
     test_y = a.labels["test"]
-    out = {"settings": {**vars(args), "workdir": os.path.abspath(args.workdir), "members": k,
-                        "snapshot_steps": a.traj.steps.tolist(), "window": window}}
+    out = {
+        "settings": {
+            **vars(args),
+            "workdir": os.path.abspath(args.workdir),
+            "members": k,
+            "snapshot_steps": a.traj.steps.tolist(),
+            "window": window,
+        }
+    }
 
     finals = a.predict(state.params, state.batch_stats, fresh=False)  # {set: [K, N, C]}
     base_test = finals["test"][base]
@@ -207,10 +231,15 @@ def analyse(args) -> dict:
     mine = np.arange(s_count) * k + base
     along = trajectory.similarity(_member(snaps, mine), snap_logits[mine])
     across = trajectory.similarity(state.params, finals["test"])
-    out["trajectory"] = {"steps": a.traj.steps.tolist(), "cosine": np.asarray(along["cosine"]).tolist(),
-                         "disagreement": np.asarray(along["disagreement"]).tolist()}
-    out["optima"] = {"cosine": np.asarray(across["cosine"]).tolist(),
-                     "disagreement": np.asarray(across["disagreement"]).tolist()}
+    out["trajectory"] = {
+        "steps": a.traj.steps.tolist(),
+        "cosine": np.asarray(along["cosine"]).tolist(),
+        "disagreement": np.asarray(along["disagreement"]).tolist(),
+    }
+    out["optima"] = {
+        "cosine": np.asarray(across["cosine"]).tolist(),
+        "disagreement": np.asarray(across["disagreement"]).tolist(),
+    }
 
     # Fig. 6: the diversity–accuracy plane around the base member.
     iterates = _member(a.traj.params, (slice(-window, None), base))
@@ -219,10 +248,17 @@ def analyse(args) -> dict:
 
     def add_points(method, strengths, logits):
         acc = _accuracy(logits, test_y)
-        dis = np.asarray(jax.vmap(lambda l: metrics.disagreement(base_test, l))(logits))
+        dis = np.asarray(jax.vmap(lambda member: metrics.disagreement(base_test, member))(logits))
         for s, ac, d in zip(strengths, acc, dis):
-            rows.append(dict(method=method, strength=float(s), accuracy=float(ac), disagreement=float(d),
-                             normalized=float(d / max(1 - ac, 1e-12))))
+            rows.append(
+                dict(
+                    method=method,
+                    strength=float(s),
+                    accuracy=float(ac),
+                    disagreement=float(d),
+                    normalized=float(d / max(1 - ac, 1e-12)),
+                )
+            )
 
     tsne_extra = {}
     for method in METHODS:
@@ -230,7 +266,7 @@ def analyse(args) -> dict:
         strengths = np.repeat(plane_grid(method, args.plane_strengths), args.plane_repeats)
         logits = a.predict(draw(method, sub, theta0, iterates, strengths, args.rank))["test"]
         add_points(method, strengths, logits)
-        tsne_extra[method] = logits[: args.plane_strengths * args.plane_repeats : args.plane_repeats][: 4]
+        tsne_extra[method] = logits[: args.plane_strengths * args.plane_repeats : args.plane_repeats][:4]
     wa = a.predict(jax.tree.map(lambda x: x[None], subspace.weight_average(iterates)))["test"]
     add_points("weight_average", [0.0], wa)
     others = [m for m in range(k) if m != base]
@@ -247,8 +283,12 @@ def analyse(args) -> dict:
             key, sub = jax.random.split(key)
             its = _member(a.traj.params, (slice(-window, None), m))
             samples[method, m] = accepted_samples(a, method, sub, m, its, args)
-    was = _stack([jax.tree.map(lambda x: x[None], subspace.weight_average(_member(a.traj.params, (slice(-window, None), m))))
-                  for m in range(k)])
+    was = _stack(
+        [
+            jax.tree.map(lambda x: x[None], subspace.weight_average(_member(a.traj.params, (slice(-window, None), m))))
+            for m in range(k)
+        ]
+    )
     wa_logits = a.predict(was)  # {set: [K, N, C]}
     comparison = []
     eval_sets = [n for n in a.names if a.kinds[n] in ("test", "shifted")]  # Labelled with the task's classes.
@@ -256,11 +296,28 @@ def analyse(args) -> dict:
         y = a.labels[name]
         for n in range(1, k + 1):
             members = finals[name][:n]
-            comparison.append(dict(set=name, size=n, variant="baseline", method="", **ensemble_scores(finals[name][:1], y)))
+            comparison.append(
+                dict(set=name, size=n, variant="baseline", method="", **ensemble_scores(finals[name][:1], y))
+            )
             comparison.append(dict(set=name, size=n, variant="ensemble", method="", **ensemble_scores(members, y)))
-            comparison.append(dict(set=name, size=n, variant="subspace", method="weight_average", **ensemble_scores(wa_logits[name][:1], y)))
-            comparison.append(dict(set=name, size=n, variant="ensemble+subspace", method="weight_average",
-                                   **ensemble_scores(wa_logits[name][:n], y)))
+            comparison.append(
+                dict(
+                    set=name,
+                    size=n,
+                    variant="subspace",
+                    method="weight_average",
+                    **ensemble_scores(wa_logits[name][:1], y),
+                )
+            )
+            comparison.append(
+                dict(
+                    set=name,
+                    size=n,
+                    variant="ensemble+subspace",
+                    method="weight_average",
+                    **ensemble_scores(wa_logits[name][:n], y),
+                )
+            )
             for method in METHODS:
                 one = samples[method, 0][name]
                 many = jnp.concatenate([samples[method, m][name] for m in range(n)])
@@ -268,9 +325,13 @@ def analyse(args) -> dict:
                 if min(counts) == 0:
                     continue  # Every draw was rejected for some member.
                 comparison.append(dict(set=name, size=n, variant="subspace", method=method, **ensemble_scores(one, y)))
-                comparison.append(dict(set=name, size=n, variant="ensemble+subspace", method=method, **ensemble_scores(many, y)))
+                comparison.append(
+                    dict(set=name, size=n, variant="ensemble+subspace", method=method, **ensemble_scores(many, y))
+                )
     out["comparison"] = comparison
-    out["accepted"] = {f"{method}/{m}": int(samples[method, m]["test"].shape[0]) for method in METHODS for m in range(k)}
+    out["accepted"] = {
+        f"{method}/{m}": int(samples[method, m]["test"].shape[0]) for method in METHODS for m in range(k)
+    }
 
     js_rows = []
     five = min(5, k)
@@ -281,14 +342,18 @@ def analyse(args) -> dict:
             if samples[method, base][name].shape[0] >= 2:
                 groups[method] = samples[method, base][name][:five]
         for method, logits in groups.items():
-            js_rows.append(dict(set=name, method=method, members=int(logits.shape[0]), js=float(metrics.js_divergence(logits))))
+            js_rows.append(
+                dict(set=name, method=method, members=int(logits.shape[0]), js=float(metrics.js_divergence(logits)))
+            )
     out["js"] = js_rows
 
-    emb_points = jnp.concatenate([snap_logits[:, : args.tsne_examples]] +
-                                 [v[:, : args.tsne_examples] for v in tsne_extra.values()])
+    emb_points = jnp.concatenate(
+        [snap_logits[:, : args.tsne_examples]] + [v[:, : args.tsne_examples] for v in tsne_extra.values()]
+    )
     emb = trajectory.tsne(emb_points, seed=args.seed)
     labels_tsne = [f"member {p % k}" for p in range(snap_logits.shape[0])] + [
-        f"{m} around member {base}" for m, v in tsne_extra.items() for _ in range(v.shape[0])]
+        f"{m} around member {base}" for m, v in tsne_extra.items() for _ in range(v.shape[0])
+    ]
     out["tsne"] = {"xy": emb.tolist(), "labels": labels_tsne}
     out["wall_time_s"] = time.time() - started
     return out
@@ -307,15 +372,21 @@ def plane_verdict(rows, base_acc) -> dict:
     per_method = {}
     for method in (*METHODS, "weight_average", "trajectory"):
         mine = [r for r in rows if r["method"] == method and r["accuracy"] >= floor]
-        per_method[method] = {"samples_at_least_as_accurate": len(mine),
-                              "max_normalized": max((r["normalized"] for r in mine), default=None)}
+        per_method[method] = {
+            "samples_at_least_as_accurate": len(mine),
+            "max_normalized": max((r["normalized"] for r in mine), default=None),
+        }
     most = max((v["max_normalized"] for v in per_method.values() if v["max_normalized"] is not None), default=0.0)
-    return {"base_accuracy": base_acc, "optima_accuracy_min": floor,
-            "optima_accuracy_max": max(r["accuracy"] for r in optima),
-            "optima_normalized_min": least_diverse_optimum,
-            "optima_normalized_mean": float(np.mean([r["normalized"] for r in optima])),
-            "optima_disagreement_mean": float(np.mean([r["disagreement"] for r in optima])),
-            "per_method": per_method, "holds": least_diverse_optimum > most}
+    return {
+        "base_accuracy": base_acc,
+        "optima_accuracy_min": floor,
+        "optima_accuracy_max": max(r["accuracy"] for r in optima),
+        "optima_normalized_min": least_diverse_optimum,
+        "optima_normalized_mean": float(np.mean([r["normalized"] for r in optima])),
+        "optima_disagreement_mean": float(np.mean([r["disagreement"] for r in optima])),
+        "per_method": per_method,
+        "holds": least_diverse_optimum > most,
+    }
 
 
 def _csv(rows) -> bytes:
@@ -360,8 +431,13 @@ def write_results(out: dict, directory: str) -> None:
     names = out["tsne"]["labels"]
     for label in dict.fromkeys(names):
         pts = xy[[i for i, n in enumerate(names) if n == label]]
-        axes[2].scatter(pts[:, 0], pts[:, 1], s=12 if label.startswith("member") else 30,
-                        marker="o" if label.startswith("member") else "s", label=label)
+        axes[2].scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=12 if label.startswith("member") else 30,
+            marker="o" if label.startswith("member") else "s",
+            label=label,
+        )
     axes[2].set_title("t-SNE of predictions (Fig. 2c / 4)")
     axes[2].legend(fontsize=6)
     fig.tight_layout()
@@ -397,7 +473,12 @@ def write_results(out: dict, directory: str) -> None:
     for ax, metric in zip(axes, ("accuracy", "nll", "brier")):
         for variant in ("baseline", "ensemble"):
             pts = [r for r in test if r["variant"] == variant]
-            ax.plot([r["size"] for r in pts], [r[metric] for r in pts], "k-" if variant == "ensemble" else "k:", label=variant)
+            ax.plot(
+                [r["size"] for r in pts],
+                [r[metric] for r in pts],
+                "k-" if variant == "ensemble" else "k:",
+                label=variant,
+            )
         for method in ("weight_average", *METHODS):
             for variant, style in (("subspace", ":"), ("ensemble+subspace", "-")):
                 pts = [r for r in test if r["variant"] == variant and r["method"] == method]
@@ -414,9 +495,22 @@ def write_results(out: dict, directory: str) -> None:
     sets = list(dict.fromkeys(r["set"] for r in out["comparison"]))
     k = out["settings"]["members"]
     for ax, metric in zip(axes[:2], ("accuracy", "brier")):
-        for variant, method in (("baseline", ""), ("ensemble", ""), *(("ensemble+subspace", m) for m in ("weight_average", *METHODS))):
-            vals = [next((r[metric] for r in out["comparison"] if r["set"] == s and r["size"] == k
-                          and r["variant"] == variant and r["method"] == method), np.nan) for s in sets]
+        for variant, method in (
+            ("baseline", ""),
+            ("ensemble", ""),
+            *(("ensemble+subspace", m) for m in ("weight_average", *METHODS)),
+        ):
+            vals = [
+                next(
+                    (
+                        r[metric]
+                        for r in out["comparison"]
+                        if r["set"] == s and r["size"] == k and r["variant"] == variant and r["method"] == method
+                    ),
+                    np.nan,
+                )
+                for s in sets
+            ]
             ax.plot(range(len(sets)), vals, marker="o", label=f"{variant} {method}".strip())
         ax.set_xticks(range(len(sets)), [_tick(s) for s in sets], rotation=30, fontsize=7)
         ax.set_xlabel("test set (noise severity 1-5, then the run's shifted sets)")
@@ -439,25 +533,36 @@ def write_results(out: dict, directory: str) -> None:
 
 def report(out: dict) -> str:
     v = out["plane"]["verdict"]
-    lines = [f"base member accuracy {v['base_accuracy']:.4f}; independent optima accuracy "
-             f"{v['optima_accuracy_min']:.4f}-{v['optima_accuracy_max']:.4f}, disagreement with the base "
-             f"{v['optima_disagreement_mean']:.4f}, normalized {v['optima_normalized_min']:.3f} (min) "
-             f"{v['optima_normalized_mean']:.3f} (mean)"]
+    lines = [
+        f"base member accuracy {v['base_accuracy']:.4f}; independent optima accuracy "
+        f"{v['optima_accuracy_min']:.4f}-{v['optima_accuracy_max']:.4f}, disagreement with the base "
+        f"{v['optima_disagreement_mean']:.4f}, normalized {v['optima_normalized_min']:.3f} (min) "
+        f"{v['optima_normalized_mean']:.3f} (mean)"
+    ]
     for method, m in v["per_method"].items():
         most = "-" if m["max_normalized"] is None else f"{m['max_normalized']:.3f}"
-        lines.append(f"  {method:>15}: {m['samples_at_least_as_accurate']:3d} samples at least as accurate as the "
-                     f"least accurate optimum, max normalized disagreement {most}")
+        lines.append(
+            f"  {method:>15}: {m['samples_at_least_as_accurate']:3d} samples at least as accurate as the "
+            f"least accurate optimum, max normalized disagreement {most}"
+        )
     lines.append(f"independent optima more diverse than every subspace sample at equal accuracy: {v['holds']}")
     k = out["settings"]["members"]
     for r in out["comparison"]:
         if r["set"] == "test" and r["size"] == k:
-            lines.append(f"  test, size {k}: {r['variant']:>17} {r['method']:>14}  acc {r['accuracy']:.4f}  "
-                         f"nll {r['nll']:.4f}  brier {r['brier']:.4f}")
+            lines.append(
+                f"  test, size {k}: {r['variant']:>17} {r['method']:>14}  acc {r['accuracy']:.4f}  "
+                f"nll {r['nll']:.4f}  brier {r['brier']:.4f}"
+            )
     js = {(r["set"], r["method"]): r["js"] for r in out["js"]}
     sets = list(dict.fromkeys(s for s, _ in js))
-    lines.append("JS divergence of 5 samples: " + "; ".join(
-        f"{m} " + "/".join(f"{js.get((s, m), float('nan')):.3f}" for s in sets)
-        for m in dict.fromkeys(m for _, m in js)) + f"  (sets {', '.join(sets)})")
+    lines.append(
+        "JS divergence of 5 samples: "
+        + "; ".join(
+            f"{m} " + "/".join(f"{js.get((s, m), float('nan')):.3f}" for s in sets)
+            for m in dict.fromkeys(m for _, m in js)
+        )
+        + f"  (sets {', '.join(sets)})"
+    )
     lines.append(f"wall time {out['wall_time_s']:.0f} s")
     return "\n".join(lines)
 
@@ -488,7 +593,9 @@ def main(argv=None) -> None:
     if not 1 <= args.rank < args.window:
         raise SystemExit(f"error: --rank={args.rank}: must lie in [1, --window - 1] = [1, {args.window - 1}]")
     if not trajectory.steps(args.workdir):
-        raise SystemExit(f"error: {args.workdir}: no trajectory snapshots (train with config.trajectory.every, e.g. '1ep')")
+        raise SystemExit(
+            f"error: {args.workdir}: no trajectory snapshots (train with config.trajectory.every, e.g. '1ep')"
+        )
     out = analyse(args)
     write_results(out, args.out)
     print(report(out))

@@ -142,17 +142,29 @@ def compute(args) -> tuple[dict, dict]:
         "v": np.linspace(*v_range, args.grid).tolist(),
         **_lists({key: grid_out[key] for key in ("coords", "uv", "error", "loss", "agreement_a", "agreement_b")}),
         "frame": _lists(frame._asdict()),
-        "optima": {"uv": optima_uv.tolist(),
-                   **_lists({key: optima[key] for key in ("error", "loss", "agreement_a", "agreement_b")})},
+        "optima": {
+            "uv": optima_uv.tolist(),
+            **_lists({key: optima[key] for key in ("error", "loss", "agreement_a", "agreement_b")}),
+        },
         "trajectories": trajectories,
         "num_test": n_test,
     }
 
     # Fig. S2: the straight line and a fitted tunnel.
     t0 = time.time()
-    fit = tunnel.fit_tunnel(model.apply, va, vb, train_all, ds.train_y, args.bends, args.steps,
-                            jax.random.PRNGKey(args.seed), batch_size=args.batch_size, learning_rate=args.lr,
-                            num_ts=args.num_ts)
+    fit = tunnel.fit_tunnel(
+        model.apply,
+        va,
+        vb,
+        train_all,
+        ds.train_y,
+        args.bends,
+        args.steps,
+        jax.random.PRNGKey(args.seed),
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        num_ts=args.num_ts,
+    )
     jax.block_until_ready(fit)
     timings["tunnel_fit_s"] = time.time() - t0
     t0 = time.time()
@@ -172,15 +184,28 @@ def compute(args) -> tuple[dict, dict]:
     tunnel_results = {
         "members": [m_a, m_b],
         "paths": paths,
-        "fit": {"bends": args.bends, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-                "num_ts": args.num_ts, "loss_every": every, "losses": losses[::every].tolist(),
-                "final_loss_mean_last_100": float(losses[-100:].mean()) if len(losses) else None},
+        "fit": {
+            "bends": args.bends,
+            "steps": args.steps,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "num_ts": args.num_ts,
+            "loss_every": every,
+            "losses": losses[::every].tolist(),
+            "final_loss_mean_last_100": float(losses[-100:].mean()) if len(losses) else None,
+        },
         "num_train_eval": n_eval,
         "num_test": n_test,
     }
-    settings = {"workdir": os.path.abspath(args.workdir), "checkpoint_step": int(restored.step), "seed": args.seed,
-                "grid": args.grid, "margin": args.margin, "recompute_batches": j,
-                "batch_norm": "batch_stats" in va}
+    settings = {
+        "workdir": os.path.abspath(args.workdir),
+        "checkpoint_step": int(restored.step),
+        "seed": args.seed,
+        "grid": args.grid,
+        "margin": args.margin,
+        "recompute_batches": j,
+        "batch_norm": "batch_stats" in va,
+    }
     timings["total_s"] = time.time() - start
     plane_results["settings"] = tunnel_results["settings"] = {**settings, "timings": timings}
     return plane_results, tunnel_results
@@ -202,9 +227,11 @@ def figures(plane_results: dict, tunnel_results: dict) -> tuple[bytes, bytes]:
     m_a, m_b = plane_results["members"]
     u, v = np.asarray(plane_results["u"]), np.asarray(plane_results["v"])
     shape = (len(v), len(u))  # grid(): u varies fastest
-    panels = (("accuracy", 1 - np.asarray(plane_results["error"]).reshape(shape)),
-              (f"agreement with optimum 1 (member {m_a})", np.asarray(plane_results["agreement_a"]).reshape(shape)),
-              (f"agreement with optimum 2 (member {m_b})", np.asarray(plane_results["agreement_b"]).reshape(shape)))
+    panels = (
+        ("accuracy", 1 - np.asarray(plane_results["error"]).reshape(shape)),
+        (f"agreement with optimum 1 (member {m_a})", np.asarray(plane_results["agreement_a"]).reshape(shape)),
+        (f"agreement with optimum 2 (member {m_b})", np.asarray(plane_results["agreement_b"]).reshape(shape)),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     optima = np.asarray(plane_results["optima"]["uv"])
     traj = plane_results["trajectories"]
@@ -264,7 +291,9 @@ def main(argv=None) -> None:
     parser.add_argument("--margin", type=float, default=0.15, help="grid margin, as a fraction of the extent")
     parser.add_argument("--num_test", type=int, default=1000, help="test examples evaluated")
     parser.add_argument("--num_train_eval", type=int, default=1000, help="training examples for the path losses")
-    parser.add_argument("--recompute_batches", type=int, default=10, help="training batches for BatchNorm recomputation")
+    parser.add_argument(
+        "--recompute_batches", type=int, default=10, help="training batches for BatchNorm recomputation"
+    )
     parser.add_argument("--chunk", type=int, default=64, help="plane points evaluated together")
     parser.add_argument("--bends", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3000, help="tunnel optimizer steps")
@@ -296,16 +325,22 @@ def main(argv=None) -> None:
     write_bytes_atomic(os.path.join(args.out, "figS2.png"), figs2)
 
     o = plane_results["optima"]
-    print(f"plane: test accuracy at optimum 1 {1 - o['error'][0]:.4f}, optimum 2 {1 - o['error'][1]:.4f}; "
-          f"agreement between them {o['agreement_a'][1]:.4f}; best grid accuracy {1 - min(plane_results['error']):.4f}")
+    print(
+        f"plane: test accuracy at optimum 1 {1 - o['error'][0]:.4f}, optimum 2 {1 - o['error'][1]:.4f}; "
+        f"agreement between them {o['agreement_a'][1]:.4f}; best grid accuracy {1 - min(plane_results['error']):.4f}"
+    )
     if plane_results["trajectories"] is not None:
         for m in plane_results["members"]:
             d = plane_results["trajectories"][str(m)]["distance"]
-            print(f"trajectory {m}: {len(d)} snapshots, distance from the plane {d[0]:.2f} (first) … {d[-1]:.4f} (last)")
+            print(
+                f"trajectory {m}: {len(d)} snapshots, distance from the plane {d[0]:.2f} (first) … {d[-1]:.4f} (last)"
+            )
     for key, p in tunnel_results["paths"].items():
-        print(f"{key:13s} loss barrier {p['loss_barrier']:.4f}  error barrier {p['error_barrier']:.4f}  "
-              f"max loss {max(p['loss']):.4f}  min accuracy {1 - max(p['error']):.4f}  "
-              f"min agreement a/b {min(p['agreement_a']):.3f}/{min(p['agreement_b']):.3f}")
+        print(
+            f"{key:13s} loss barrier {p['loss_barrier']:.4f}  error barrier {p['error_barrier']:.4f}  "
+            f"max loss {max(p['loss']):.4f}  min accuracy {1 - max(p['error']):.4f}  "
+            f"min agreement a/b {min(p['agreement_a']):.3f}/{min(p['agreement_b']):.3f}"
+        )
     print(f"timings: {plane_results['settings']['timings']}")
 
 

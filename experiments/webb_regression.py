@@ -44,7 +44,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -244,9 +245,7 @@ def metric_columns(family: str) -> list[str]:
     ]
 
 
-def evaluate(
-    params: PyTree, split: Split, lams: Sequence[float], family: str, hidden: int
-) -> list[dict[str, float]]:
+def evaluate(params: PyTree, split: Split, lams: Sequence[float], family: str, hidden: int) -> list[dict[str, float]]:
     """One row per λ: test ensemble/member NLLs, ambiguity, RMSE or deviance; training ensemble NLL."""
     apply_all = ensemble_eta(hidden)
     num_groups = len(lams)
@@ -380,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     os.makedirs(args.out, exist_ok=True)
     _refuse_existing(args.out)  # Before training: fail fast.
     start = time.perf_counter()
-    rows, _ = run_sweep(args.family, args.lams, args.members, args.hidden, epochs, lr, args.momentum, args.seed,
-                        args.split_seed)
+    rows, _ = run_sweep(
+        args.family, args.lams, args.members, args.hidden, epochs, lr, args.momentum, args.seed, args.split_seed
+    )
     wall_s = time.perf_counter() - start
     settings = {
         "family": args.family,
@@ -407,8 +407,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     )
     figure = _write_figure(os.path.join(args.out, FIGURE), rows, args.family)
 
-    print(f"diabetes, {args.family}: M={args.members}, hidden={args.hidden}, {epochs} full-batch epochs, lr={lr}, "
-          f"seed={args.seed}; {len(rows)} λ groups in one program, {wall_s:.1f} s ({jax.default_backend()})")
+    print(
+        f"diabetes, {args.family}: M={args.members}, hidden={args.hidden}, {epochs} full-batch epochs, lr={lr}, "
+        f"seed={args.seed}; {len(rows)} λ groups in one program, {wall_s:.1f} s ({jax.default_backend()})"
+    )
     print(format_table(rows))
     print(f"wrote {os.path.join(args.out, RESULTS_CSV)}, {RESULTS_JSON}" + (f", {FIGURE}" if figure else ""))
     return rows

@@ -29,8 +29,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import modules  # noqa: E402
-from jaxens import run  # noqa: E402
+from jaxens import (
+    modules,  # noqa: E402
+    run,  # noqa: E402
+)
 from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
 
 FILES = ("removal.csv", "removal.json", "removal.png")
@@ -65,7 +67,9 @@ def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 2
     rows = []
     for lam in wanted:
         g = group_lams.index(lam)
-        curve = modules.removal_curve(logits[g * m : (g + 1) * m], labels, tuple(num_removed), key, num_trials=num_trials)
+        curve = modules.removal_curve(
+            logits[g * m : (g + 1) * m], labels, tuple(num_removed), key, num_trials=num_trials
+        )
         for n, mean, std in zip(curve.num_removed.tolist(), curve.error_mean.tolist(), curve.error_std.tolist()):
             rows.append(dict(lam=lam, removed=int(n), error_mean=float(mean), error_std=float(std), trials=num_trials))
     return rows

@@ -15,7 +15,8 @@ import hashlib
 import os
 import shutil
 import time
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -91,7 +92,9 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return
         meta = {"progress": progress or {}, "fingerprint": fingerprint(state)}
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
         faults.kill_point(os.path.basename(self.directory), step)  # Tests: SIGKILL while the write runs.
         self._manager.wait_until_finished()
 

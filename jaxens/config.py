@@ -156,12 +156,48 @@ def get_default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config()` (or `get_config(arg)`) of a config file, loaded by path as `--config=path[:arg]` loads it."""
+def packaged_configs_dir() -> str:
+    """The directory of the configs installed with jaxens (the repository's configs/, as `jaxens.configs`)."""
     import importlib.util
     import os
 
+    spec = importlib.util.find_spec("jaxens.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")  # A source tree.
+
+
+def resolve_path(path: str) -> str:
+    """A config file's path: `path` itself when it exists, else the installed config of that file name.
+
+    So `--config=configs/mnist1d_spawn.py` works in a clone and, after `pip install`, from any directory
+    (as do `--config=mnist1d_spawn.py` and `--config=mnist1d_spawn`).
+
+    Raises:
+      ConfigError: neither exists (the message lists the installed configs).
+    """
+    import os
+
+    if os.path.isfile(path):
+        return path
+    name = os.path.basename(path)
+    packaged = os.path.join(packaged_configs_dir(), name if name.endswith(".py") else name + ".py")
+    if os.path.isfile(packaged):
+        return packaged
+    names = sorted(f[:-3] for f in os.listdir(packaged_configs_dir()) if f.endswith(".py") and f[0] != "_")
+    raise ConfigError(f"--config={path}: no such file, nor an installed config of that name ({', '.join(names)})")
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` (or `get_config(arg)`) of a config file, loaded by path as `--config=path[:arg]` loads it
+    (`path` resolved by `resolve_path`)."""
+    import importlib.util
+    import os
+
+    path = resolve_path(path)
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--config={path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config() if arg is None else module.get_config(arg)
@@ -292,7 +328,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _coupling_errors(errors, config, info)
     _loss_errors(errors, config)
     _trajectory_errors(errors, config, info)
-    _step_string_errors(errors, "config.train.checkpoint_every", config.train.checkpoint_every, config, info, "'1ep' or '500it'")
+    _step_string_errors(
+        errors, "config.train.checkpoint_every", config.train.checkpoint_every, config, info, "'1ep' or '500it'"
+    )
     errors.extend(models_lib.config_problems(config.model, info.input_shape if info is not None else None))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
@@ -323,7 +361,12 @@ def _step_string_errors(errors: list[str], name: str, value, config, info, examp
     if not isinstance(value, str) or not value:
         errors.append(f"{name}={value!r}: expected a step string such as {example}")
         return
-    if info is None or not info.num_train or not isinstance(config.train.batch_size, int) or config.train.batch_size < 1:
+    if (
+        info is None
+        or not info.num_train
+        or not isinstance(config.train.batch_size, int)
+        or config.train.batch_size < 1
+    ):
         return  # Steps per epoch unknown; the other errors say why.
     try:
         steps = spawn_lib.parse_steps(value, _steps_per_epoch(config, info))
@@ -398,11 +441,14 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
         )
     remaining = info.num_train - d.val_size
     if d.val_size >= info.num_train:
-        errors.append(f"config.data.val_size={d.val_size}: must be < the {info.num_train} training examples of {config.dataset}")
+        errors.append(
+            f"config.data.val_size={d.val_size}: must be < the {info.num_train} training examples of {config.dataset}"
+        )
     elif config.train.batch_size > remaining:
         errors.append(
             f"config.train.batch_size={config.train.batch_size}: larger than the {remaining} training examples "
-            f"of {config.dataset}" + (f" left after holding out config.data.val_size={d.val_size}" if d.val_size else "")
+            f"of {config.dataset}"
+            + (f" left after holding out config.data.val_size={d.val_size}" if d.val_size else "")
         )
     if d.augment in data_lib.AUGMENTATIONS and d.augment != "none" and len(info.input_shape) != 3:
         errors.append(
@@ -459,9 +505,7 @@ def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info)
             )
         return  # config.coupling.t is not read (a spawn config overridden to a baseline condition).
     if not c.t:
-        errors.append(
-            f"config.coupling.t=(): {c.condition} needs spawn times, e.g. ('2ep',) or ('0it', '1ep', '5ep')"
-        )
+        errors.append(f"config.coupling.t=(): {c.condition} needs spawn times, e.g. ('2ep',) or ('0it', '1ep', '5ep')")
         return
     if info is None or not info.num_train or errors:
         return  # The steps per epoch are unknown; the other errors come first.

@@ -145,7 +145,8 @@ def plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Plan:
     shared = tuple(config.ensemble.shared_streams)
     if c.condition == "coupled_order" and "order" not in shared:
         shared = ("order", *shared)
-    steps, labels = (), ()
+    steps: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ()
     if c.condition in SPAWNING_CONDITIONS:
         pairs = sorted((parse_steps(t, steps_per_epoch), str(t)) for t in c.t)
         steps, labels = tuple(s for s, _ in pairs), tuple(label for _, label in pairs)
@@ -209,7 +210,7 @@ def parent_fields(config: dict) -> dict:
     """The PARENT_FIELDS of a config given as a plain dict (`jaxens.workdir.config_to_dict`)."""
     out = {}
     for path in PARENT_FIELDS:
-        node = config
+        node: dict | None = config
         for part in path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):

@@ -29,7 +29,8 @@ extra argument `noise_key=` and all but `sgmcmc` ignore it.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,7 @@ import optax
 from flax import struct
 
 from jaxens import data as data_lib
+from jaxens import progress
 from jaxens import rng as rng_lib
 from jaxens.config import MEMBER_STRATEGIES, STEP_LOOPS
 
@@ -131,7 +133,9 @@ def map_members(fn: Callable, strategy: str, in_axes: Sequence[int | None]) -> C
     in_axes = tuple(in_axes)
     if strategy.startswith("shard_map/"):
         within = map_members(fn, strategy.removeprefix("shard_map/"), in_axes)
-        specs = tuple(jax.sharding.PartitionSpec(MEMBER_AXIS) if ax == 0 else jax.sharding.PartitionSpec() for ax in in_axes)
+        specs = tuple(
+            jax.sharding.PartitionSpec(MEMBER_AXIS) if ax == 0 else jax.sharding.PartitionSpec() for ax in in_axes
+        )
 
         def sharded(*args):
             k = _members_of(args, in_axes)
@@ -293,7 +297,7 @@ def apply_update(
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)  # noqa: E731
         params, batch_stats = keep(params, state.params), keep(batch_stats, state.batch_stats)
         opt_state = keep(opt_state, state.opt_state)
-    new_state = state.replace(
+    new_state = state.replace(  # type: ignore[attr-defined]  # flax struct.dataclass
         step=state.step + take.astype(state.step.dtype),
         params=params,
         batch_stats=batch_stats,
@@ -414,7 +418,15 @@ def member_step_on_batch(
     """`member_train_step` on a given normalized batch x [B, ...], y [B] (ONE member)."""
     grads, batch_stats, metrics = member_gradients(model, state, x, y)
     return member_update(
-        tx, state, grads, batch_stats, metrics, noise_key(state.rngs.dropout, state.step), lr_scale, active, check_finite
+        tx,
+        state,
+        grads,
+        batch_stats,
+        metrics,
+        noise_key(state.rngs.dropout, state.step),
+        lr_scale,
+        active,
+        check_finite,
     )
 
 
@@ -455,7 +467,13 @@ def joint_train_step(
 
     first = jax.tree.map(lambda x: x[0], state)
     x, y = data_lib.member_batch(
-        dataset, orders[0], first.rngs.augment, state.step.max(), batch_size=batch_size, augment=augment, padding=padding
+        dataset,
+        orders[0],
+        first.rngs.augment,
+        state.step.max(),
+        batch_size=batch_size,
+        augment=augment,
+        padding=padding,
     )  # [B, ...], [B]
     dropout_keys = jax.vmap(jax.random.fold_in)(state.rngs.dropout, state.step)  # [K, 2]
     forward = map_members(
@@ -489,12 +507,13 @@ def resolve_strategy(
     """The member strategy to build with: 'vmap', 'loop', 'shard_map/vmap' or 'shard_map/loop'.
 
     Within a device, convolutional models on CPU run as an unrolled loop and everything else under vmap:
-    on a 2-core CPU (`benchmarks/member_strategies.py`, batch 128 per member) vmap of a conv member lowers
-    to grouped convolutions and ran 2.1-4x (small CNN, K = 4-16) and 4.5x (ResNet-20, K = 4) slower than
-    the loop, while for an MLP the two were within 5%. 'auto' shards the members over the devices
-    (`shard_map/<within>`) when the backend has more than one, else runs `<within>` on the one device: the
-    CPU split into 2 XLA devices ran the small CNN 1.09-1.16x and the MLP 1.2-1.26x faster than one device
-    at K = 4-8. 'shard_map' always shards (over one device if that is all there is).
+    on a 2-core CPU (`benchmarks/member_strategies.py`, batch 128 per member) vmap of conv members ran
+    1.1-1.25x (small strided CNN, im2col convolutions, K = 4-16) and 2.9x (ResNet-20, whose stride-1
+    convolutions vmap into grouped convolutions, K = 4) slower than the loop, while for an MLP the two were
+    within 20% either way. 'auto' shards the members over the devices (`shard_map/<within>`) when the
+    backend has more than one (several accelerators), else runs `<within>` on the one device. A 2-core CPU
+    split into 2 XLA devices gained little from it: MLP 0.98-1.10x, small CNN 0.87-1.02x the one-device
+    speed at K = 4-16. 'shard_map' always shards (over one device if that is all there is).
 
     Args:
       strategy: config.ensemble.strategy: 'auto', or one of MEMBER_STRATEGIES.
@@ -589,25 +608,48 @@ class TrainChunk:
             def step_all(state, orders, dataset, ends, lr_scales):
                 del ends  # Every group trains the same steps.
                 return joint_train_step(
-                    model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment, padding,
-                    lr_scales, check_finite,
+                    model,
+                    tx,
+                    strategy,
+                    state,
+                    orders,
+                    dataset,
+                    batch_size,
+                    jnp.asarray(lam_array),
+                    augment,
+                    padding,
+                    lr_scales,
+                    check_finite,
                 )
         elif shared_batch:
 
             def step_all(state, orders, dataset, ends, lr_scales):
                 x, y = data_lib.member_batch(
-                    dataset, orders[0], state.rngs.augment[0], state.step.max(), batch_size=batch_size,
-                    augment=augment, padding=padding,
+                    dataset,
+                    orders[0],
+                    state.rngs.augment[0],
+                    state.step.max(),
+                    batch_size=batch_size,
+                    augment=augment,
+                    padding=padding,
                 )  # [B, ...], [B]: gathered once, fed to every member unbatched.
                 # (Shared arrays go in as arguments: a sharded strategy must not close over them.)
-                gradients = map_members(functools.partial(member_gradients, model), strategy, (0, None, None))(state, x, y)
+                gradients = map_members(functools.partial(member_gradients, model), strategy, (0, None, None))(
+                    state, x, y
+                )
                 return update(state, *gradients, ends, lr_scales)
         else:
 
             def step_all(state, orders, dataset, ends, lr_scales):
                 def member(st, order, dataset):  # ONE member's batch (its order and augmentation) and gradients.
                     x, y = data_lib.member_batch(
-                        dataset, order, st.rngs.augment, st.step, batch_size=batch_size, augment=augment, padding=padding
+                        dataset,
+                        order,
+                        st.rngs.augment,
+                        st.step,
+                        batch_size=batch_size,
+                        augment=augment,
+                        padding=padding,
                     )  # [B, ...], [B]
                     return member_gradients(model, st, x, y)
 
@@ -621,7 +663,10 @@ class TrainChunk:
         def chunk(state, orders, dataset, num_steps: jax.Array, ends, lr_scales):
             self.trace_count += 1
             return jax.lax.fori_loop(
-                0, num_steps, lambda _, carry: step(*carry, orders, dataset, ends, lr_scales), (state, _zero_sums(state))
+                0,
+                num_steps,
+                lambda _, carry: step(carry[0], carry[1], orders, dataset, ends, lr_scales),
+                (state, _zero_sums(state)),
             )
 
         def counted_step(*args):
@@ -662,7 +707,7 @@ def member_logits(model: nn.Module, params, batch_stats, x: jax.Array) -> jax.Ar
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
-    return model.apply(variables, x, train=False)
+    return model.apply(variables, x, train=False)  # type: ignore[return-value]  # no `mutable`: logits only
 
 
 class Predictor:
@@ -683,14 +728,23 @@ class Predictor:
         self._jitted = jax.jit(predict_batch)
         self._placement = _MeshPlacement() if is_sharded(strategy) else None
 
-    def __call__(self, state: EnsembleState, x_all: jax.Array, dataset: data_lib.Dataset) -> jax.Array:
+    def __call__(self, state: EnsembleState, x_all: jax.Array | np.ndarray, dataset: data_lib.Dataset) -> jax.Array:
         n = x_all.shape[0]
         params, batch_stats, home = state.params, state.batch_stats, state.step.sharding
         if self._placement is not None:
             params, batch_stats = self._placement.members((params, batch_stats), state.k)
             x_all, dataset = self._placement.shared(x_all, state.k), self._placement.shared(dataset, state.k)
-        parts = [
-            self._jitted(params, batch_stats, x_all, dataset, jnp.int32(start)) for start in range(0, n, self.batch_size)
-        ]
+        starts = range(0, n, self.batch_size)
+        # A bar for long evaluations on a terminal, one batch behind the dispatch (so it follows the device).
+        bar = progress.bar(len(starts), desc="evaluate", unit="batch", leave=False) if len(starts) >= 50 else None
+        parts = []
+        for start in starts:
+            parts.append(self._jitted(params, batch_stats, x_all, dataset, jnp.int32(start)))
+            if bar is not None and not bar.disable:
+                if len(parts) > 1:
+                    parts[-2].block_until_ready()
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         logits = jnp.concatenate(parts, axis=1)[:, :n]  # [K, N, C]
         return logits if self._placement is None else self._placement.back(logits, home)

@@ -16,7 +16,8 @@ Everything here is written for ONE network (one member's variables); map over th
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -235,6 +236,7 @@ def _path_point(apply_fn, alpha, variables_a, variables_b, data: PathData, recom
         rest_a = {k: v for k, v in variables_a.items() if k != "batch_stats"}
         rest_b = {k: v for k, v in variables_b.items() if k != "batch_stats"}
         variables = {**interpolate(rest_a, rest_b, alpha), "batch_stats": variables_a["batch_stats"]}
+        assert data.train_x is not None  # `linear_path` checks it when recomputing
         variables = recompute_batch_stats(apply_fn, variables, data.train_x)
     else:
         variables = interpolate(variables_a, variables_b, alpha)
@@ -282,7 +284,7 @@ def linear_path(
     Raises:
       ValueError: structures differ, `train_x` missing when needed, or `batch_size` does not divide N.
     """
-    if jax.tree.structure(variables_a) != jax.tree.structure(variables_b):
+    if jax.tree.structure(variables_a) != jax.tree.structure(variables_b):  # type: ignore[operator]
         raise ValueError("variables_a and variables_b: different pytree structures (not the same architecture?)")
     alphas = jnp.asarray(alphas, jnp.float32)
     if alphas.ndim != 1:
@@ -448,7 +450,9 @@ def predict_points(
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
     leading = {v.shape[0] if v.ndim else None for v in jax.tree.leaves(variables)}
     if len(leading) != 1 or None in leading:
-        raise ValueError(f"variables: every leaf needs the same leading axis P, got leading sizes {sorted(map(str, leading))}")
+        raise ValueError(
+            f"variables: every leaf needs the same leading axis P, got leading sizes {sorted(map(str, leading))}"
+        )
     n = x.shape[0]
     if batch_size is not None and (batch_size < 1 or n % batch_size):
         raise ValueError(f"batch_size={batch_size}: must be a positive divisor of the {n} inputs")

@@ -34,9 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxens.metrics import checks
-from jaxens.metrics import classification
-from jaxens.metrics import diversity
+from jaxens.metrics import checks, classification, diversity
 
 __all__ = [
     "Dominance",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,7 @@ def cycle_length(total_steps: int, cycles: int) -> int:
       ValueError: unless 1 <= cycles <= total_steps.
     """
     if isinstance(cycles, bool) or not isinstance(cycles, int) or not 1 <= cycles <= total_steps:
-        raise ValueError(
-            f"config.optimizer.cycles={cycles!r}: must be an integer in [1, total steps = {total_steps}]"
-        )
+        raise ValueError(f"config.optimizer.cycles={cycles!r}: must be an integer in [1, total steps = {total_steps}]")
     return -(-total_steps // cycles)
 
 
@@ -137,7 +136,7 @@ class SGMCMCState(NamedTuple):
       velocity: the SGHMC buffer b, shaped like the parameters; `optax.EmptyState()` for SGLD (momentum 0).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count; the name follows optax's states
     velocity: PyTree
 
 
@@ -148,9 +147,7 @@ def langevin_noise(noise_key: jax.Array, params: PyTree) -> PyTree:
     """
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(noise_key, len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
-    )
+    return jax.tree.unflatten(treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
 
 
 def sgmcmc(
@@ -224,9 +221,7 @@ def sgmcmc(
             steps = jax.tree.map(lambda g: -alpha * g, grads)
         if temperature:
             if noise_key is None:
-                raise ValueError(
-                    "sgmcmc: update(..., noise_key=key) is required when config.optimizer.temperature > 0"
-                )
+                raise ValueError("sgmcmc: update(..., noise_key=key) is required when config.optimizer.temperature > 0")
             noisy = sampling is None or sampling(state.count)
             std = jnp.sqrt(alpha * noise_factor)
             xi = langevin_noise(noise_key, params)

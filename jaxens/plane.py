@@ -25,7 +25,8 @@ Everything here is written for ONE network per optimum (one member's variables);
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +140,7 @@ def _basis(params_a: PyTree, params_b: PyTree) -> tuple[Frame, PyTree, PyTree]:
 
 def _check_pair(tree_a: PyTree, tree_b: PyTree, name_a: str, name_b: str) -> None:
     """Same pytree structure and the same leaf shapes, else a ValueError naming both arguments."""
-    if jax.tree.structure(tree_a) != jax.tree.structure(tree_b):
+    if jax.tree.structure(tree_a) != jax.tree.structure(tree_b):  # type: ignore[operator]
         raise ValueError(f"{name_a} and {name_b}: different pytree structures (not the same architecture?)")
     flat_a = jax.tree_util.tree_flatten_with_path(tree_a)[0]
     for (path, a), b in zip(flat_a, jax.tree.leaves(tree_b)):
@@ -329,7 +330,9 @@ def point_variables(
     x, y = coords[0], coords[1]
     recompute = bool(recompute_batch_stats) and landscape._has_batch_stats(variables_a)
     if recompute and train_x is None:
-        raise ValueError("train_x is None: recomputing BatchNorm statistics needs training batches [num_batches, B, ...]")
+        raise ValueError(
+            "train_x is None: recomputing BatchNorm statistics needs training batches [num_batches, B, ...]"
+        )
     params = point(variables_a["params"], variables_b["params"], x, y)
     combine = lambda a, b: point(a, b, x, y)  # noqa: E731
     return _assemble(apply_fn, variables_a, variables_b, params, combine, train_x, recompute)
@@ -399,13 +402,23 @@ def radial_plane(
     data = _check_data(data, recompute, batch_size)
     plane_frame = _frame_jit(variables_a["params"], variables_b["params"])
     norm_b = float(jnp.hypot(plane_frame.b_along, plane_frame.b_perp))
-    if not (np.isfinite(plane_frame).all() and float(plane_frame.norm_a) > 0 and float(plane_frame.b_perp) > 1e-5 * norm_b):
+    if not (
+        np.isfinite(plane_frame).all() and float(plane_frame.norm_a) > 0 and float(plane_frame.b_perp) > 1e-5 * norm_b
+    ):
         raise ValueError(
             "variables_a and variables_b: the params are zero or parallel, so the plane through the origin, θ_a "
             f"and θ_b is degenerate (‖θ_a‖ = {float(plane_frame.norm_a):g}, "
             f"‖θ_b⊥‖ = {float(plane_frame.b_perp):g})"
         )
     chunk_size = None if chunk_size is None else int(chunk_size)
-    out = _plane_jit(apply_fn, coords, variables_a, variables_b, data, recompute=recompute, batch_size=batch_size,
-                     chunk_size=chunk_size)
+    out = _plane_jit(
+        apply_fn,
+        coords,
+        variables_a,
+        variables_b,
+        data,
+        recompute=recompute,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
     return {"coords": coords, "uv": _to_uv_jit(coords, plane_frame), **out}

@@ -13,6 +13,8 @@ def enabled() -> bool:
     return sys.stderr.isatty() and not ci
 
 
-def bar(total: int, initial: int = 0, desc: str = "", unit: str = "step") -> tqdm.tqdm:
+def bar(total: int, initial: int = 0, desc: str = "", unit: str = "step", leave: bool = True) -> tqdm.tqdm:
     """A tqdm bar over `total` units starting at `initial` (showing units/s and ETA)."""
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled(), dynamic_ncols=True)
+    return tqdm.tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, disable=not enabled(), dynamic_ncols=True, leave=leave
+    )

@@ -28,7 +28,8 @@ import functools
 import json
 import os
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +37,14 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from flax import linen as nn
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
 from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import metrics
-from jaxens import models
-from jaxens import faults
-from jaxens import optim
-from jaxens import preemption
-from jaxens import progress
+from jaxens import faults, metrics, models, optim, preemption, progress, tensorboard_log
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
@@ -84,8 +81,13 @@ def _labelled_metrics(member_logits: jax.Array, labels: jax.Array, method: str) 
     the ensemble, error, NLL, Brier, ECE and MACE (15 bins); and the members' diversity."""
     ens = metrics.ensemble_log_probs(member_logits, method)  # [N, C]
     out = {}
-    for name, fn in (("error", metrics.error), ("nll", metrics.nll), ("brier", metrics.brier),
-                     ("ece", metrics.ece), ("mace", metrics.mace)):
+    for name, fn in (
+        ("error", metrics.error),
+        ("nll", metrics.nll),
+        ("brier", metrics.brier),
+        ("ece", metrics.ece),
+        ("mace", metrics.mace),
+    ):
         out[f"member_{name}"] = fn(member_logits, labels)  # [k]
         out[f"ensemble_{name}"] = fn(ens, labels)
     return {**out, **_diversity(member_logits)}
@@ -133,12 +135,14 @@ def evaluate(
     Returns:
       Per group, {set: {member_<metric>: [k floats], ensemble_<metric>: float}}.
     """
-    out = [{} for _ in range(num_groups)]
+    out: list[dict[str, dict]] = [{} for _ in range(num_groups)]
     for name, eval_set in sets.items():
         logits = predictor(state, eval_set.x, dataset)  # [K, N, C]
         k = logits.shape[0] // num_groups
         for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
-            metric_fn = _ood_metrics if eval_set.kind == "ood" else functools.partial(_labelled_metrics, labels=eval_set.y)
+            metric_fn = (
+                _ood_metrics if eval_set.kind == "ood" else functools.partial(_labelled_metrics, labels=eval_set.y)
+            )
             values = jax.device_get(metric_fn(group_logits, method=method))
             healthy = np.arange(k) if diverged is None else np.flatnonzero(diverged[g * k : (g + 1) * k] < 0)
             if 0 < len(healthy) < k:
@@ -149,9 +153,7 @@ def evaluate(
     return out
 
 
-def _records(
-    phase: str, step: int, spe: int, group: tuple, train: dict, evals: dict[str, dict]
-) -> list[dict]:
+def _records(phase: str, step: int, spe: int, group: tuple, train: dict, evals: dict[str, dict]) -> list[dict]:
     """Tidy rows of one group (t, λ) for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
     rows = []
     t, lam = group
@@ -178,8 +180,11 @@ def _at_best_val(records: list[dict], group: tuple) -> dict | None:
     """Early stopping after the fact (Webb et al.): the group's ensemble test metrics at the evaluation with
     the lowest ensemble validation error (the first such), or None without a validation split."""
     t, lam = group
-    mine = [r for r in records if r["phase"] == "members" and r["t"] == t and r.get("lam") == lam
-            and r["scope"] == "ensemble"]
+    mine = [
+        r
+        for r in records
+        if r["phase"] == "members" and r["t"] == t and r.get("lam") == lam and r["scope"] == "ensemble"
+    ]
     val = sorted((r["value"], r["step"]) for r in mine if r["split"] == "val" and r["metric"] == "error")
     if not val:
         return None
@@ -194,7 +199,9 @@ def _report(summary: dict) -> str:
     for group in summary["groups"]:
         test = group["test"]
         if group.get("lam") is not None:
-            lines.append(f"modular loss λ={group['lam']:g}, test error after {group['steps']} steps ({summary['epochs']} epochs):")
+            lines.append(
+                f"modular loss λ={group['lam']:g}, test error after {group['steps']} steps ({summary['epochs']} epochs):"
+            )
         elif group["t"] is None:
             lines.append(f"test error after {group['steps']} steps ({summary['epochs']} epochs):")
         else:
@@ -247,11 +254,17 @@ class _Run:
     dataset: data_lib.Dataset
     eval_sets: dict
     spe: int  # Steps per epoch.
-    model: object
+    model: nn.Module
     tx: optax.GradientTransformation
     train_chunk: ensemble_lib.TrainChunk
     predictor: ensemble_lib.Predictor
     log: workdir_lib.MetricsLog
+    board: tensorboard_log.Board
+
+    def record(self, rows: list[dict]) -> None:
+        """Appends rows to metrics.jsonl and writes them as TensorBoard scalars."""
+        self.log.write(rows)
+        self.board.write(rows)
 
     def template(self, k: int) -> ensemble_lib.EnsembleState:
         return _state_template(self.model, self.tx, k, self.dataset.input_shape)
@@ -350,6 +363,7 @@ def _train(
     orders, order_epochs = None, None
     sums = _window_sums(resume_progress or {})
     num_train = run.dataset.num_train
+    rate_from = (tick, time.perf_counter())  # Step rate over each window (device work done by its end).
     while tick < last:
         steps = np.minimum(starts + tick, ends)
         active = steps < ends
@@ -372,11 +386,17 @@ def _train(
                 taken = np.maximum(window.pop("steps"), 1)  # Steps each member took (not frozen, not done).
                 train = {m: (v / taken).tolist() for m, v in window.items()}
                 sums = None
+                steps_per_s = (tick - rate_from[0]) / max(time.perf_counter() - rate_from[1], 1e-9)
+                examples_per_s = steps_per_s * k * run.config.train.batch_size
+                run.board.scalars(
+                    phase.name, tick, {"perf/steps_per_s": steps_per_s, "perf/examples_per_s": examples_per_s}
+                )
             phase.on_pause(state, tick, train)
             _check_divergence(run, state, phase, known)
             if tick in phase.saves_at:
                 phase.checkpointer.save(tick, state, _window_progress(sums))
                 saved = True
+            rate_from = (tick, time.perf_counter())
         signum = preemption.requested()
         if signum is not None and tick < last:
             if not saved:
@@ -481,7 +501,9 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
     start, restored = _restore_parents(sources, plan.spawn_steps, run.template(1))
     progress = {}
     if start is None:
-        state = ensemble_lib.init_ensemble(run.model, run.tx, rng_lib.member_streams(config.seed, 1), run.dataset.input_shape)
+        state = ensemble_lib.init_ensemble(
+            run.model, run.tx, rng_lib.member_streams(config.seed, 1), run.dataset.input_shape
+        )
         start = 0
     else:
         state, progress = restored[start].state, restored[start].progress
@@ -493,7 +515,7 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
     def log(step, parent, train):
         if step not in logged:
             evals = evaluate(run.predictor, parent, run.dataset, run.eval_sets, config.ensemble.method)[0]
-            run.log.write(_records("parent", step, run.spe, (None, None), train or {}, evals))
+            run.record(_records("parent", step, run.spe, (None, None), train or {}, evals))
             logged.add(step)
 
     for t in plan.spawn_steps:
@@ -556,7 +578,9 @@ def make_train_chunk(config: ml_collections.ConfigDict, plan: coupling_lib.Plan,
     kwargs = dict(
         batch_size=config.train.batch_size,
         strategy=resolved_strategy(config),
-        step_loop=ensemble_lib.resolve_step_loop(config.train.step_loop, models.MODELS[config.model.name].convolutional),
+        step_loop=ensemble_lib.resolve_step_loop(
+            config.train.step_loop, models.MODELS[config.model.name].convolutional
+        ),
         augment=augment,
         padding=config.data.crop_padding,
         lams=plan.lams,
@@ -579,7 +603,7 @@ class Restored(NamedTuple):
     config: ml_collections.ConfigDict
     plan: coupling_lib.Plan
     dataset: data_lib.Dataset  # On the device.
-    model: object
+    model: nn.Module
     state: ensemble_lib.EnsembleState
     step: int  # The checkpoint's tick of the members' phase.
 
@@ -694,8 +718,18 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
         train_chunk=make_train_chunk(config, plan, model, tx),
         predictor=ensemble_lib.Predictor(model, config.eval.batch_size, resolved_strategy(config)),
         log=workdir_lib.MetricsLog(workdir),
+        board=tensorboard_log.Board(workdir, workdir_lib.config_to_dict(config)),
     )
+    try:
+        return _run_phases(run, parent_source, resuming, started)
+    finally:
+        run.board.close()
 
+
+def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: float) -> dict:
+    """The parent's phase (spawning conditions), the spawn, the members' phase and the summary."""
+    config, workdir, dataset, plan = run.config, run.workdir, run.dataset, run.plan
+    model, tx, spe = run.model, run.tx, run.spe
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_checkpoints)
     latest = checkpointer.restore_latest(run.template(plan.num_members)) if resuming else None
     tick, resume_progress = 0, {}
@@ -714,7 +748,8 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
     groups = list(zip(plan.group_spawn_steps(), plan.group_lams()))  # (t, λ) of each group.
     starts, ends = plan.start_steps(), plan.end_steps()
     last = plan.ticks()
-    logged = {}  # Group → the last step it was logged at (a group that has finished is not logged again).
+    # Group → the last step it was logged at (a group that has finished is not logged again).
+    logged: dict[tuple, int] = {}
     for r in run.log.read():
         if r["phase"] == "members":
             key = (r["t"], r.get("lam"))
@@ -737,7 +772,7 @@ def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, res
                 step = int(min(starts[g * plan.k] + tick, ends[g * plan.k]))
                 if step > logged.get(group, -1):
                     group_train = {m: v[g * plan.k : (g + 1) * plan.k] for m, v in (train or {}).items()}
-                    run.log.write(_records("members", step, spe, group, group_train, group_evals))
+                    run.record(_records("members", step, spe, group, group_train, group_evals))
                     logged[group] = step
                 if tick == last:
                     final[g] = group_evals

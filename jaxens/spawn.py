@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -98,7 +99,7 @@ def spawn(
     if (reset_optimizer or reinit is not None) and tx is None:
         raise ValueError("reset_optimizer and reinit need the optimizer: pass tx")
     # New buffers (never aliases of the parent's), so training the children may donate them.
-    copies = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), parent.replace(rngs=None))
+    copies = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), parent.replace(rngs=None))  # type: ignore[attr-defined]
     streams = child_streams(key, k) if streams is None else jax.tree.map(jnp.copy, streams)
     params, opt_state = copies.params, copies.opt_state
     if reinit is not None:
@@ -109,5 +110,6 @@ def spawn(
             tx, lambda slot, m: jnp.zeros_like(slot) if m else slot, opt_state, reinit.mask
         )
     if reset_optimizer:
+        assert tx is not None  # checked above
         opt_state = jax.jit(jax.vmap(tx.init))(params)
     return copies.replace(params=params, opt_state=opt_state, rngs=streams)

@@ -35,8 +35,12 @@ METHODS = ("random", "dropout", "diagonal", "low_rank")
 def _iterate_count(iterates: PyTree, name: str = "iterates") -> int:
     counts = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(iterates)}
     if not counts or None in counts or len(counts) != 1:
-        raise ValueError(f"{name}: expected leaves [R, ...] with one leading iterate axis R, got {sorted(map(str, counts))}")
-    return counts.pop()
+        raise ValueError(
+            f"{name}: expected leaves [R, ...] with one leading iterate axis R, got {sorted(map(str, counts))}"
+        )
+    count = counts.pop()
+    assert count is not None  # checked above
+    return count
 
 
 def weight_average(iterates: PyTree) -> PyTree:
@@ -88,7 +92,7 @@ def diagonal_sample(key: jax.Array, fit: Diagonal, scale: float = 1.0) -> PyTree
     """
     leaves, treedef = jax.tree.flatten(fit.mean)
     keys = jax.random.split(key, len(leaves))
-    stds = treedef.flatten_up_to(fit.std)
+    stds = treedef.flatten_up_to(fit.std)  # type: ignore[attr-defined]
     out = [m + scale * s * jax.random.normal(k, m.shape, m.dtype) for m, s, k in zip(leaves, stds, keys)]
     return jax.tree.unflatten(treedef, out)
 
@@ -132,7 +136,9 @@ def low_rank_fit(iterates: PyTree, rank: int) -> LowRank:
         )
     first = jax.tree.map(lambda x: x[0].astype(jnp.float32), iterates)
     _, unravel = ravel_pytree(first)
-    flat = jax.vmap(lambda tree: ravel_pytree(jax.tree.map(lambda x: x.astype(jnp.float32), tree))[0])(iterates)  # [R, P]
+    flat = jax.vmap(lambda tree: ravel_pytree(jax.tree.map(lambda x: x.astype(jnp.float32), tree))[0])(
+        iterates
+    )  # [R, P]
     mean = flat.mean(axis=0)
     _, s, wt = jnp.linalg.svd(flat - mean, full_matrices=False)  # s [R], wt [R, P], s decreasing
     components = (s[:rank, None] / jnp.sqrt(r)) * wt[:rank]  # [k, P]

@@ -20,13 +20,13 @@ import dataclasses
 import os
 import re
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import ml_collections
 from absl import logging
 
 from jaxens import config as config_lib
-from jaxens import preemption
+from jaxens import preemption, progress
 from jaxens import workdir as workdir_lib
 
 _NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
@@ -102,7 +102,9 @@ def run_all(
         status = workdir_lib.read_status(workdir)
         if status is not None and status["status"] == "finished":
             outcomes[name] = Outcome(name, workdir, "finished", workdir_lib.read_summary(workdir), ran=False)
-    with preemption.stop_on_signals():
+    done_before = len(outcomes)
+    bar = progress.bar(len(runs), initial=done_before, desc=f"sweep {os.path.basename(root)}", unit="run")
+    with preemption.stop_on_signals(), bar:
         for name, config in runs.items():
             if name in outcomes:
                 print(f"sweep: {name} finished before; skipped", flush=True)
@@ -118,13 +120,14 @@ def run_all(
                 _write_table(root, outcomes)
                 raise
             except Exception as e:  # One failed run does not stop the others.
-                status = getattr(e, "status", "failed")  # run.Diverged says 'diverged'.
-                outcomes[name] = Outcome(name, workdir, status, message=f"{type(e).__name__}: {e}")
+                failure = str(getattr(e, "status", "failed"))  # run.Diverged says 'diverged'.
+                outcomes[name] = Outcome(name, workdir, failure, message=f"{type(e).__name__}: {e}")
                 logging.exception("sweep: run %s failed", name)
-                print(f"sweep: {name} {status}: {type(e).__name__}: {e}", flush=True)
+                print(f"sweep: {name} {failure}: {type(e).__name__}: {e}", flush=True)
             else:
                 print(f"sweep: {name} finished in {time.time() - started:.0f} s", flush=True)
             _write_table(root, outcomes)
+            bar.update(1)
     _write_table(root, outcomes)
     return outcomes
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxens import config as config_lib
 from jaxens.data.errors import DatasetError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "An experiment config file, path[:arg] (a path, or the name of a config installed with jaxens).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's checkpoints, metrics and summary.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete the run --workdir holds (finished or not, any config) and start this one afresh."
@@ -35,8 +38,26 @@ _OVERWRITE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _resolve_config(argv: list[str]) -> list[str]:
+    """argv with --config's path resolved by `jaxens.config.resolve_path` (installed configs by name)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--config="):
+            path, sep, arg = a[len("--config=") :].partition(":")
+            out[i] = "--config=" + config_lib.resolve_path(path) + sep + arg
+        elif a == "--config" and i + 1 < len(out):
+            path, sep, arg = out[i + 1].partition(":")
+            out[i + 1] = config_lib.resolve_path(path) + sep + arg
+    return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config errors reported as one line and exit code 2."""
+    try:
+        argv = _resolve_config(argv)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError, flags.Error) as e:
@@ -51,12 +72,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
-    from jaxens import run  # Deferred: flag errors should not wait for JAX to import.
-
-    from jaxens import preemption
+    # Deferred: flag errors should not wait for JAX to import.
+    from jaxens import preemption, run
 
     try:
-        run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+        workdir = _WORKDIR.value
+        assert workdir is not None  # A required flag.
+        run.train_and_evaluate(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
     except (config_lib.ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -76,11 +76,13 @@ def steps(workdir: str) -> list[int]:
 def save(workdir: str, step: int, params: PyTree, batch_stats: PyTree, keep_last: int = 0) -> None:
     """Writes one snapshot of all K members (leaves [K, ...]) atomically; with keep_last = r > 0, deletes
     all but the r most recent snapshots afterwards."""
-    flat = {f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
+    flat = {
+        f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params), sep="/").items()
+    }
     stats = traverse_util.flatten_dict(jax.device_get(batch_stats) or {}, sep="/")
     flat.update({f"batch_stats/{k}": np.asarray(v) for k, v in stats.items()})
     buffer = io.BytesIO()
-    np.savez(buffer, **flat)
+    np.savez(buffer, **flat)  # type: ignore[arg-type]
     os.makedirs(os.path.join(workdir, DIR), exist_ok=True)
     workdir_lib.write_bytes_atomic(_path(workdir, step), buffer.getvalue())
     if keep_last > 0:
@@ -94,7 +96,7 @@ def _read(workdir: str, step: int) -> tuple[dict, dict]:
     trees = {}
     for collection in ("params", "batch_stats"):
         prefix = collection + "/"
-        part = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        part = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
         trees[collection] = traverse_util.unflatten_dict(part, sep="/") if part else {}
     return trees["params"], trees["batch_stats"]
 
@@ -107,9 +109,7 @@ def load(workdir: str, at: list[int] | None = None, last: int | None = None) -> 
     """
     saved = steps(workdir)
     if not saved:
-        raise ValueError(
-            f"{workdir}: no trajectory snapshots (train with config.trajectory.every set, e.g. '1ep')"
-        )
+        raise ValueError(f"{workdir}: no trajectory snapshots (train with config.trajectory.every set, e.g. '1ep')")
     chosen = saved if at is None else list(at)
     missing = sorted(set(chosen) - set(saved))
     if missing:

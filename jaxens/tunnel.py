@@ -24,7 +24,8 @@ Bends are one pytree whose leaves carry a leading bend axis: leaves [n, ...].
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ def count_bends(bends: PyTree) -> int:
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(bends)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"bends: every leaf needs the same leading bend axis [n, ...], got leading sizes {sizes}")
-    return int(sizes.pop())
+    size = sizes.pop()
+    assert size is not None  # checked above
+    return int(size)
 
 
 @functools.partial(jax.jit, static_argnames=("num",))
@@ -151,7 +154,7 @@ def tunnel_loss(apply_fn: ApplyFn, variables_a, bends: PyTree, variables_b, x, y
     return jax.vmap(one)(ts, keys).mean()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adam(learning_rate: float) -> optax.GradientTransformation:
     """One optax.adam object per learning rate, so repeated fits reuse the compiled program."""
     return optax.adam(learning_rate)
@@ -246,14 +249,25 @@ def fit_tunnel(
     if num_steps == 0:
         return TunnelFit(bends, jnp.zeros((0,), jnp.float32))
     tx = _adam(float(learning_rate)) if optimizer is None else optimizer
-    new_bends, losses = _fit_jit(apply_fn, variables_a, variables_b, bends, jnp.asarray(train_x), jnp.asarray(train_y),
-                                 key, tx=tx, num_steps=int(num_steps), batch_size=int(batch_size), num_ts=int(num_ts))
+    new_bends, losses = _fit_jit(
+        apply_fn,
+        variables_a,
+        variables_b,
+        bends,
+        jnp.asarray(train_x),
+        jnp.asarray(train_y),
+        key,
+        tx=tx,
+        num_steps=int(num_steps),
+        batch_size=int(batch_size),
+        num_ts=int(num_ts),
+    )
     return TunnelFit(new_bends, losses)
 
 
 def _check_bends(bends: PyTree, params_a: PyTree) -> int:
     """Bends are `params_a`-shaped leaves with a leading axis n; returns n."""
-    if jax.tree.structure(bends) != jax.tree.structure(params_a):
+    if jax.tree.structure(bends) != jax.tree.structure(params_a):  # type: ignore[operator]
         raise ValueError("bends: a different pytree structure from variables_a['params']")
     n = count_bends(bends)
     for (path, a), phi in zip(jax.tree_util.tree_flatten_with_path(params_a)[0], jax.tree.leaves(bends)):
@@ -327,6 +341,15 @@ def evaluate_path(
     recompute = bool(recompute_batch_stats) and landscape._has_batch_stats(variables_a)
     data = plane._check_data(data, recompute, batch_size)
     chunk_size = None if chunk_size is None else int(chunk_size)
-    out = _path_jit(apply_fn, ts, variables_a, bends, variables_b, data, recompute=recompute, batch_size=batch_size,
-                    chunk_size=chunk_size)
+    out = _path_jit(
+        apply_fn,
+        ts,
+        variables_a,
+        bends,
+        variables_b,
+        data,
+        recompute=recompute,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
     return {"t": ts, **out}

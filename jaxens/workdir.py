@@ -9,6 +9,7 @@ Layout of DIR:
   parent/        spawning conditions: the parent's checkpoints, one at every spawn time (kept, so later
                  runs can spawn from them: config.coupling.parent_dir) and the latest few
   trajectory/    with config.trajectory.every: the members' weights at every snapshot (jaxens.trajectory)
+  tensorboard/   TensorBoard event files, one TensorBoard run per group of members (jaxens.tensorboard_log)
   checkpoints.corrupt/, parent.corrupt/   checkpoints that failed to restore, moved aside (never deleted)
 """
 
@@ -65,7 +66,7 @@ def _diff(old: dict, new: dict, prefix: str = "config.") -> list[str]:
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "status.json")
-RUN_DIRS = ("checkpoints", "parent", "trajectory", "checkpoints.corrupt", "parent.corrupt")
+RUN_DIRS = ("checkpoints", "parent", "trajectory", "tensorboard", "checkpoints.corrupt", "parent.corrupt")
 STATUSES = ("running", "finished", "preempted", "diverged", "failed")
 
 

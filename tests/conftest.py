@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -118,3 +119,17 @@ def train_steps(train_chunk, state, dataset, num_steps, batch_size, steps_per_ca
         state, _ = train_chunk(state, orders, dataset, n)
         step += n
     return jax.block_until_ready(state)
+
+
+def tensorboard_scalars(workdir) -> dict:
+    """{(TensorBoard run, tag): [(step, value), ...]} of DIR/tensorboard, read by TensorBoard's
+    EventAccumulator (which drops events a resumed run's purge step marks stale, as TensorBoard does)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(str(workdir), "tensorboard", "*"))):
+        acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out[(os.path.basename(path), tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import small_config
+
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim
 from jaxens import rng as rng_lib
 
 
@@ -151,8 +150,11 @@ def test_training_steps_make_no_host_transfers(digits, step_loop):
     np.testing.assert_array_equal(state.step, [12, 15, 15])
     assert np.all(np.asarray(sums["loss"]) > 0)
 
-    jitted, args = (chunk._chunk, (state, orders, ds, np.int32(1), None, None)) if step_loop == "device" else (
-        chunk._step, (state, sums, orders, ds, None, None))
+    jitted, args = (
+        (chunk._chunk, (state, orders, ds, np.int32(1), None, None))
+        if step_loop == "device"
+        else (chunk._step, (state, sums, orders, ds, None, None))
+    )
     hlo = jitted.lower(*args).compile().as_text()
     assert "gather" in hlo
     for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):

@@ -46,13 +46,16 @@ def test_im2col_equals_the_definition_and_xlas_conv_with_gradients(shape, window
     pads = lax.padtype_to_pads(shape[1:-1], window, strides, padding) if isinstance(padding, str) else padding
 
     def f(impl):
-        return lambda x, w: conv_lib.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn, implementation=impl)
+        return lambda x, w: conv_lib.conv_general_dilated(
+            x, w, strides, padding, dimension_numbers=dn, implementation=impl
+        )
 
     y = jax.jit(f("im2col"))(x, w)
-    np.testing.assert_allclose(y, _numpy_conv(np.asarray(x, np.float64), np.asarray(w, np.float64), strides, pads),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, _numpy_conv(np.asarray(x, np.float64), np.asarray(w, np.float64), strides, pads), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(y, f("xla")(x, w), rtol=1e-5, atol=1e-5)
-    loss = lambda impl: (lambda x, w: jnp.sum(jnp.tanh(f(impl)(x, w))))  # noqa: E731
+    loss = lambda impl: lambda x, w: jnp.sum(jnp.tanh(f(impl)(x, w)))  # noqa: E731
     grads = jax.jit(jax.grad(loss("im2col"), argnums=(0, 1)))(x, w)
     for got, want in zip(grads, jax.grad(loss("xla"), argnums=(0, 1))(x, w)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

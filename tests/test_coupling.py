@@ -12,16 +12,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, load_config_file, small_config
+
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
-from jaxens import coupling
+from jaxens import coupling, models, optim, run
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
 from jaxens import rng as rng_lib
-from jaxens import run
 
 SPE = 8  # small_config: 4,000 MNIST-1D training examples in batches of 500.
 
@@ -153,8 +150,13 @@ def test_children_spawn_from_an_earlier_runs_parent(tmp_path, capsys):
     steps to 12) and ends exactly where the same run training its own parent ends."""
     first = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",)})
     run.train_and_evaluate(first, str(tmp_path / "first"))
-    reuse = _config(**{"coupling.condition": "coupled_to_t_reset", "coupling.t": ("1ep", "1ep4it"),
-                       "coupling.parent_dir": str(tmp_path / "first")})
+    reuse = _config(
+        **{
+            "coupling.condition": "coupled_to_t_reset",
+            "coupling.t": ("1ep", "1ep4it"),
+            "coupling.parent_dir": str(tmp_path / "first"),
+        }
+    )
     capsys.readouterr()
     reused = run.train_and_evaluate(reuse, str(tmp_path / "reuse"))
     assert "parent: restored the checkpoint at step 8" in capsys.readouterr().out
@@ -168,21 +170,42 @@ def test_children_spawn_from_an_earlier_runs_parent(tmp_path, capsys):
 def test_parent_dir_of_a_different_parent_is_refused_before_anything(tmp_path):
     first = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",)})
     run.train_and_evaluate(first, str(tmp_path / "first"))
-    other = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",), "seed": 1,
-                       "optimizer.learning_rate": 0.1, "coupling.parent_dir": str(tmp_path / "first")})
+    other = _config(
+        **{
+            "coupling.condition": "coupled_to_t",
+            "coupling.t": ("1ep",),
+            "seed": 1,
+            "optimizer.learning_rate": 0.1,
+            "coupling.parent_dir": str(tmp_path / "first"),
+        }
+    )
     with pytest.raises(config_lib.ConfigError, match=r"config.seed: 0 there, 1 here.*learning_rate"):
         run.train_and_evaluate(other, str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()
     with pytest.raises(config_lib.ConfigError, match="no run there"):
-        run.train_and_evaluate(_config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",),
-                                          "coupling.parent_dir": str(tmp_path / "nothing")}), str(tmp_path / "x"))
+        run.train_and_evaluate(
+            _config(
+                **{
+                    "coupling.condition": "coupled_to_t",
+                    "coupling.t": ("1ep",),
+                    "coupling.parent_dir": str(tmp_path / "nothing"),
+                }
+            ),
+            str(tmp_path / "x"),
+        )
 
 
 def test_a_sweep_resumes_in_either_phase_to_the_same_result(tmp_path, capsys):
     """A finished sweep's workdir, cut back to (a) an earlier children checkpoint and (b) the parent's
     checkpoints only, reruns to the same summary and the same metrics log."""
-    config = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("3it", "1ep3it"),
-                        "train.num_epochs": 3, "train.max_checkpoints": 3})
+    config = _config(
+        **{
+            "coupling.condition": "coupled_to_t",
+            "coupling.t": ("3it", "1ep3it"),
+            "train.num_epochs": 3,
+            "train.max_checkpoints": 3,
+        }
+    )
     full = run.train_and_evaluate(config, str(tmp_path / "full"))
     log = sorted(open(tmp_path / "full" / "metrics.jsonl"))
     for case in ("children", "parent"):
@@ -214,8 +237,14 @@ def test_spawn_config_errors_name_the_field():
         ({"coupling.condition": "coupled_to_t", "coupling.t": ("1ep", "8it")}, "spawn times repeat"),
         ({"coupling.condition": "coupled_to_t", "coupling.t": ("1.5ep",)}, "config.coupling.t: '1.5ep': expected"),
         ({"coupling.reinit_fraction": 0.5}, "re-initialization happens at spawn"),
-        ({"coupling.condition": "coupled_to_t", "coupling.t": (0,), "coupling.reinit_fraction": 1.5}, "must lie in [0, 1]"),
-        ({"coupling.condition": "coupled_to_t", "coupling.t": (0,), "coupling.reinit_side": "top"}, "allowed: low, high"),
+        (
+            {"coupling.condition": "coupled_to_t", "coupling.t": (0,), "coupling.reinit_fraction": 1.5},
+            "must lie in [0, 1]",
+        ),
+        (
+            {"coupling.condition": "coupled_to_t", "coupling.t": (0,), "coupling.reinit_side": "top"},
+            "allowed: low, high",
+        ),
         ({"ensemble.shared_streams": ("order",)}, "set config.coupling.condition='coupled_order'"),
         ({"coupling.parent_dir": "runs/x"}, "no_coupling has no parent"),
     ]
@@ -231,17 +260,31 @@ def test_spawn_config_errors_name_the_field():
 def test_resnet20_spawn_config():
     """The paper's recipe; it validates on Fashion-MNIST (the override a CPU user makes)."""
     config = load_config_file("resnet20_spawn.py")
-    assert (config.dataset, config.model.name, config.coupling.condition) == ("cifar10", "resnet20", "coupled_to_t_reset")
+    assert (config.dataset, config.model.name, config.coupling.condition) == (
+        "cifar10",
+        "resnet20",
+        "coupled_to_t_reset",
+    )
     assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.learning_rate) == ("sgd", 0.9, 0.1)
-    assert (config.optimizer.schedule, config.optimizer.weight_decay, config.train.batch_size) == ("piecewise", 1e-4, 128)
+    assert (config.optimizer.schedule, config.optimizer.weight_decay, config.train.batch_size) == (
+        "piecewise",
+        1e-4,
+        128,
+    )
     assert config.data.augment == "crop_flip" and len(config.coupling.t) > 1
     config.dataset = "fashion_mnist"
     config_lib.validate(config)
 
 
 def test_resnet20_spawn_without_cifar_stops_fast_with_the_data_message(tmp_path):
-    cmd = [sys.executable, "-m", "jaxens.train", "--config=configs/resnet20_spawn.py", f"--workdir={tmp_path / 'run'}",
-           f"--config.data.tfds_dir={tmp_path / 'tfds'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxens.train",
+        "--config=configs/resnet20_spawn.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, CI="true"))
     assert proc.returncode == 2, proc.stderr
     assert "cifar10" in proc.stderr and "Traceback" not in proc.stderr
@@ -250,9 +293,18 @@ def test_resnet20_spawn_without_cifar_stops_fast_with_the_data_message(tmp_path)
 
 def test_cpu_spawn_config_runs_from_the_command_line(tmp_path):
     """configs/mnist1d_spawn.py through the real CLI, shortened; spawn times given on the command line."""
-    cmd = [sys.executable, "-m", "jaxens.train", "--config=configs/mnist1d_spawn.py", f"--workdir={tmp_path}",
-           "--config.train.num_epochs=2", "--config.coupling.t=('0ep','1ep3it')", "--config.ensemble.k=2",
-           "--config.model.widths=(32,)", "--config.eval.every_epochs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxens.train",
+        "--config=configs/mnist1d_spawn.py",
+        f"--workdir={tmp_path}",
+        "--config.train.num_epochs=2",
+        "--config.coupling.t=('0ep','1ep3it')",
+        "--config.ensemble.k=2",
+        "--config.model.widths=(32,)",
+        "--config.eval.every_epochs=1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, CI="true"))
     assert proc.returncode == 0, proc.stderr
     assert "children spawned at t=1ep3it (step 43)" in proc.stdout
@@ -270,8 +322,15 @@ def test_each_phase_traces_its_training_step_once(tmp_path, monkeypatch, step_lo
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(ensemble_lib.member_gradients, n=2)
     monkeypatch.setattr(ensemble_lib, "member_gradients", counted)
-    config = _config(**{"coupling.condition": "coupled_to_t", "coupling.t": ("1ep",), "ensemble.k": 2,
-                        "train.step_loop": step_loop, "train.steps_per_call": 3})
+    config = _config(
+        **{
+            "coupling.condition": "coupled_to_t",
+            "coupling.t": ("1ep",),
+            "ensemble.k": 2,
+            "train.step_loop": step_loop,
+            "train.steps_per_call": 3,
+        }
+    )
     run.train_and_evaluate(config, str(tmp_path / "run"))  # Chunks of 3, 3, 2 steps per epoch.
     chex.clear_trace_counter()
     strict = chex.assert_max_traces(ensemble_lib.member_gradients, n=1)

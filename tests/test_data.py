@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import small_config
+
 from jaxens import data as data_lib
 from jaxens.data import idx
 from jaxens.data.errors import DatasetError
@@ -139,8 +139,13 @@ def test_tiny_imagenet_through_the_registry(tmp_path):
     _save(root / "val" / "images" / "val_0.JPEG")
     (root / "val" / "val_annotations.txt").write_text(f"val_0.JPEG\t{WNIDS[0]}\t0\t0\t1\t1\n")
     config = small_config(
-        **{"dataset": "tiny_imagenet", "model.name": "cnn2d", "train.batch_size": 2,
-           "data.dir": str(tmp_path), "data.cache_dir": str(tmp_path / "cache")}
+        **{
+            "dataset": "tiny_imagenet",
+            "model.name": "cnn2d",
+            "train.batch_size": 2,
+            "data.dir": str(tmp_path),
+            "data.cache_dir": str(tmp_path / "cache"),
+        }
     )
     ds = data_lib.load(config)
     assert ds.train_x.shape == (3, 64, 64, 3) and ds.test_x.shape == (1, 64, 64, 3) and ds.num_classes == 200

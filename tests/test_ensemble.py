@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import small_config, train_steps
+
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim
 from jaxens import rng as rng_lib
 
 
@@ -91,9 +90,7 @@ def test_k1_equals_plain_single_model_loop(mnist1d):
         params, opt_state = step(params, opt_state, x_all[idx], y_all[idx], jax.random.fold_in(dropout_key, s))
 
     assert int(ens.step[0]) == num_steps
-    jax.tree.map(
-        lambda e, r: np.testing.assert_allclose(e[0], r, rtol=1e-4, atol=1e-5), ens.params, params
-    )
+    jax.tree.map(lambda e, r: np.testing.assert_allclose(e[0], r, rtol=1e-4, atol=1e-5), ens.params, params)
 
 
 def test_members_have_different_params_and_orders(mnist1d):
@@ -152,8 +149,10 @@ def test_predictor_equals_loop_over_members(mnist1d, strategy):
     assert logits.shape == (3, 1000, 10)
     x = dataset.normalize(dataset.test_x)
     for m in range(3):
-        variables = {"params": jax.tree.map(lambda a: a[m], state.params),
-                     "batch_stats": jax.tree.map(lambda a: a[m], state.batch_stats)}
+        variables = {
+            "params": jax.tree.map(lambda a: a[m], state.params),
+            "batch_stats": jax.tree.map(lambda a: a[m], state.batch_stats),
+        }
         ref = model.apply(variables, x, train=False)
         np.testing.assert_allclose(logits[m], ref, rtol=1e-5, atol=1e-5)
 

@@ -26,15 +26,28 @@ def snapshot_run(tmp_path_factory):
     return workdir
 
 
-ARGS = ["--threshold=0.2", "--plane_strengths=3", "--plane_repeats=1", "--samples=2", "--window=3", "--rank=2",
-        "--num_shifted=200", "--tsne_examples=100"]
+ARGS = [
+    "--threshold=0.2",
+    "--plane_strengths=3",
+    "--plane_repeats=1",
+    "--samples=2",
+    "--window=3",
+    "--rank=2",
+    "--num_shifted=200",
+    "--tsne_examples=100",
+]
 
 
 @pytest.mark.slow
 def test_fort_diversity_writes_the_plane_and_refuses_to_overwrite(snapshot_run, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(REPO, "experiments", "fort_diversity.py"), f"--workdir={snapshot_run}",
-           f"--out={out}", *ARGS]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "experiments", "fort_diversity.py"),
+        f"--workdir={snapshot_run}",
+        f"--out={out}",
+        *ARGS,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "independent optima more diverse" in proc.stdout
@@ -56,8 +69,10 @@ def test_the_runs_shifted_and_ood_sets_join_the_comparison(snapshot_run, tmp_pat
     restored = run.restore(str(snapshot_run))
     x, y = np.asarray(restored.dataset.test_x[:300]), np.asarray(restored.dataset.test_y[:300])
     rng = np.random.default_rng(0)
-    extra = {"shifted_standin": data_lib.EvalSet(x=x + rng.normal(size=x.shape).astype(np.float32), y=y, kind="shifted"),
-             "ood_standin": data_lib.EvalSet(x=rng.normal(size=x.shape).astype(np.float32) * 3, y=y, kind="ood")}
+    extra = {
+        "shifted_standin": data_lib.EvalSet(x=x + rng.normal(size=x.shape).astype(np.float32), y=y, kind="shifted"),
+        "ood_standin": data_lib.EvalSet(x=rng.normal(size=x.shape).astype(np.float32) * 3, y=y, kind="ood"),
+    }
     monkeypatch.setattr(data_lib, "load_eval_sets", lambda config: extra)
     fort_diversity.main([f"--workdir={snapshot_run}", f"--out={tmp_path / 'out'}", *ARGS])
     results = json.load(open(tmp_path / "out" / "results.json"))

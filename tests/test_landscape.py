@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import BN_EPS, DenseBN, init_variables
 
 from jaxens import landscape, metrics, models
+
 
 def _small_cnn():
     """jaxens' 1-D strided CNN (conv → BatchNorm → ReLU, twice) with 4 and 6 channels."""
@@ -48,8 +48,10 @@ def _perturb_bn(variables, seed):
     params = dict(variables["params"])
     for name in ("bn0", "bn1"):
         width = params[name]["scale"].shape[0]
-        params[name] = {"scale": jnp.asarray(rng.uniform(0.5, 2.0, width), jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=width) * 0.5, jnp.float32)}
+        params[name] = {
+            "scale": jnp.asarray(rng.uniform(0.5, 2.0, width), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=width) * 0.5, jnp.float32),
+        }
     return {**variables, "params": params}
 
 
@@ -107,10 +109,14 @@ def test_recompute_agrees_with_flax_running_update():
     variables = init_variables(model, 4, x[0])
     zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
     _, updates = jax.jit(lambda v, xb: model.apply(v, xb, train=True, mutable=["batch_stats"]))(
-        {**variables, "batch_stats": zeros}, x[0])
+        {**variables, "batch_stats": zeros}, x[0]
+    )
     new = jax.jit(lambda v, t: landscape.recompute_batch_stats(model.apply, v, t))(variables, x)
-    jax.tree.map(lambda got, upd: np.testing.assert_allclose(0.1 * got, upd, rtol=1e-5, atol=1e-7),
-                 new["batch_stats"], updates["batch_stats"])
+    jax.tree.map(
+        lambda got, upd: np.testing.assert_allclose(0.1 * got, upd, rtol=1e-5, atol=1e-7),
+        new["batch_stats"],
+        updates["batch_stats"],
+    )
 
 
 def test_self_interpolation_has_zero_barrier():

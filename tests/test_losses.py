@@ -125,5 +125,7 @@ def test_ambiguity_is_nonnegative_and_the_loss_decreases_in_lambda(lam, seed):
         outputs, y = _data(family, seed=seed)
         amb = float(losses.ambiguity(outputs, family))
         assert amb >= -1e-6
-        assert float(losses.modular_loss(outputs, y, lam, family)) <= float(
-            losses.modular_loss(outputs, y, 0.0, family)) + 1e-5
+        assert (
+            float(losses.modular_loss(outputs, y, lam, family))
+            <= float(losses.modular_loss(outputs, y, 0.0, family)) + 1e-5
+        )

@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from conftest import np_softmax
-from jaxens import metrics
 
+from jaxens import metrics
 
 
 def test_error_and_nll_against_numpy():
@@ -21,9 +20,11 @@ def test_error_and_nll_against_numpy():
         want_nll = -np.mean(np.log(p[np.arange(50), labels]))
         assert float(metrics.error(logits[m], labels)) == pytest.approx(want_err, abs=1e-7)
         assert float(metrics.nll(logits[m], labels)) == pytest.approx(want_nll, rel=1e-5)
-    np.testing.assert_allclose(jax.jit(metrics.nll)(logits, labels), [
-        -np.mean(np.log(np_softmax(logits[m].astype(np.float64))[np.arange(50), labels])) for m in range(3)
-    ], rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(metrics.nll)(logits, labels),
+        [-np.mean(np.log(np_softmax(logits[m].astype(np.float64))[np.arange(50), labels])) for m in range(3)],
+        rtol=1e-5,
+    )
 
 
 def test_ensemble_log_probs_against_numpy():

@@ -8,15 +8,13 @@ import hypothesis.extra.numpy as hnp
 import jax
 import numpy as np
 import pytest
+from conftest import np_softmax, random_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import np_softmax, random_logits
 from jaxens.metrics import calibration
 
-
 # ----- NumPy reference, written from the definitions (float64, loops over bins) -----
-
 
 
 def _np_brier(logits, labels):
@@ -60,7 +58,6 @@ def _np_confusion_1(logits, labels, num_classes):
     return m
 
 
-
 # ----- Against the reference on random inputs -----
 
 
@@ -90,16 +87,22 @@ def test_bins_against_numpy(num_bins):
 @pytest.mark.parametrize("num_bins", [1, 10, 15])
 def test_ece_mce_mace_against_numpy(num_bins):
     logits, labels = random_logits(2, (3, 250, 6), scale=2.0)
-    got = [calibration.ece(logits, labels, num_bins), calibration.mce(logits, labels, num_bins),
-           calibration.mace(logits, labels, num_bins)]
+    got = [
+        calibration.ece(logits, labels, num_bins),
+        calibration.mce(logits, labels, num_bins),
+        calibration.mace(logits, labels, num_bins),
+    ]
     for g in got:
         assert g.shape == (3,)
     for m in range(3):
         want = _np_calibration_1(logits[m], labels, num_bins)
         np.testing.assert_allclose([float(g[m]) for g in got], want, rtol=1e-5, atol=1e-6)
         # Without the member axis: the same numbers.
-        single = [calibration.ece(logits[m], labels, num_bins), calibration.mce(logits[m], labels, num_bins),
-                  calibration.mace(logits[m], labels, num_bins)]
+        single = [
+            calibration.ece(logits[m], labels, num_bins),
+            calibration.mce(logits[m], labels, num_bins),
+            calibration.mace(logits[m], labels, num_bins),
+        ]
         np.testing.assert_allclose([float(s) for s in single], want, rtol=1e-5, atol=1e-6)
 
 
@@ -118,9 +121,13 @@ def test_confusion_matrix_hand_computed():
     # Predictions (argmax): 0, 1, 1, 2, 0; true labels: 0, 1, 2, 2, 1.
     logits = np.array([[5, 0, 0], [0, 5, 0], [0, 5, 0], [0, 0, 5], [5, 0, 0]], np.float32)
     labels = np.array([0, 1, 2, 2, 1])
-    want = np.array([[1, 0, 0],  # true 0: predicted 0 once
-                     [1, 1, 0],  # true 1: predicted 0 and 1
-                     [0, 1, 1]])  # true 2: predicted 1 and 2
+    want = np.array(
+        [
+            [1, 0, 0],  # true 0: predicted 0 once
+            [1, 1, 0],  # true 1: predicted 0 and 1
+            [0, 1, 1],
+        ]
+    )  # true 2: predicted 1 and 2
     np.testing.assert_array_equal(calibration.confusion_matrix(logits, labels, 3), want)
     with pytest.raises(ValueError, match="num_classes"):
         calibration.confusion_matrix(logits, labels, 4)
@@ -168,7 +175,8 @@ def test_hand_worked_ece_mce_mace():
     # gap 0.065. Bin [0.6, 0.8): 0.7 three times, two right: acc 2/3, conf 0.7, gap 1/30. Bin [0.8, 1]:
     # 0.9 (wrong): acc 0, gap 0.9. Bins [0, 0.2) and [0.2, 0.4) are empty.
     logits, labels = _logits_from_top_confidence(
-        [0.55, 0.58, 0.7, 0.7, 0.7, 0.9], [True, False, True, True, False, False])
+        [0.55, 0.58, 0.7, 0.7, 0.7, 0.9], [True, False, True, True, False, False]
+    )
     bins = calibration.calibration_bins(logits, labels, 5)
     np.testing.assert_array_equal(bins.count, [0, 0, 2, 3, 1])
     np.testing.assert_array_equal(bins.correct_sum, [0, 0, 1, 2, 0])
@@ -189,7 +197,8 @@ def test_perfectly_calibrated_toy_case():
     # Confidence 0.75: three of four right; confidence 0.875: seven of eight right; confidence 1: all right.
     # Each group sits inside one bin of width 0.1, where accuracy equals confidence.
     logits, labels = _logits_from_top_confidence(
-        [0.75] * 4 + [0.875] * 8 + [1.0] * 2, [True] * 3 + [False] + [True] * 7 + [False] + [True] * 2)
+        [0.75] * 4 + [0.875] * 8 + [1.0] * 2, [True] * 3 + [False] + [True] * 7 + [False] + [True] * 2
+    )
     for fn in (calibration.ece, calibration.mce, calibration.mace):
         value = float(fn(logits, labels, 10))
         assert value == pytest.approx(0.0, abs=1e-6)  # 7 of the 10 bins are empty: no NaN either.
@@ -213,25 +222,34 @@ def test_under_jit_with_member_axis():
     for fn in (calibration.ece, calibration.mce, calibration.mace):
         jitted = jax.jit(fn, static_argnames="num_bins")
         np.testing.assert_allclose(jitted(logits, labels, num_bins=7), fn(logits, labels, 7), rtol=1e-6)
-        np.testing.assert_allclose(
-            jitted(logits, labels, num_bins=7), [fn(z, labels, 7) for z in logits], rtol=1e-6)
+        np.testing.assert_allclose(jitted(logits, labels, num_bins=7), [fn(z, labels, 7) for z in logits], rtol=1e-6)
     np.testing.assert_allclose(jax.jit(calibration.brier)(logits, labels), _np_brier(logits, labels), rtol=1e-5)
     np.testing.assert_array_equal(
         jax.jit(calibration.confusion_matrix, static_argnums=2)(logits, labels, 3),
-        [_np_confusion_1(z, labels, 3) for z in logits])
+        [_np_confusion_1(z, labels, 3) for z in logits],
+    )
     jit_bins = jax.jit(calibration.calibration_bins, static_argnums=2)(logits, labels, 5)
     eager_bins = calibration.calibration_bins(logits, labels, 5)
     for a, b in zip(jit_bins, eager_bins):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # Vmapping over the member axis is the same as passing it.
-    np.testing.assert_allclose(jax.vmap(calibration.mace, in_axes=(0, None))(logits, labels),
-                               calibration.mace(logits, labels), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(calibration.mace, in_axes=(0, None))(logits, labels), calibration.mace(logits, labels), rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("fn", [
-    calibration.brier, calibration.calibration_bins, calibration.ece, calibration.mce, calibration.mace,
-    functools.partial(calibration.confusion_matrix, num_classes=3), calibration.brier_per_example,
-])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        calibration.brier,
+        calibration.calibration_bins,
+        calibration.ece,
+        calibration.mce,
+        calibration.mace,
+        functools.partial(calibration.confusion_matrix, num_classes=3),
+        calibration.brier_per_example,
+    ],
+)
 def test_label_length_mismatch_names_arguments(fn):
     logits = np.zeros((2, 5, 3), np.float32)
     with pytest.raises(ValueError, match=r"labels.*logits"):
@@ -259,8 +277,11 @@ _N, _C = 16, 4  # One shape, so that each number of bins compiles once.
 def _all_calibration(logits, labels, num_bins):
     bins = calibration.calibration_bins(logits, labels, num_bins)
     from_bins = (calibration.ece_from_bins(bins), calibration.mce_from_bins(bins), calibration.mace_from_bins(bins))
-    kernels = (calibration.ece(logits, labels, num_bins), calibration.mce(logits, labels, num_bins),
-               calibration.mace(logits, labels, num_bins))
+    kernels = (
+        calibration.ece(logits, labels, num_bins),
+        calibration.mce(logits, labels, num_bins),
+        calibration.mace(logits, labels, num_bins),
+    )
     return bins, from_bins, kernels
 
 

@@ -8,17 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import np_softmax
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import np_softmax
-from jaxens.metrics import diversity
-from jaxens.metrics import weights
+from jaxens.metrics import diversity, weights
 
 # ---------------------------------------------------------------------------------------------------------
 # Independent NumPy re-derivations (float64, straight from the formulas of DESIGN §4).
-
 
 
 def _np_kl(p, q):
@@ -31,11 +29,22 @@ def _np_argmax_differ(za, zb):
 
 
 # Jitted kernels: one XLA compilation per function and shape (eager calls would compile op by op).
-J = types.SimpleNamespace(**{
-    name: jax.jit(getattr(diversity, name))
-    for name in ("kl", "symmetric_kl", "pairwise_symmetric_kl", "member_diversity", "ensemble_kl", "js_divergence",
-                 "disagreement", "pairwise_disagreement", "normalized_disagreement")
-})
+J = types.SimpleNamespace(
+    **{
+        name: jax.jit(getattr(diversity, name))
+        for name in (
+            "kl",
+            "symmetric_kl",
+            "pairwise_symmetric_kl",
+            "member_diversity",
+            "ensemble_kl",
+            "js_divergence",
+            "disagreement",
+            "pairwise_disagreement",
+            "normalized_disagreement",
+        )
+    }
+)
 
 
 def _logits(seed, shape, scale=3.0):
@@ -181,8 +190,7 @@ def test_masked_classes_contribute_nothing():
     zp, zq = _logits(16, (10, 4)), _logits(17, (10, 4))
     mask = np.array([-np.inf, 0, 0, 0], np.float32)
     np.testing.assert_allclose(J.kl(zp + mask, zq + mask), J.kl(zp[:, 1:], zq[:, 1:]), rtol=1e-5)
-    np.testing.assert_allclose(J.symmetric_kl(zp + mask, zq + mask),
-                               J.symmetric_kl(zp[:, 1:], zq[:, 1:]), rtol=1e-5)
+    np.testing.assert_allclose(J.symmetric_kl(zp + mask, zq + mask), J.symmetric_kl(zp[:, 1:], zq[:, 1:]), rtol=1e-5)
     # Zero under q only: KL(p‖q) is infinite.
     assert np.all(np.isinf(J.kl(zp, zq + mask)))
 
@@ -223,8 +231,10 @@ def _tree(seed, k=None):
     rng = np.random.default_rng(seed)
     lead = () if k is None else (k,)
     return {
-        "dense": {"kernel": rng.normal(size=lead + (5, 3)).astype(np.float32),
-                  "bias": rng.normal(size=lead + (3,)).astype(np.float32)},
+        "dense": {
+            "kernel": rng.normal(size=lead + (5, 3)).astype(np.float32),
+            "bias": rng.normal(size=lead + (3,)).astype(np.float32),
+        },
         "conv": [rng.normal(size=lead + (2, 2, 1, 4)).astype(np.float32)],
     }
 
@@ -242,7 +252,8 @@ def test_cosine_similarity_against_numpy():
     tb16 = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tb)
     b16 = _np_flat(jax.tree.map(lambda x: np.asarray(x.astype(jnp.float32)), tb16))
     assert float(weights.cosine_similarity(ta, tb16)) == pytest.approx(
-        a @ b16 / (np.linalg.norm(a) * np.linalg.norm(b16)), rel=1e-5, abs=1e-6)
+        a @ b16 / (np.linalg.norm(a) * np.linalg.norm(b16)), rel=1e-5, abs=1e-6
+    )
 
 
 def test_pairwise_cosine_similarity_against_numpy_and_vmap():
@@ -317,10 +328,12 @@ def test_pairwise_matrices_symmetric_with_zero_diagonal(z):
 
 
 _weight_values = st.floats(-1e3, 1e3, width=32, allow_nan=False)
-_weight_tree = st.fixed_dictionaries({
-    "kernel": hnp.arrays(np.float32, (_K, 3, 2), elements=_weight_values),
-    "bias": hnp.arrays(np.float32, (_K, 2), elements=_weight_values),
-})
+_weight_tree = st.fixed_dictionaries(
+    {
+        "kernel": hnp.arrays(np.float32, (_K, 3, 2), elements=_weight_values),
+        "bias": hnp.arrays(np.float32, (_K, 2), elements=_weight_values),
+    }
+)
 
 
 @settings(max_examples=40, deadline=None)

@@ -61,12 +61,15 @@ def _run(state, updates):
 
 def test_hand_computed_evaluations():
     # Columns are examples, rows consecutive evaluations of all four.
-    seq = np.array([
-        [1, 0, 0, 1],
-        [0, 0, 0, 1],
-        [1, 1, 0, 1],
-        [0, 1, 0, 1],
-    ], bool)
+    seq = np.array(
+        [
+            [1, 0, 0, 1],
+            [0, 0, 0, 1],
+            [1, 1, 0, 1],
+            [0, 1, 0, 1],
+        ],
+        bool,
+    )
     state, events = _run(forgetting.init(4), [(None, row) for row in seq])
     assert events == [0, 1, 0, 1]
     np.testing.assert_array_equal(forgetting.counts(state), [2, 0, 0, 0])  # 1,0,1,0 → 2; 0,0,1,1 → 0.
@@ -123,7 +126,7 @@ def test_random_minibatches_against_reference():
     for epoch in range(3):  # Epoch permutations, the trainer's order: no duplicates.
         order = rng.permutation(n)
         for s in range(n // b):
-            updates.append((order[s * b:(s + 1) * b], rng.random(b) < 0.3 + 0.2 * epoch))
+            updates.append((order[s * b : (s + 1) * b], rng.random(b) < 0.3 + 0.2 * epoch))
     update = jax.jit(forgetting.update)
     state, events = forgetting.init(n), []
     for indices, correct in updates:
@@ -197,8 +200,9 @@ def test_vmap_over_members_equals_loop():
         jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[m], y), states, state)
         np.testing.assert_array_equal([e[m] for e in vmap_events], events)
         _assert_matches(state, n, updates, events)
-    np.testing.assert_array_equal(forgetting.total(states), [int(forgetting.total(
-        jax.tree.map(lambda x: x[m], states))) for m in range(k)])
+    np.testing.assert_array_equal(
+        forgetting.total(states), [int(forgetting.total(jax.tree.map(lambda x: x[m], states))) for m in range(k)]
+    )
     assert forgetting.counts(states, never_learned=jnp.inf).shape == (k, n)
 
 

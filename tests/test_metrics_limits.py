@@ -60,9 +60,12 @@ def test_curves_against_numpy_formulas_vectorized():
     np.testing.assert_allclose(got_lo, want_lo, rtol=1e-4, atol=1e-5)
     # num_classes as an array broadcasts too.
     cs = np.array([2, 3, 10, 100, 1000])
-    np.testing.assert_allclose(upper(a, a_ref, cs),
-                               (1 - r64) * a64 + (1 - a64) * r64 + (1 - r64) * (1 - a64) * (cs - 2) / (cs - 1),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        upper(a, a_ref, cs),
+        (1 - r64) * a64 + (1 - a64) * r64 + (1 - r64) * (1 - a64) * (cs - 2) / (cs - 1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_family_against_numpy_formula_vectorized():
@@ -71,7 +74,7 @@ def test_family_against_numpy_formula_vectorized():
     e = np.array([0.22, 0.5, 1.0, 2.0], np.float32)
     a_ref, c = 0.85, 100
     p64, e64 = p.astype(np.float64), e.astype(np.float64)
-    p_minus = p64 ** e64
+    p_minus = p64**e64
     want_acc = a_ref * (1 - p64) + (1 - a_ref) * p_minus / (c - 1)
     want_dis = a_ref * p64 + (1 - a_ref) * p_minus
     acc, dis = family(p, a_ref, c, e)

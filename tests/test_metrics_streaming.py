@@ -6,13 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import random_logits
-from jaxens.metrics import calibration
-from jaxens.metrics import classification
-from jaxens.metrics import streaming
+from jaxens.metrics import calibration, classification, streaming
 
 NAMES = ("error", "nll", "brier", "entropy", "ece", "mce", "mace")
 
@@ -50,7 +48,6 @@ def _np_metrics_1(logits, labels, num_bins):
     return out
 
 
-
 def _full_array(logits, labels, num_bins):
     """The non-streaming kernels on all examples at once."""
     bins = calibration.calibration_bins(logits, labels, num_bins)
@@ -78,7 +75,7 @@ def test_against_numpy_with_member_axis():
     logits, labels = random_logits(0, (3, 230, 6))
     state = streaming.init(batch_shape=(3,), num_bins=15)
     for start in range(0, 230, 64):  # Batches of 64, 64, 64, 38 without masks.
-        state = streaming.update(state, logits[:, start:start + 64], labels[start:start + 64])
+        state = streaming.update(state, logits[:, start : start + 64], labels[start : start + 64])
     got = streaming.compute(state)
     for name in NAMES:
         assert got[name].shape == (3,)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import small_config
+
 from jaxens import config as config_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import models
@@ -149,8 +149,13 @@ def _init_apply(model, shape, train):
 
     def run(key):
         variables = model.init({"params": key, "dropout": key}, jnp.zeros((1, *shape)), train=False)
-        return variables, model.apply(variables, jnp.ones((2, *shape)), train=train, rngs={"dropout": key},
-                                      mutable=["batch_stats"] if train else False)
+        return variables, model.apply(
+            variables,
+            jnp.ones((2, *shape)),
+            train=train,
+            rngs={"dropout": key},
+            mutable=["batch_stats"] if train else False,
+        )
 
     variables, out = jax.jit(run, compiler_options=FAST_COMPILE)(jax.random.PRNGKey(0))
     return variables, (out[0] if train else out)
@@ -202,9 +207,14 @@ def test_forward_order_lists_every_tensor_once(name, shape, fields):
     [
         ({"model.name": "resnet21"}, r"config.model.name='resnet21': unknown; allowed: mlp, .*resnet20.*densenet64_6"),
         ({"model.name": "resnet20"}, r"config.model.name='resnet20': takes examples of rank 3.*\(40, 1\).*mlp, cnn1d"),
-        ({"dataset": "digits", "model.name": "webb_cnn", "train.batch_size": 32},
-         r"config.model.name='webb_cnn': needs images of at least 27 pixels"),
-        ({"dataset": "cifar10", "model.name": "vit", "model.norm": "batch"}, r"config.model.norm='batch': vit takes layer"),
+        (
+            {"dataset": "digits", "model.name": "webb_cnn", "train.batch_size": 32},
+            r"config.model.name='webb_cnn': needs images of at least 27 pixels",
+        ),
+        (
+            {"dataset": "cifar10", "model.name": "vit", "model.norm": "batch"},
+            r"config.model.norm='batch': vit takes layer",
+        ),
         ({"dataset": "cifar10", "model.name": "vit", "model.patch_size": 5}, r"config.model.patch_size=5: must divide"),
         ({"dataset": "cifar10", "model.name": "resnet20", "model.dropout": 0.1}, r"resnet20 has no dropout"),
         ({"model.dtype": "float16"}, r"config.model.dtype='float16': unknown; allowed: float32, bfloat16"),

@@ -10,26 +10,32 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, small_config
+
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim, run
 from jaxens import rng as rng_lib
-from jaxens import run
 
 
 def _config(**overrides):
-    return small_config(**{"ensemble.k": 2, "model.widths": (16,), "coupling.condition": "coupled_order",
-                           "ensemble.method": "mean_logit", **overrides})
+    return small_config(
+        **{
+            "ensemble.k": 2,
+            "model.widths": (16,),
+            "coupling.condition": "coupled_order",
+            "ensemble.method": "mean_logit",
+            **overrides,
+        }
+    )
 
 
 def _params(workdir, config, k):
     model = models.build(config.model, 10)
-    like = ensemble_lib.init_ensemble(model, optim.make_optimizer(config.optimizer, 1), rng_lib.member_streams(0, k),
-                                      (40, 1))
+    like = ensemble_lib.init_ensemble(
+        model, optim.make_optimizer(config.optimizer, 1), rng_lib.member_streams(0, k), (40, 1)
+    )
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     state = ckpt.restore(ckpt.latest_step(), like)
     ckpt.close()
@@ -42,7 +48,9 @@ def test_lambda_zero_trains_like_independent_members(tmp_path):
     run.train_and_evaluate(plain, str(tmp_path / "plain"))
     modular = _config(**{"loss.lam": (0.0,)})
     run.train_and_evaluate(modular, str(tmp_path / "lam0"))
-    for a, b in zip(jax.tree.leaves(_params(tmp_path / "plain", plain, 2)), jax.tree.leaves(_params(tmp_path / "lam0", modular, 2))):
+    for a, b in zip(
+        jax.tree.leaves(_params(tmp_path / "plain", plain, 2)), jax.tree.leaves(_params(tmp_path / "lam0", modular, 2))
+    ):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
@@ -54,8 +62,10 @@ def test_a_lambda_sweep_equals_one_run_per_lambda(tmp_path):
     alone_config = _config(**{"loss.lam": (1.0,), "data.val_size": 500})
     alone = run.train_and_evaluate(alone_config, str(tmp_path / "alone"))
     assert [g["lam"] for g in sweep["groups"]] == [0.5, 1.0]
-    for a, b in zip(jax.tree.leaves(_params(tmp_path / "sweep", sweep_config, 4)),
-                    jax.tree.leaves(_params(tmp_path / "alone", alone_config, 2))):
+    for a, b in zip(
+        jax.tree.leaves(_params(tmp_path / "sweep", sweep_config, 4)),
+        jax.tree.leaves(_params(tmp_path / "alone", alone_config, 2)),
+    ):
         np.testing.assert_allclose(a[2:], b, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(sweep["groups"][1]["test"]["ensemble_error"], alone["test"]["ensemble_error"], atol=2e-3)
     # Different λ, different members (from the same initializations).
@@ -74,9 +84,15 @@ def test_a_lambda_sweep_equals_one_run_per_lambda(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"loss.lam": (1.2,)}, "config.loss.lam: 1.2 must be a number in [0, 1]; beyond 1 the modular loss is unbounded below (Webb et al., Theorem 1)"),
+        (
+            {"loss.lam": (1.2,)},
+            "config.loss.lam: 1.2 must be a number in [0, 1]; beyond 1 the modular loss is unbounded below (Webb et al., Theorem 1)",
+        ),
         ({"loss.lam": (-0.1,)}, "config.loss.lam: -0.1 must be a number in [0, 1]"),
-        ({"loss.lam": (0.5,), "coupling.condition": "no_coupling"}, "needs config.coupling.condition='coupled_order' (not 'no_coupling')"),
+        (
+            {"loss.lam": (0.5,), "coupling.condition": "no_coupling"},
+            "needs config.coupling.condition='coupled_order' (not 'no_coupling')",
+        ),
         ({"loss.lam": (0.5, 0.5)}, "values repeat"),
         ({"loss.family": "gaussian"}, "config.loss.family='gaussian': the trainer trains classifiers"),
     ],

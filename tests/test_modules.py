@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import np_softmax, random_logits
-from jaxens import metrics
-from jaxens import modules
+
+from jaxens import metrics, modules
 
 # ---------------------------------------------------------------------------------------------------------
 # Independent NumPy re-derivations (float64, loops over explicit sub-ensembles).

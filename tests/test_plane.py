@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import BN_EPS, DenseBN, init_variables, np_nll
 
 from jaxens import landscape, models, plane
+
 
 def _np_tree(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
@@ -38,8 +38,10 @@ def np_forward(params, x, stats=None):
 def np_stats(params, train_x):
     """Mean over batches of each BN layer's training-mode batch mean and variance (landscape's definition)."""
     per_batch = [np_forward(params, xb)[1] for xb in np.asarray(train_x)]
-    return {name: {"mean": np.mean([b[name][0] for b in per_batch], 0), "var": np.mean([b[name][1] for b in per_batch], 0)}
-            for name in ("bn0", "bn1")}
+    return {
+        name: {"mean": np.mean([b[name][0] for b in per_batch], 0), "var": np.mean([b[name][1] for b in per_batch], 0)}
+        for name in ("bn0", "bn1")
+    }
 
 
 def _perturb(variables, seed):
@@ -49,10 +51,14 @@ def _perturb(variables, seed):
     stats = {}
     for name in ("bn0", "bn1"):
         width = params[name]["scale"].shape[0]
-        params[name] = {"scale": jnp.asarray(rng.uniform(0.5, 2.0, width), jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=width) * 0.5, jnp.float32)}
-        stats[name] = {"mean": jnp.asarray(rng.normal(size=width), jnp.float32),
-                       "var": jnp.asarray(rng.uniform(0.5, 3.0, width), jnp.float32)}
+        params[name] = {
+            "scale": jnp.asarray(rng.uniform(0.5, 2.0, width), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=width) * 0.5, jnp.float32),
+        }
+        stats[name] = {
+            "mean": jnp.asarray(rng.normal(size=width), jnp.float32),
+            "var": jnp.asarray(rng.uniform(0.5, 3.0, width), jnp.float32),
+        }
     return {"params": params, "batch_stats": stats}
 
 
@@ -142,7 +148,9 @@ def test_project_recovers_plane_points_and_distance(mlp):
     np.testing.assert_allclose(proj.coords, coords, atol=1e-5)
     scale = np.linalg.norm(_flat(pa))
     assert np.all(np.asarray(proj.distance) < 1e-5 * scale)
-    np.testing.assert_allclose(proj.uv, jax.jit(plane.to_uv)(coords, jax.jit(plane.frame)(pa, pb)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        proj.uv, jax.jit(plane.to_uv)(coords, jax.jit(plane.frame)(pa, pb)), rtol=1e-5, atol=1e-5
+    )
 
     # Off the plane: add a direction orthogonal to both optima (NumPy Gram–Schmidt of a random vector).
     rng = np.random.default_rng(6)
@@ -151,8 +159,9 @@ def test_project_recovers_plane_points_and_distance(mlp):
     r = 3.0 * r / np.linalg.norm(r)  # ‖r‖ = 3
     leaves, treedef = jax.tree.flatten(pa)
     sizes = np.cumsum([leaf.size for leaf in leaves])[:-1]
-    offset = jax.tree.unflatten(treedef, [jnp.asarray(c.reshape(leaf.shape), jnp.float32)
-                                          for c, leaf in zip(np.split(r, sizes), leaves)])
+    offset = jax.tree.unflatten(
+        treedef, [jnp.asarray(c.reshape(leaf.shape), jnp.float32) for c, leaf in zip(np.split(r, sizes), leaves)]
+    )
     off = jax.tree.map(lambda p, o: p + o, plane.point(pa, pb, 0.6, 0.3), offset)
     got = jax.jit(plane.project)(off, pa, pb)
     np.testing.assert_allclose(got.coords, [0.6, 0.3], atol=1e-4)
@@ -201,8 +210,9 @@ def test_recomputed_stats_at_a_plane_point_match_numpy(dense_bn, coords):
     model, va, vb, data = dense_bn
     got = plane.point_variables(model.apply, va, vb, coords, data.train_x)
     x, y = coords
-    params = jax.tree.map(lambda a, b: x * np.asarray(a, np.float64) + y * np.asarray(b, np.float64),
-                          va["params"], vb["params"])
+    params = jax.tree.map(
+        lambda a, b: x * np.asarray(a, np.float64) + y * np.asarray(b, np.float64), va["params"], vb["params"]
+    )
     want = np_stats(params, data.train_x)
     for layer in ("bn0", "bn1"):
         for stat in ("mean", "var"):
@@ -232,8 +242,14 @@ def _loop_reference(model, va, vb, coords, data, recompute):
         v = variables_at(jnp.asarray(c))
         pred = np.argmax(logits_at(v), -1)
         np_logits, _ = np_forward(v["params"], data.x, v["batch_stats"])
-        rows.append({"error": np.mean(pred != data.y), "loss": np_nll(np_logits, data.y),
-                     "agreement_a": np.mean(pred == ref_a), "agreement_b": np.mean(pred == ref_b)})
+        rows.append(
+            {
+                "error": np.mean(pred != data.y),
+                "loss": np_nll(np_logits, data.y),
+                "agreement_a": np.mean(pred == ref_a),
+                "agreement_b": np.mean(pred == ref_b),
+            }
+        )
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -258,7 +274,9 @@ def test_chunked_grid_equals_loop(dense_bn, recompute):
 
 def test_plane_optima_match_direct_evaluation(mlp):
     model, va, vb, data = mlp
-    out = plane.radial_plane(model.apply, va, vb, [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], data, chunk_size=2, batch_size=10)
+    out = plane.radial_plane(
+        model.apply, va, vb, [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], data, chunk_size=2, batch_size=10
+    )
     la, lb = (np.asarray(model.apply(v, data.x), np.float64) for v in (va, vb))
     pa, pb = la.argmax(-1), lb.argmax(-1)
     np.testing.assert_allclose(out["error"][:2], [np.mean(pa != data.y), np.mean(pb != data.y)], atol=1e-6)

@@ -14,11 +14,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, small_config, tensorboard_scalars
 
-from conftest import REPO, small_config
 from jaxens import checkpoint as checkpoint_lib
-from jaxens import run
-from jaxens import sweep
+from jaxens import run, sweep
 from jaxens import workdir as workdir_lib
 
 # A spawn sweep small enough for a test: the parent trains 3 epochs of 8 steps, saving at 8, 16 and 24;
@@ -68,9 +67,12 @@ def _assert_same_arrays(a, b):
 
 
 def _assert_same_run(workdir, reference):
-    """Summary, metrics log and final members' state equal (bitwise) to those of `reference`."""
+    """Summary, metrics log, TensorBoard scalars (as TensorBoard reads them: the interrupted run's stale
+    events purged) and final members' state equal (bitwise) to those of `reference`."""
     assert _summary(workdir) == _summary(reference)
     assert _records(workdir) == _records(reference)
+    metrics_only = lambda scalars: {key: v for key, v in scalars.items() if not key[1].startswith("perf/")}
+    assert metrics_only(tensorboard_scalars(workdir)) == metrics_only(tensorboard_scalars(reference))
     mine, theirs = run.restore(str(workdir)), run.restore(str(reference))
     assert mine.step == theirs.step
     _assert_same_arrays(mine.state, theirs.state)
@@ -116,7 +118,9 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
     proc = _cli(stopped, *SPAWN_ARGS)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if (stopped / "parent").is_dir() and checkpoint_lib.Checkpointer(str(stopped / "parent"), read_only=True).all_steps():
+        if (stopped / "parent").is_dir() and checkpoint_lib.Checkpointer(
+            str(stopped / "parent"), read_only=True
+        ).all_steps():
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -156,12 +160,20 @@ def test_a_finished_runs_command_changes_no_file_and_overwrite_replaces_it(tmp_p
     assert _files(workdir) == before
 
     # Another config: refused, nothing changes; with --overwrite it replaces the run.
-    rc, _, err = _finish(_cli(workdir, "--config.train.num_epochs=1", "--config.ensemble.k=2", config="configs/mnist1d_ensemble.py"))
+    rc, _, err = _finish(
+        _cli(workdir, "--config.train.num_epochs=1", "--config.ensemble.k=2", config="configs/mnist1d_ensemble.py")
+    )
     assert rc == 2 and "config.train.num_epochs: 2 there, 1 now" in err and "--overwrite" in err
     assert _files(workdir) == before
     (workdir / "notes.txt").write_text("mine")
     rc, _, err = _finish(
-        _cli(workdir, "--overwrite", "--config.train.num_epochs=1", "--config.ensemble.k=2", config="configs/mnist1d_ensemble.py")
+        _cli(
+            workdir,
+            "--overwrite",
+            "--config.train.num_epochs=1",
+            "--config.ensemble.k=2",
+            config="configs/mnist1d_ensemble.py",
+        )
     )
     assert rc == 0, err
     assert json.load(open(workdir / "summary.json"))["epochs"] == 1
@@ -202,27 +214,58 @@ SPAWN = "configs/mnist1d_spawn.py"
         (ENSEMBLE, ["--config.ensemble.k=0"], "config.ensemble.k=0: must be >= 1"),
         (ENSEMBLE, ["--config.ensemble.kk=3"], "--config.ensemble.kk: unknown config field 'kk'"),
         (ENSEMBLE, ["--config.ensemble.k=three"], "config.ensemble.k"),
-        (ENSEMBLE, ["--config.coupling.condition=coupled_order", "--config.loss.lam=(1.5,)"],
-         "config.loss.lam: 1.5 must be a number in [0, 1]"),
+        (
+            ENSEMBLE,
+            ["--config.coupling.condition=coupled_order", "--config.loss.lam=(1.5,)"],
+            "config.loss.lam: 1.5 must be a number in [0, 1]",
+        ),
         (ENSEMBLE, ["--config.loss.lam=(0.5,)"], "config.loss.lam=(0.5,): the modular loss couples the members"),
-        (ENSEMBLE, ["--config.coupling.condition=sometimes"], "config.coupling.condition='sometimes': unknown; allowed"),
-        (ENSEMBLE, ["--config.coupling.condition=coupled_to_t"], "config.coupling.t=(): coupled_to_t needs spawn times"),
+        (
+            ENSEMBLE,
+            ["--config.coupling.condition=sometimes"],
+            "config.coupling.condition='sometimes': unknown; allowed",
+        ),
+        (
+            ENSEMBLE,
+            ["--config.coupling.condition=coupled_to_t"],
+            "config.coupling.t=(): coupled_to_t needs spawn times",
+        ),
         (SPAWN, ["--config.coupling.condition=coupled_to_t", "--config.coupling.t=('40ep',)"], "config.coupling.t"),
         (SPAWN, ["--config.coupling.reinit_fraction=1.5"], "config.coupling.reinit_fraction=1.5: must lie in [0, 1]"),
-        (SPAWN, ["--config.coupling.reinit_side=middle"], "config.coupling.reinit_side='middle': unknown; allowed: low, high"),
+        (
+            SPAWN,
+            ["--config.coupling.reinit_side=middle"],
+            "config.coupling.reinit_side='middle': unknown; allowed: low, high",
+        ),
         (ENSEMBLE, ["--config.model.name=resnet7"], "config.model.name='resnet7': unknown; allowed"),
         (ENSEMBLE, ["--config.model.name=cnn2d"], "config.model.name='cnn2d'"),
         (ENSEMBLE, ["--config.dataset=cifar11"], "config.dataset='cifar11': unknown dataset; allowed"),
         (ENSEMBLE, ["--config.optimizer.name=rmsprop"], "config.optimizer.name='rmsprop': unknown; allowed: sgd, adam"),
         (ENSEMBLE, ["--config.optimizer.schedule=linear"], "config.optimizer.schedule='linear': unknown; allowed"),
-        (ENSEMBLE, ["--config.ensemble.strategy=pmap"], "config.ensemble.strategy='pmap': unknown; allowed: auto, vmap, loop"),
+        (
+            ENSEMBLE,
+            ["--config.ensemble.strategy=pmap"],
+            "config.ensemble.strategy='pmap': unknown; allowed: auto, vmap, loop",
+        ),
         (ENSEMBLE, ["--config.train.batch_size=5000"], "config.train.batch_size=5000: larger than the 4000"),
         (ENSEMBLE, ["--config.optimizer.learning_rate=0"], "config.optimizer.learning_rate=0.0: must be > 0"),
         (ENSEMBLE, ["--config.train.num_epochs=0"], "config.train.num_epochs=0: must be >= 1"),
-        (ENSEMBLE, ["--config.train.checkpoint_every=0it"], "config.train.checkpoint_every='0it': must be at least one step"),
+        (
+            ENSEMBLE,
+            ["--config.train.checkpoint_every=0it"],
+            "config.train.checkpoint_every='0it': must be at least one step",
+        ),
         (ENSEMBLE, ["--config.train.checkpoint_every=often"], "config.train.checkpoint_every='often'"),
-        (ENSEMBLE, ["--config.train.on_divergence=explode"], "config.train.on_divergence='explode': unknown; allowed: freeze, stop"),
-        (ENSEMBLE, ["--config.optimizer.member_lr_scale=(1.0,2.0)"], "config.optimizer.member_lr_scale=(1.0, 2.0): needs one"),
+        (
+            ENSEMBLE,
+            ["--config.train.on_divergence=explode"],
+            "config.train.on_divergence='explode': unknown; allowed: freeze, stop",
+        ),
+        (
+            ENSEMBLE,
+            ["--config.optimizer.member_lr_scale=(1.0,2.0)"],
+            "config.optimizer.member_lr_scale=(1.0, 2.0): needs one",
+        ),
         (ENSEMBLE, ["--config.optimizer.member_lr_scale=(1.0,2.0,-1.0,1.0)"], "config.optimizer.member_lr_scale"),
         (ENSEMBLE, ["--config.eval.every_epochs=0"], "config.eval.every_epochs=0: must be >= 1"),
         (ENSEMBLE, ["--config.data.val_size=4000"], "config.data.val_size=4000: must be < the 4000"),
@@ -312,8 +355,12 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_are_unchange
     """Member 1 gets a learning rate 10^6 times the others': it diverges, is frozen and marked; members 0
     and 2 end bitwise as in the same run without the huge rate."""
     overrides = {"train.num_epochs": 3, "ensemble.strategy": "vmap"}
-    calm = run.train_and_evaluate(small_config(**overrides, **{"optimizer.member_lr_scale": (1.0, 1.0, 1.0)}), str(tmp_path / "calm"))
-    wild = run.train_and_evaluate(small_config(**overrides, **{"optimizer.member_lr_scale": (1.0, 1e6, 1.0)}), str(tmp_path / "wild"))
+    calm = run.train_and_evaluate(
+        small_config(**overrides, **{"optimizer.member_lr_scale": (1.0, 1.0, 1.0)}), str(tmp_path / "calm")
+    )
+    wild = run.train_and_evaluate(
+        small_config(**overrides, **{"optimizer.member_lr_scale": (1.0, 1e6, 1.0)}), str(tmp_path / "wild")
+    )
 
     assert calm["diverged"] == [None, None, None]
     step = wild["diverged"][1]
@@ -349,19 +396,28 @@ def test_on_divergence_stop_ends_the_run_with_its_status(tmp_path):
 
 def test_a_sweep_records_each_status_survives_a_failure_and_skips_finished_runs(tmp_path):
     ok = small_config(**{"train.num_epochs": 1})
-    bad = small_config(**{"train.num_epochs": 1, "optimizer.member_lr_scale": (1.0, 1e6, 1.0), "train.on_divergence": "stop"})
+    bad = small_config(
+        **{"train.num_epochs": 1, "optimizer.member_lr_scale": (1.0, 1e6, 1.0), "train.on_divergence": "stop"}
+    )
     runs = {"a": ok, "b": bad, "c": small_config(**{"train.num_epochs": 1, "seed": 1})}
     root = tmp_path / "sweep"
     outcomes = sweep.run_all(runs, str(root))
     assert {n: o.status for n, o in outcomes.items()} == {"a": "finished", "b": "diverged", "c": "finished"}
     table = json.load(open(root / "sweep.json"))
     assert table["b"]["status"] == "diverged" and "Diverged" in table["b"]["message"]
-    assert {n: r["status"] for n, r in sweep.statuses(str(root)).items()} == {"a": "finished", "b": "diverged", "c": "finished"}
+    assert {n: r["status"] for n, r in sweep.statuses(str(root)).items()} == {
+        "a": "finished",
+        "b": "diverged",
+        "c": "finished",
+    }
 
     finished = {n: _files(root / n) for n in ("a", "c")}
     outcomes = sweep.run_all(runs, str(root))
     assert {n: (o.status, o.ran) for n, o in outcomes.items()} == {
-        "a": ("finished", False), "b": ("diverged", True), "c": ("finished", False)}
+        "a": ("finished", False),
+        "b": ("diverged", True),
+        "c": ("finished", False),
+    }
     assert outcomes["a"].summary["k"] == 3
     assert {n: _files(root / n) for n in ("a", "c")} == finished
 

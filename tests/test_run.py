@@ -12,15 +12,13 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, load_config_file, small_config
+
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim, run
 from jaxens import rng as rng_lib
-from jaxens import run
 
 
 def _cli(workdir, *overrides, config="configs/mnist1d_ensemble.py", **kwargs):
@@ -33,8 +31,15 @@ def test_mlp_ensemble_accuracy_on_mnist1d(tmp_path):
     """4 MLP members, 30 epochs: each member below 42% test error, the ensemble below 38% and below the
     mean member (measured here: members 0.333-0.343, ensemble 0.300)."""
     config = small_config(
-        **{"ensemble.k": 4, "model.widths": (256, 256), "optimizer.schedule": "cosine", "train.batch_size": 100,
-           "train.num_epochs": 30, "train.steps_per_call": 40, "eval.every_epochs": 10}
+        **{
+            "ensemble.k": 4,
+            "model.widths": (256, 256),
+            "optimizer.schedule": "cosine",
+            "train.batch_size": 100,
+            "train.num_epochs": 30,
+            "train.steps_per_call": 40,
+            "eval.every_epochs": 10,
+        }
     )
     summary = run.train_and_evaluate(config, str(tmp_path))
     test = summary["test"]
@@ -51,9 +56,19 @@ def test_augmented_cnn_run_with_validation_split_and_coupled_order(tmp_path):
     """Digits, 3 CNN members sharing their data order, crop+flip on device, 200 examples held out:
     metrics.jsonl holds train, val and test rows; the members learn (chance is 0.9 error)."""
     config = small_config(
-        **{"dataset": "digits", "model.name": "cnn2d", "model.widths": (16, 32), "train.batch_size": 64,
-           "train.num_epochs": 6, "train.steps_per_call": 10, "data.augment": "crop_flip", "data.crop_padding": 1,
-           "data.val_size": 200, "coupling.condition": "coupled_order", "eval.every_epochs": 3}
+        **{
+            "dataset": "digits",
+            "model.name": "cnn2d",
+            "model.widths": (16, 32),
+            "train.batch_size": 64,
+            "train.num_epochs": 6,
+            "train.steps_per_call": 10,
+            "data.augment": "crop_flip",
+            "data.crop_padding": 1,
+            "data.val_size": 200,
+            "coupling.condition": "coupled_order",
+            "eval.every_epochs": 3,
+        }
     )
     summary = run.train_and_evaluate(config, str(tmp_path))
     assert summary["steps"] == 6 * (1297 // 64)
@@ -118,7 +133,10 @@ def test_checkpoint_restore_gives_identical_arrays(tmp_path, mnist1d):
     "override, message",
     [
         ("--config.ensemble.kk=3", "unknown config field 'kk'"),
-        ("--config.dataset=cifar11", "config.dataset='cifar11': unknown dataset; allowed: mnist1d, digits, fashion_mnist"),
+        (
+            "--config.dataset=cifar11",
+            "config.dataset='cifar11': unknown dataset; allowed: mnist1d, digits, fashion_mnist",
+        ),
     ],
 )
 def test_cli_bad_config_stops_before_anything(tmp_path, override, message):
@@ -134,8 +152,12 @@ def test_cli_bad_config_stops_before_anything(tmp_path, override, message):
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     """SIGKILL after the first checkpoint; rerunning the command resumes and ends bitwise equal to an
     uninterrupted run."""
-    args = ("--config.train.num_epochs=40", "--config.ensemble.k=2", "--config.train.checkpoint_every=5ep",
-            "--config.train.max_checkpoints=3")
+    args = (
+        "--config.train.num_epochs=40",
+        "--config.ensemble.k=2",
+        "--config.train.checkpoint_every=5ep",
+        "--config.train.max_checkpoints=3",
+    )
     full = _cli(tmp_path / "full", *args)
     _, err = full.communicate(timeout=300)
     assert full.returncode == 0, err
@@ -173,7 +195,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # The metrics log holds each evaluation once.
-    steps = [r["step"] for r in map(json.loads, open(killed / "metrics.jsonl")) if r["scope"] == "ensemble"
-             and r["metric"] == "error"]
+    steps = [
+        r["step"]
+        for r in map(json.loads, open(killed / "metrics.jsonl"))
+        if r["scope"] == "ensemble" and r["metric"] == "error"
+    ]
     assert steps == sorted(set(steps)) and len(steps) == 40
-

@@ -12,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import REPO, load_config_file, small_config, train_steps
+
 from jaxens import config as config_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
 
@@ -44,8 +43,10 @@ def _opt_config(**fields):
 def _tree(seed, scale=1.0):
     rng = np.random.default_rng(seed)
     return {
-        "dense": {"kernel": jnp.asarray(rng.normal(size=(5, 3)) * scale, jnp.float32),
-                  "bias": jnp.asarray(rng.normal(size=(3,)) * scale, jnp.float32)},
+        "dense": {
+            "kernel": jnp.asarray(rng.normal(size=(5, 3)) * scale, jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(3,)) * scale, jnp.float32),
+        },
         "out": jnp.asarray(rng.normal(size=(7,)) * scale, jnp.float32),
     }
 
@@ -149,8 +150,7 @@ def test_sampling_noise_std():
 @pytest.mark.parametrize("momentum,schedule", [(0.0, "cyclical"), (0.5, "constant")])
 def test_temperature_zero_adds_no_noise(momentum, schedule):
     total = 10
-    c = _opt_config(learning_rate=0.1, cycles=2, exploration=0.0, temperature=0.0, momentum=momentum,
-                    schedule=schedule)
+    c = _opt_config(learning_rate=0.1, cycles=2, exploration=0.0, temperature=0.0, momentum=momentum, schedule=schedule)
     tx = optim.make_optimizer(c, total, num_train=10)
     plain = optax.sgd(optim.make_schedule(c, total), momentum=momentum or None)
     params = _tree(1)
@@ -170,7 +170,11 @@ def test_sgld_and_sghmc_against_numpy(momentum):
     """Several steps across exploration and sampling stages against a float64 re-derivation."""
     total, cycles, beta, alpha0, temperature, wd, num_train = 9, 3, 0.4, 0.05, 0.8, 3e-3, 20
     c = _opt_config(
-        learning_rate=alpha0, cycles=cycles, exploration=beta, temperature=temperature, momentum=momentum,
+        learning_rate=alpha0,
+        cycles=cycles,
+        exploration=beta,
+        temperature=temperature,
+        momentum=momentum,
         weight_decay=wd,
     )
     tx = optim.make_optimizer(c, total, num_train=num_train)
@@ -237,8 +241,14 @@ def _chunk_run(config, dataset, streams, num_steps, strategy="vmap", **overrides
     return model, tx, init, train_steps(chunk, state, dataset, num_steps, config.train.batch_size)
 
 
-SGLD = {"optimizer.name": "sgmcmc", "optimizer.schedule": "cyclical", "optimizer.cycles": 2,
-        "optimizer.exploration": 0.0, "optimizer.momentum": 0.0, "ensemble.k": 2}
+SGLD = {
+    "optimizer.name": "sgmcmc",
+    "optimizer.schedule": "cyclical",
+    "optimizer.cycles": 2,
+    "optimizer.exploration": 0.0,
+    "optimizer.momentum": 0.0,
+    "ensemble.k": 2,
+}
 
 
 def test_noise_key_contract_and_per_member_noise(mnist1d):
@@ -261,7 +271,9 @@ def test_noise_key_contract_and_per_member_noise(mnist1d):
         xi = optim.langevin_noise(key, params_m)
         jax.tree.map(
             lambda n, p, x: np.testing.assert_allclose(n[m] - p[m], std * x, rtol=1e-3, atol=2e-6),
-            noisy.params, plain.params, xi,
+            noisy.params,
+            plain.params,
+            xi,
         )
     # Same init and batches, different dropout streams → different noise → different members.
     k0 = noisy.params["dense0"]["kernel"]
@@ -274,8 +286,15 @@ def test_noise_key_contract_and_per_member_noise(mnist1d):
 
 def test_ensemble_path_equals_loop_over_members(mnist1d):
     """SGHMC with dropout: the vmapped trainer ≡ the loop strategy ≡ member_train_step member by member."""
-    config = small_config(**{**SGLD, "optimizer.momentum": 0.9, "optimizer.exploration": 0.5,
-                             "optimizer.weight_decay": 1e-3, "model.dropout": 0.1})
+    config = small_config(
+        **{
+            **SGLD,
+            "optimizer.momentum": 0.9,
+            "optimizer.exploration": 0.5,
+            "optimizer.weight_decay": 1e-3,
+            "model.dropout": 0.1,
+        }
+    )
     dataset = mnist1d.to_device()
     streams = rng_lib.member_streams(config.seed, 2)
     num_steps = 10  # Crosses an epoch (8 steps) and the sampling stage of cycle 1 (steps 4-7 of 8).
@@ -341,8 +360,10 @@ def test_valid_sgmcmc_configs():
 
 
 def test_shipped_config_snapshots_every_cycle_end():
-    for config in (load_config_file("mnist1d_csgmcmc.py"),
-                   config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py", "cold")):
+    for config in (
+        load_config_file("mnist1d_csgmcmc.py"),
+        config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py", "cold"),
+    ):
         config_lib.validate(config)
         spe = 4000 // config.train.batch_size
         total = spe * config.train.num_epochs

@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import small_config, train_steps
+
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
-from jaxens import optim
+from jaxens import models, optim
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
@@ -23,8 +22,14 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 def parent_setup():
     """A one-member CNN (BatchNorm) trained 30 steps on augmented digits: (config, model, tx, chunk, ds, state)."""
     config = small_config(
-        **{"dataset": "digits", "model.name": "cnn2d", "model.widths": (8, 16), "train.batch_size": 64,
-           "optimizer.schedule": "cosine", "ensemble.k": 1}
+        **{
+            "dataset": "digits",
+            "model.name": "cnn2d",
+            "model.widths": (8, 16),
+            "train.batch_size": 64,
+            "optimizer.schedule": "cosine",
+            "ensemble.k": 1,
+        }
     )
     ds = data_lib.load(config).to_device()
     model = models.build(config.model, ds.num_classes)
@@ -134,8 +139,13 @@ def test_reinit_at_spawn_draws_fresh_tensors_per_child():
     order = models.forward_order(model, (40, 1))
     init_params = lambda key: model.init({"params": key}, jnp.zeros((1, 40, 1)), train=False)["params"]
 
-    none = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), tx=tx, reinit=spawn_lib.Reinit(
-        reinit_lib.mask(params0, order, 0.0, "low"), init_params))
+    none = spawn_lib.spawn(
+        parent,
+        2,
+        jax.random.PRNGKey(0),
+        tx=tx,
+        reinit=spawn_lib.Reinit(reinit_lib.mask(params0, order, 0.0, "low"), init_params),
+    )
     assert _tree_equal(none.params, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.params))
     assert _tree_equal(none.opt_state, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.opt_state))
 

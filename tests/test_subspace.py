@@ -137,7 +137,9 @@ def test_predict_points_recomputes_batch_norm_per_sample_like_a_loop():
     x = rng.normal(size=(12, 4)).astype(np.float32)
     train_x = (rng.normal(size=(2, 10, 4)) * 3 + 1).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x[:1])
-    fit = subspace.diagonal_fit(jax.tree.map(lambda p: p[None] + rng.normal(size=(4, *p.shape)).astype(np.float32), variables["params"]))
+    fit = subspace.diagonal_fit(
+        jax.tree.map(lambda p: p[None] + rng.normal(size=(4, *p.shape)).astype(np.float32), variables["params"])
+    )
     samples = _draw(subspace.diagonal_sample, fit, 5)  # leaves [5, ...]
     stacked = {"params": samples, "batch_stats": jax.tree.map(lambda s: jnp.stack([s] * 5), variables["batch_stats"])}
     got = landscape.predict_points(model.apply, stacked, x, train_x=train_x, chunk_size=2)

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import REPO, small_config
+
 from jaxens import data as data_lib
 from jaxens.data import tfds_source
 
@@ -131,8 +131,13 @@ def test_unprepared_dataset_fails_fast_offline_with_guidance(tmp_path):
         data_lib.load(config)
     assert time.perf_counter() - start < 10
     message = str(e.value)
-    for part in ("cifar10: not prepared in", "tfds build cifar10 --file_format=array_record",
-                 "--config.data.tfds_dir", "gs://", "jaxens[prepare]"):
+    for part in (
+        "cifar10: not prepared in",
+        "tfds build cifar10 --file_format=array_record",
+        "--config.data.tfds_dir",
+        "gs://",
+        "jaxens[prepare]",
+    ):
         assert part in message
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
 
@@ -148,10 +153,20 @@ def test_download_disabled_and_tfrecord_format_are_explained(tmp_path):
 def test_cli_exits_fast_for_an_unprepared_dataset(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxens.train", f"--config={REPO}/configs/mnist1d_ensemble.py",
-         f"--workdir={tmp_path / 'run'}", "--config.dataset=cifar100", "--config.model.name=cnn2d",
-         f"--config.data.tfds_dir={tmp_path / 'tfds'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "jaxens.train",
+            f"--config={REPO}/configs/mnist1d_ensemble.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.dataset=cifar100",
+            "--config.model.name=cnn2d",
+            f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr

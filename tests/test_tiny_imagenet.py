@@ -16,8 +16,13 @@ WNIDS = ["n09999999", "n01443537", "n02124075"]
 LABELS = {"n01443537": 0, "n02124075": 1, "n09999999": 2}
 TRAIN_PER_CLASS = 4
 # val file name -> wnid, written to val_annotations.txt in this (unsorted) order.
-VAL = {"val_3.JPEG": "n02124075", "val_0.JPEG": "n09999999", "val_4.JPEG": "n01443537",
-       "val_1.JPEG": "n01443537", "val_2.JPEG": "n02124075"}
+VAL = {
+    "val_3.JPEG": "n02124075",
+    "val_0.JPEG": "n09999999",
+    "val_4.JPEG": "n01443537",
+    "val_1.JPEG": "n01443537",
+    "val_2.JPEG": "n02124075",
+}
 GRAY_VAL = "val_2.JPEG"
 TOLERANCE = 3  # JPEG error on a flat color at quality 95.
 

@@ -32,8 +32,12 @@ def test_snapshots_at_every_multiple_and_the_last_equals_the_final_checkpoint(sn
     p0, _ = traj.member(0)
     assert jax.tree.leaves(p0)[0].shape[0] == 5
     # Tick 0 is the initialization: the members' init keys re-derive it.
-    init = ensemble.init_ensemble(restored.model, optim.make_optimizer(restored.config.optimizer, 16),
-                                  rng.member_streams(restored.config.seed, 3), restored.dataset.input_shape)
+    init = ensemble.init_ensemble(
+        restored.model,
+        optim.make_optimizer(restored.config.optimizer, 16),
+        rng.member_streams(restored.config.seed, 3),
+        restored.dataset.input_shape,
+    )
     for a, b in zip(jax.tree.leaves(traj.params), jax.tree.leaves(init.params)):
         np.testing.assert_array_equal(a[0], np.asarray(b))
     assert trajectory.load(str(snapshot_run), last=2).steps.tolist() == [12, 16]
@@ -54,7 +58,9 @@ def test_similarity_matrices_against_numpy(snapshot_run):
     labels = np.asarray(logits).argmax(-1)  # [P, N]
     np.testing.assert_allclose(sim["disagreement"], (labels[:, None] != labels[None]).mean(-1), atol=1e-6)
     # Snapshot-major flattening: point s·K + m is member m at snapshot s.
-    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(points)[0][3 + 1]), np.asarray(jax.tree.leaves(traj.params)[0][1, 1]))
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(points)[0][3 + 1]), np.asarray(jax.tree.leaves(traj.params)[0][1, 1])
+    )
     emb = trajectory.tsne(logits, seed=0)
     assert emb.shape == (15, 2) and np.isfinite(emb).all()
 

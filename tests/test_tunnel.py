@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import BN_EPS, DenseBN, init_variables, np_nll
 
 from jaxens import landscape, metrics, models, tunnel
+
 
 def np_train_logits(params, x):
     """NumPy DenseBN in training mode: BatchNorm normalizes with this batch's mean and biased variance."""
@@ -77,8 +77,9 @@ def test_init_bends_on_the_linear_path(dense_bn):
     assert tunnel.count_bends(tunnel.init_bends(va["params"], vb["params"], 0)) == 0
     # fit_tunnel starts there: zero steps return the initial bends.
     model, _, _, data = dense_bn
-    fit = tunnel.fit_tunnel(model.apply, va, vb, data.x, data.y, num_bends=2, num_steps=0, key=jax.random.PRNGKey(0),
-                            batch_size=10)
+    fit = tunnel.fit_tunnel(
+        model.apply, va, vb, data.x, data.y, num_bends=2, num_steps=0, key=jax.random.PRNGKey(0), batch_size=10
+    )
     jax.tree.map(np.testing.assert_array_equal, fit.bends, bends)
 
 
@@ -105,13 +106,19 @@ def test_chain_point_hand_computed():
 def test_tunnel_loss_is_training_mode_cross_entropy(dense_bn):
     model, va, vb, data = dense_bn
     rng = np.random.default_rng(1)
-    bends = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32) * 0.3,
-                         tunnel.init_bends(va["params"], vb["params"], 1))
+    bends = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32) * 0.3,
+        tunnel.init_bends(va["params"], vb["params"], 1),
+    )
     ts = np.array([0.2, 0.9], np.float32)  # segment 0 at τ = 0.4; segment 1 at τ = 0.8
     got = jax.jit(tunnel.tunnel_loss, static_argnums=0)(model.apply, va, bends, vb, data.x, data.y, ts)
     phi = jax.tree.map(lambda p: np.asarray(p[0], np.float64), bends)
-    want = np.mean([np_nll(np_train_logits(_mix(va["params"], phi, 0.4), data.x), data.y),
-                    np_nll(np_train_logits(_mix(phi, vb["params"], 0.8), data.x), data.y)])
+    want = np.mean(
+        [
+            np_nll(np_train_logits(_mix(va["params"], phi, 0.4), data.x), data.y),
+            np_nll(np_train_logits(_mix(phi, vb["params"], 0.8), data.x), data.y),
+        ]
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
@@ -135,8 +142,10 @@ def test_evaluate_path_agreement_against_direct_predictions(digits_optima):
     model, va, vb, x, y = digits_optima
     data = landscape.PathData(x, y)
     rng = np.random.default_rng(2)
-    bends = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32) * 0.2,
-                         tunnel.init_bends(va["params"], vb["params"], 1))
+    bends = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32) * 0.2,
+        tunnel.init_bends(va["params"], vb["params"], 1),
+    )
     path = tunnel.evaluate_path(model.apply, va, bends, vb, TS, data)
     pred = lambda params: np.argmax(np.asarray(model.apply({"params": params}, data.x)), -1)  # noqa: E731
     pa, pb = pred(va["params"]), pred(vb["params"])
@@ -154,8 +163,18 @@ def test_fitted_tunnel_beats_the_linear_path(digits_optima):
     model, va, vb, x, y = digits_optima
     data = landscape.PathData(x, y)
     linear = landscape.linear_path(model.apply, va, vb, TS, data)
-    fit = tunnel.fit_tunnel(model.apply, va, vb, x, y, num_bends=1, num_steps=100, key=jax.random.PRNGKey(0),
-                            batch_size=200, learning_rate=0.01)
+    fit = tunnel.fit_tunnel(
+        model.apply,
+        va,
+        vb,
+        x,
+        y,
+        num_bends=1,
+        num_steps=100,
+        key=jax.random.PRNGKey(0),
+        batch_size=200,
+        learning_rate=0.01,
+    )
     path = tunnel.evaluate_path(model.apply, va, fit.bends, vb, TS, data)
     lin_max, tun_max = float(np.max(linear["loss"])), float(np.max(path["loss"]))
     ends = max(float(linear["loss"][0]), float(linear["loss"][-1]))
@@ -164,8 +183,9 @@ def test_fitted_tunnel_beats_the_linear_path(digits_optima):
     assert fit.losses.shape == (100,) and np.all(np.isfinite(fit.losses))
     assert float(np.mean(fit.losses[-20:])) < float(np.mean(fit.losses[:5]))
     # The endpoints never move: the chain still starts and ends exactly at the optima.
-    ends = jax.jit(jax.vmap(tunnel.chain_point, in_axes=(None, None, None, 0)))(va["params"], fit.bends, vb["params"],
-                                                                                 jnp.array([0.0, 1.0]))
+    ends = jax.jit(jax.vmap(tunnel.chain_point, in_axes=(None, None, None, 0)))(
+        va["params"], fit.bends, vb["params"], jnp.array([0.0, 1.0])
+    )
     jax.tree.map(lambda e, a, b: np.testing.assert_array_equal(e, np.stack([a, b])), ends, va["params"], vb["params"])
     np.testing.assert_allclose(np.asarray(path["loss"])[[0, -1]], np.asarray(linear["loss"])[[0, -1]], rtol=1e-6)
 
@@ -173,8 +193,19 @@ def test_fitted_tunnel_beats_the_linear_path(digits_optima):
 def test_fit_with_batchnorm_and_several_ts(dense_bn):
     model, va, vb, data = dense_bn
     sgd = optax.sgd(0.05)
-    fit = lambda **kw: tunnel.fit_tunnel(model.apply, va, vb, data.x, data.y, num_bends=2, num_steps=40,  # noqa: E731
-                                         batch_size=10, num_ts=3, optimizer=sgd, **kw)
+    fit = lambda **kw: tunnel.fit_tunnel(
+        model.apply,
+        va,
+        vb,
+        data.x,
+        data.y,
+        num_bends=2,
+        num_steps=40,  # noqa: E731
+        batch_size=10,
+        num_ts=3,
+        optimizer=sgd,
+        **kw,
+    )
     first = fit(key=jax.random.PRNGKey(1))
     assert tunnel.count_bends(first.bends) == 2 and np.all(np.isfinite(first.losses))
     # Continuing from given bends (the same compiled program): the bends keep moving from where they were.
@@ -185,8 +216,15 @@ def test_fit_with_batchnorm_and_several_ts(dense_bn):
 
 def test_argument_errors(dense_bn):
     model, va, vb, data = dense_bn
-    fit = lambda **kw: tunnel.fit_tunnel(model.apply, va, vb, data.x, data.y, key=jax.random.PRNGKey(0),  # noqa: E731
-                                         **{"batch_size": 10, **kw})
+    fit = lambda **kw: tunnel.fit_tunnel(
+        model.apply,
+        va,
+        vb,
+        data.x,
+        data.y,
+        key=jax.random.PRNGKey(0),  # noqa: E731
+        **{"batch_size": 10, **kw},
+    )
     with pytest.raises(ValueError, match="num_bends"):
         fit(num_bends=0, num_steps=1)
     with pytest.raises(ValueError, match="batch_size"):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 _SCRIPT = os.path.join(REPO, "experiments", "webb_regression.py")

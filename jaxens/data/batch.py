@@ -59,4 +59,4 @@ def batch_at_step(
     """
     epoch = step // steps_per_epoch(dataset.num_train, kwargs["batch_size"])
     order = jax.random.permutation(jax.random.fold_in(order_key, epoch), dataset.num_train)
-    return member_batch(dataset, order, augment_key, step, **kwargs)
+    return member_batch(dataset, order, augment_key, step, **kwargs)  # type: ignore[arg-type]  # an int step works too

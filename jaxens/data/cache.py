@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def cached(cache_dir: str | None, prefix: str, key: dict, build: Callable[[], Ar
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -45,7 +45,7 @@ class Dataset:
     def num_train(self) -> int:
         return int(self.train_x.shape[0])
 
-    def to_device(self) -> "Dataset":
+    def to_device(self) -> Dataset:
         """The same dataset with every array placed on the default device (done once per run)."""
         return jax.device_put(self)
 

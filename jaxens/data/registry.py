@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from jaxens.data import cache
-from jaxens.data import idx
+from jaxens.data import cache, idx, tfds_source
 from jaxens.data import mnist1d as mnist1d_lib
-from jaxens.data import tfds_source
 from jaxens.data.dataset import Dataset, EvalSet, from_arrays
 from jaxens.data.errors import DatasetError
 
@@ -215,7 +213,9 @@ def resolve_augment(config: ml_collections.ConfigDict) -> str:
     """`config.data.augment`, with 'auto' replaced by the dataset's default."""
     if config.data.augment != "auto":
         return config.data.augment
-    return dataset_info(config.dataset, config.data).augment
+    info = dataset_info(config.dataset, config.data)
+    assert info is not None  # a validated config names a registered dataset
+    return info.augment
 
 
 def _checked(name: str, info: DatasetInfo, arrays: dict[str, np.ndarray], splits) -> dict[str, np.ndarray]:
@@ -237,6 +237,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
       DatasetError: the data cannot be read; the message says what to do.
     """
     info = dataset_info(config.dataset, config.data)
+    assert info is not None  # a validated config names a registered dataset
     arrays = _checked(config.dataset, info, info.loader(config.dataset, config, ("train", "test")), ("train", "test"))
     return from_arrays(config.dataset, arrays, info.num_classes, config.data.val_size, config.data.val_seed)
 
@@ -247,6 +248,7 @@ def load_eval_sets(config: ml_collections.ConfigDict) -> dict[str, EvalSet]:
     for kind, names in (("shifted", config.eval.shifted), ("ood", config.eval.ood)):
         for name in names:
             info = dataset_info(name, config.data)
+            assert info is not None  # a validated config names registered datasets
             arrays = _checked(name, info, info.loader(name, config, ("test",)), ("test",))
             sets[name] = EvalSet(x=arrays["test_x"], y=np.asarray(arrays["test_y"], np.int32), kind=kind)
     return sets

@@ -16,7 +16,7 @@ import concurrent.futures
 import os
 import socket
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def unreachable_hosts(urls, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
         parsed = urllib.parse.urlparse(url)
         if parsed.hostname:
             hosts.add((parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)))
-    hosts = sorted(hosts or {FALLBACK_HOST})
+    addresses = sorted(hosts or {FALLBACK_HOST})
 
     def probe(address) -> bool:
         try:
@@ -60,8 +60,8 @@ def unreachable_hosts(urls, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
         except OSError:
             return False
 
-    pool = concurrent.futures.ThreadPoolExecutor(len(hosts))
-    futures = {pool.submit(probe, address): address for address in hosts}
+    pool = concurrent.futures.ThreadPoolExecutor(len(addresses))
+    futures = {pool.submit(probe, address): address for address in addresses}
     done, _ = concurrent.futures.wait(futures, timeout=timeout + 0.5)
     pool.shutdown(wait=False)  # A probe stuck in name resolution is left to finish on its own.
     return [f"{h}:{p}" for f, (h, p) in futures.items() if f not in done or not f.result()]
@@ -92,10 +92,13 @@ def ensure_prepared(name: str, data_dir: str, download: bool):
         if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
             raise DatasetError(
                 f"{name}: not prepared in {where}, and TFDS cannot download it: put its files, downloaded by "
-                f"hand, in <data_dir>/downloads/manual as its TFDS catalog page says. " + _how_to_prepare(name, data_dir)
+                f"hand, in <data_dir>/downloads/manual as its TFDS catalog page says. "
+                + _how_to_prepare(name, data_dir)
             )
         if not download:
-            raise DatasetError(f"{name}: not prepared in {where} (config.data.download is false). " + _how_to_prepare(name, data_dir))
+            raise DatasetError(
+                f"{name}: not prepared in {where} (config.data.download is false). " + _how_to_prepare(name, data_dir)
+            )
         failed = unreachable_hosts(list(builder.url_infos or {}))
         if failed:
             raise DatasetError(

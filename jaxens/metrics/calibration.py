@@ -18,8 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxens.metrics import checks
-from jaxens.metrics import classification
+from jaxens.metrics import checks, classification
 
 
 class Bins(NamedTuple):
@@ -31,7 +30,7 @@ class Bins(NamedTuple):
       correct_sum: int32, how many of them are classified correctly (n_b · acc_b).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count (public field)
     confidence_sum: jax.Array
     correct_sum: jax.Array
 

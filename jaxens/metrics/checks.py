@@ -14,7 +14,9 @@ def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def logits_labels(logits: jax.Array, labels: jax.Array, logits_name: str = "logits", labels_name: str = "labels") -> None:
+def logits_labels(
+    logits: jax.Array, labels: jax.Array, logits_name: str = "logits", labels_name: str = "labels"
+) -> None:
     """`logits` [..., N, C] and integer `labels` [N]: same N; in an eager call every label in [0, C).
 
     Raises:

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxens.metrics import checks
-from jaxens.metrics import classification
+from jaxens.metrics import checks, classification
 
 
 def _pair(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:

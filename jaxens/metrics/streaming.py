@@ -16,14 +16,13 @@ The formulas live in `classification` and `calibration`; this module only sums t
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxens.metrics import calibration
-from jaxens.metrics import checks
-from jaxens.metrics import classification
+from jaxens.metrics import calibration, checks, classification
 
 
 class State(NamedTuple):
@@ -38,7 +37,7 @@ class State(NamedTuple):
       bins: `calibration.Bins` with fields [..., num_bins].
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count (public field)
     wrong_sum: jax.Array
     nll_sum: jax.Array
     brier_sum: jax.Array

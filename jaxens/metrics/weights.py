@@ -29,7 +29,7 @@ def _leaves(tree, name: str) -> list[tuple[str, jax.Array]]:
 def _check_same_tree(tree_a, tree_b, name_a: str, name_b: str) -> None:
     struct_a = jax.tree_util.tree_structure(tree_a)
     struct_b = jax.tree_util.tree_structure(tree_b)
-    if struct_a != struct_b:
+    if struct_a != struct_b:  # type: ignore[operator]
         raise ValueError(f"{name_a} and {name_b} have different pytree structures: {struct_a} vs {struct_b}")
 
 
@@ -53,7 +53,9 @@ def cosine_similarity(tree_a, tree_b) -> jax.Array:
     _check_same_tree(tree_a, tree_b, "tree_a", "tree_b")
     leaves_a = _leaves(tree_a, "tree_a")
     leaves_b = _leaves(tree_b, "tree_b")
-    dot = norm_a2 = norm_b2 = 0.0
+    dot: float | jax.Array = 0.0
+    norm_a2: float | jax.Array = 0.0
+    norm_b2: float | jax.Array = 0.0
     for (path, a), (_, b) in zip(leaves_a, leaves_b):
         if a.shape != b.shape:
             raise ValueError(
@@ -85,7 +87,7 @@ def pairwise_cosine_similarity(stacked_tree) -> jax.Array:
     """
     leaves = _leaves(stacked_tree, "stacked_tree")
     k = None
-    gram = 0.0
+    gram: float | jax.Array = 0.0
     for path, x in leaves:
         if x.ndim < 1:
             raise ValueError(
@@ -99,6 +101,7 @@ def pairwise_cosine_similarity(stacked_tree) -> jax.Array:
         k = x.shape[0]
         flat = x.reshape(k, math.prod(x.shape[1:]))  # [K, P_leaf]
         gram = gram + jnp.matmul(flat, flat.T, precision=jax.lax.Precision.HIGHEST)  # [K, K]
+    assert not isinstance(gram, float)  # `_leaves` raises on an empty tree, so the loop ran
     gram = 0.5 * (gram + gram.T)  # exactly symmetric
     norm = jnp.sqrt(jnp.diagonal(gram))  # [K]
     return jnp.clip(gram / (norm[:, None] * norm[None, :]), -1.0, 1.0)

@@ -18,7 +18,7 @@ A model is a Flax module called as `model.apply(variables, x, train=...)` on a b
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import ml_collections
@@ -108,7 +108,10 @@ def _strided(kernel):
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(
         lambda c, n, norm, dropout, dtype, shape: MLP(tuple(c.widths), n, dropout=dropout, norm=norm, dtype=dtype),
-        None, False, norm="none", dropout=0.0,
+        None,
+        False,
+        norm="none",
+        dropout=0.0,
     ),
     "cnn1d": ModelSpec(_strided((5,)), 2, True, dropout=0.0),
     "cnn2d": ModelSpec(_strided((3, 3)), 3, True, dropout=0.0),
@@ -116,12 +119,21 @@ MODELS: dict[str, ModelSpec] = {
     "resnet32": ModelSpec(_resnet(32), 3, True),
     "resnet56": ModelSpec(_resnet(56), 3, True),
     "resnet50_v2": ModelSpec(
-        lambda c, n, norm, dropout, dtype, shape: ResNetV2(num_classes=n, norm=norm, dtype=dtype, small_inputs=_small(shape)),
-        3, True,
+        lambda c, n, norm, dropout, dtype, shape: ResNetV2(
+            num_classes=n, norm=norm, dtype=dtype, small_inputs=_small(shape)
+        ),
+        3,
+        True,
     ),
     "vit": ModelSpec(
-        lambda c, n, norm, dropout, dtype, shape: ViT(n, patch_size=c.patch_size, dropout=dropout, norm=norm, dtype=dtype),
-        3, True, norm="layer", norms=("layer",), dropout=0.0,
+        lambda c, n, norm, dropout, dtype, shape: ViT(
+            n, patch_size=c.patch_size, dropout=dropout, norm=norm, dtype=dtype
+        ),
+        3,
+        True,
+        norm="layer",
+        norms=("layer",),
+        dropout=0.0,
     ),
     "fort_small_cnn": ModelSpec(_fort(SMALL_CNN), 3, True, dropout=0.1),
     "fort_medium_cnn": ModelSpec(_fort(MEDIUM_CNN), 3, True, dropout=0.1),
@@ -157,7 +169,9 @@ def config_problems(model_config: ml_collections.ConfigDict, input_shape: tuple[
                 f"examples have shape {input_shape}; models for it: {fitting}"
             )
         elif spec.input_rank == 3 and min(input_shape[:2]) < spec.min_side:
-            problems.append(f"config.model.name={name!r}: needs images of at least {spec.min_side} pixels a side, got {input_shape}")
+            problems.append(
+                f"config.model.name={name!r}: needs images of at least {spec.min_side} pixels a side, got {input_shape}"
+            )
         elif name == "vit" and any(side % model_config.patch_size for side in input_shape[:2]):
             problems.append(
                 f"config.model.patch_size={model_config.patch_size}: must divide the image sides {input_shape[:2]}"
@@ -165,7 +179,9 @@ def config_problems(model_config: ml_collections.ConfigDict, input_shape: tuple[
     return problems
 
 
-def build(model_config: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+def build(
+    model_config: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
     """The module named by `model_config.name`, with unset norm/dropout at the architecture's defaults.
 
     Args:

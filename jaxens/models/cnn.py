@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,8 +38,15 @@ class StridedCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         strides = (2,) * len(self.kernel)
         for i, width in enumerate(self.widths):
-            x = Conv(width, tuple(self.kernel), strides, padding="SAME", use_bias=self.norm == "none",
-                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(
+                width,
+                tuple(self.kernel),
+                strides,
+                padding="SAME",
+                use_bias=self.norm == "none",
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )(x)
             x = nn.relu(norm(self.norm, train, self.dtype, f"norm{i}")(x))  # [B, L/2 (, W/2), width]
         # Sequences keep their positions (flatten); images are pooled.
         x = x.reshape((x.shape[0], -1)) if len(self.kernel) == 1 else x.mean(axis=(1, 2))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -54,8 +54,16 @@ def conv_general_dilated(
       Others: as `lax.conv_general_dilated`.
     """
     xla = lambda: lax.conv_general_dilated(  # noqa: E731
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-        precision=precision, **kwargs,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        precision=precision,
+        **kwargs,
     )
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: allowed: {', '.join(IMPLEMENTATIONS)}")

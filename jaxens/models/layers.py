@@ -13,7 +13,8 @@ Conventions every model in `jaxens.models` follows:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

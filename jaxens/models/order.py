@@ -10,6 +10,7 @@ parameter in a parent out of that order (see `jaxens.models.layers`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -67,6 +68,6 @@ def forward_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[Path]:
     return sorted(paths, key=lambda p: (first_call[p[:-1]], _IN_MODULE_RANK.get(p[-1], 3), p[-1]))
 
 
-def param_sizes(params, paths: list[Path]) -> list[int]:
+def param_sizes(params, paths: Sequence[Path]) -> list[int]:
     """Number of scalars of each tensor in `paths` (of one member's params; leading axes count too)."""
     return [math.prod(get_path(params, p).shape) for p in paths]

@@ -82,7 +82,12 @@ class ResNetCIFAR(nn.Module):
             for block in range(n):
                 stride = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
-                    self.width * 2**stage, stride, self.shortcut, self.norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+                    self.width * 2**stage,
+                    stride,
+                    self.shortcut,
+                    self.norm,
+                    self.dtype,
+                    name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)  # [B, 32/2^stage, 32/2^stage, w·2^stage]
         x = x.mean(axis=(1, 2))  # [B, 4w]
         return logits_f32(nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x))  # [B, C]

@@ -17,7 +17,8 @@ a bias there; here no convolution does, each feeds or follows a norm).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,9 +65,7 @@ class BottleneckV2(nn.Module):
         preact = nn.relu(norm(self.norm, train, self.dtype, name="norm1")(x))  # [B, H, W, C_in]
         if x.shape[-1] != out_features or self.strides != 1:
             # Projection of the pre-activated input (v2 paper, appendix): [B, H/s, W/s, 4w].
-            shortcut = Conv(
-                out_features, (1, 1), strides=s, use_bias=False, dtype=self.dtype, name="shortcut"
-            )(preact)
+            shortcut = Conv(out_features, (1, 1), strides=s, use_bias=False, dtype=self.dtype, name="shortcut")(preact)
         else:
             shortcut = x  # identity path, not normalized
         y = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(preact)  # [B, H, W, w]
@@ -120,9 +119,9 @@ class ResNetV2(nn.Module):
         """
         if self.small_inputs:
             # [B, H, W, C_in] → [B, H, W, width]
-            x = Conv(
-                self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="stem_conv"
-            )(x)
+            x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="stem_conv")(
+                x
+            )
         else:
             # [B, H, W, C_in] → [B, H/2, W/2, width] → [B, H/4, W/4, width]
             x = Conv(
@@ -139,9 +138,9 @@ class ResNetV2(nn.Module):
             for j in range(num_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
                 # [B, H, W, C] → [B, H/strides, W/strides, 4·width·2^i]
-                x = BottleneckV2(
-                    self.width * 2**i, strides, self.norm, self.dtype, name=f"stage{i + 1}_block{j + 1}"
-                )(x, train)
+                x = BottleneckV2(self.width * 2**i, strides, self.norm, self.dtype, name=f"stage{i + 1}_block{j + 1}")(
+                    x, train
+                )
         x = nn.relu(norm(self.norm, train, self.dtype, name="final_norm")(x))
         x = jnp.mean(x, axis=(1, 2))  # [B, 4·width·2^(stages-1)]
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)  # [B, C]

@@ -1,0 +1,1 @@
+"""Experiment configs, one file per experiment: `--config=configs/<name>.py` (or `--config=<name>` once installed)."""
