@@ -18,11 +18,11 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from benchmarks.common import median_seconds  # noqa: E402
-from jaxens.models import conv as conv_lib  # noqa: E402
+from benchmarks.common import median_seconds
+from jaxens.models import conv as conv_lib
 
 # (input [B, *spatial, C_in], C_out, window, stride, where it occurs)
 LAYERS = [

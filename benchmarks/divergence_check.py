@@ -20,13 +20,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 from common import trainer_setup  # noqa: E402  (benchmarks/common.py)
 
-from jaxens import config as config_lib  # noqa: E402
-from jaxens import run  # noqa: E402
+from jaxens import config as config_lib
+from jaxens import run
 
 
 def _override(config, text: str) -> None:

@@ -24,12 +24,12 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import metrics, run  # noqa: E402
+from jaxens import data as data_lib
+from jaxens import metrics, run
 
 
 def _metric_kernels(k: int, n: int, c: int) -> dict:

@@ -24,8 +24,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 

@@ -31,18 +31,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxens import config as config_lib  # noqa: E402
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import (
-    models,  # noqa: E402
-    optim,  # noqa: E402
-)
-from jaxens import rng as rng_lib  # noqa: E402
+from jaxens import config as config_lib
+from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import models, optim
+from jaxens import rng as rng_lib
 
 BATCH = 128
 # Steps per timed call: enough to amortize dispatch, few enough for CPU minutes.

@@ -32,18 +32,18 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.func import functional_call, grad, stack_module_state, vmap  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
 
-from jaxens import config as config_lib  # noqa: E402
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import run  # noqa: E402
+from jaxens import config as config_lib
+from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import run
 
 BATCH, LR, MOMENTUM = 100, 0.1, 0.9
 

@@ -42,19 +42,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxens import config as config_lib  # noqa: E402
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import (
-    metrics,  # noqa: E402
-    optim,  # noqa: E402
-    run,  # noqa: E402
-    sweep,  # noqa: E402
-)
-from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
+from jaxens import config as config_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import metrics, optim, run, sweep
+from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 FILES = ("results.json", "fig_s5.png")
 GROUPS = ("within_chain", "across_chains", "independent")

@@ -40,13 +40,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxens import data as data_lib  # noqa: E402
-from jaxens import landscape, metrics, run, subspace, trajectory  # noqa: E402
-from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
+from jaxens import data as data_lib
+from jaxens import landscape, metrics, run, subspace, trajectory
+from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 FILES = (
     "results.json",

@@ -37,12 +37,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jaxens import landscape, plane, run, subspace, trajectory, tunnel  # noqa: E402
-from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
+from jaxens import landscape, plane, run, subspace, trajectory, tunnel
+from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 FILES = ("plane.json", "tunnel.json", "fig5.png", "figS2.png")
 

@@ -51,16 +51,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from jaxens import losses  # noqa: E402
-from jaxens import rng as rng_lib  # noqa: E402
-from jaxens.ensemble import map_members  # noqa: E402
-from jaxens.models import MLP  # noqa: E402
-from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
+from jaxens import losses
+from jaxens import rng as rng_lib
+from jaxens.ensemble import map_members
+from jaxens.models import MLP
+from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 PyTree = Any
 

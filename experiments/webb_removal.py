@@ -25,15 +25,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from jaxens import ensemble as ensemble_lib  # noqa: E402
-from jaxens import (
-    modules,  # noqa: E402
-    run,  # noqa: E402
-)
-from jaxens.workdir import write_bytes_atomic, write_json_atomic  # noqa: E402
+from jaxens import ensemble as ensemble_lib
+from jaxens import modules, run
+from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 FILES = ("removal.csv", "removal.json", "removal.png")
 

@@ -89,6 +89,17 @@ def is_sharded(strategy: str) -> bool:
     return strategy.startswith("shard_map/")
 
 
+def committed(tree, like: jax.Array):
+    """`tree` with its arrays committed to the one device `like` lives on (no copy for those already there).
+
+    A jitted function compiles once per placement of its arguments, and an array fresh from `init_ensemble`
+    or `spawn` is uncommitted while the same state after a step is committed (the step had a committed
+    argument): without this the second call of a step or a prediction would compile it again.
+    """
+    device = next(iter(like.devices()))
+    return jax.device_put(tree, jax.sharding.SingleDeviceSharding(device))
+
+
 class _MeshPlacement:
     """Moves a call's arguments onto `member_mesh(K)` and its results back where the state came from.
 
@@ -678,6 +689,7 @@ class TrainChunk:
 
     def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None, lr_scales=None):
         if self._placement is None:
+            state, orders, dataset, ends, lr_scales = committed((state, orders, dataset, ends, lr_scales), state.step)
             return self._run(state, orders, dataset, num_steps, ends, lr_scales)
         home, place = state.step.sharding, self._placement
         state, orders, ends, lr_scales = place.members((state, orders, ends, lr_scales), state.k)
@@ -734,6 +746,8 @@ class Predictor:
         if self._placement is not None:
             params, batch_stats = self._placement.members((params, batch_stats), state.k)
             x_all, dataset = self._placement.shared(x_all, state.k), self._placement.shared(dataset, state.k)
+        else:
+            params, batch_stats, x_all, dataset = committed((params, batch_stats, x_all, dataset), state.step)
         starts = range(0, n, self.batch_size)
         # A bar for long evaluations on a terminal, one batch behind the dispatch (so it follows the device).
         bar = progress.bar(len(starts), desc="evaluate", unit="batch", leave=False) if len(starts) >= 50 else None

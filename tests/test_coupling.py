@@ -3,6 +3,7 @@ program, parents reused from an earlier run, and resuming either phase."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -316,9 +317,27 @@ def test_cpu_spawn_config_runs_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("step_loop", ["device", "host"])
 def test_each_phase_traces_its_training_step_once(tmp_path, monkeypatch, step_loop):
     """A spawn run with two evaluations and a checkpoint per epoch traces the member step exactly once per
-    phase (the parent's K = 1 and the children's K), whatever the chunk lengths (chex counts the traces)."""
+    phase (the parent's K = 1 and the children's K), whatever the chunk lengths (chex counts the traces),
+    and compiles the step and the prediction once per phase too: a fresh state (uncommitted arrays) and
+    the same state after a step (committed) must not compile twice (JAX's lowering events count them)."""
+
+    lowered = collections.Counter()
+
+    def on_event(event, secs, fun_name="", **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered[fun_name] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        _trace_and_compile_once_per_phase(tmp_path, monkeypatch, step_loop, lowered)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+
+
+def _trace_and_compile_once_per_phase(tmp_path, monkeypatch, step_loop, lowered):
     import chex
 
+    step = "jit(chunk)" if step_loop == "device" else "jit(counted_step)"
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(ensemble_lib.member_gradients, n=2)
     monkeypatch.setattr(ensemble_lib, "member_gradients", counted)
@@ -332,7 +351,10 @@ def test_each_phase_traces_its_training_step_once(tmp_path, monkeypatch, step_lo
         }
     )
     run.train_and_evaluate(config, str(tmp_path / "run"))  # Chunks of 3, 3, 2 steps per epoch.
+    assert (lowered[step], lowered["jit(predict_batch)"]) == (2, 2), dict(lowered)
+    lowered.clear()
     chex.clear_trace_counter()
     strict = chex.assert_max_traces(ensemble_lib.member_gradients, n=1)
     monkeypatch.setattr(ensemble_lib, "member_gradients", strict)
     run.train_and_evaluate(_config(**{"ensemble.k": 2, "train.step_loop": step_loop}), str(tmp_path / "plain"))
+    assert (lowered[step], lowered["jit(predict_batch)"]) == (1, 1), dict(lowered)
