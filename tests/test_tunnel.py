@@ -4,6 +4,8 @@ straight line between two different optima."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,19 +195,10 @@ def test_fitted_tunnel_beats_the_linear_path(digits_optima):
 def test_fit_with_batchnorm_and_several_ts(dense_bn):
     model, va, vb, data = dense_bn
     sgd = optax.sgd(0.05)
-    fit = lambda **kw: tunnel.fit_tunnel(
-        model.apply,
-        va,
-        vb,
-        data.x,
-        data.y,
-        num_bends=2,
-        num_steps=40,  # noqa: E731
-        batch_size=10,
-        num_ts=3,
+    fit = functools.partial(
+        tunnel.fit_tunnel, model.apply, va, vb, data.x, data.y, num_bends=2, num_steps=40, batch_size=10, num_ts=3,
         optimizer=sgd,
-        **kw,
-    )
+    )  # fmt: skip
     first = fit(key=jax.random.PRNGKey(1))
     assert tunnel.count_bends(first.bends) == 2 and np.all(np.isfinite(first.losses))
     # Continuing from given bends (the same compiled program): the bends keep moving from where they were.
@@ -216,14 +209,8 @@ def test_fit_with_batchnorm_and_several_ts(dense_bn):
 
 def test_argument_errors(dense_bn):
     model, va, vb, data = dense_bn
-    fit = lambda **kw: tunnel.fit_tunnel(
-        model.apply,
-        va,
-        vb,
-        data.x,
-        data.y,
-        key=jax.random.PRNGKey(0),  # noqa: E731
-        **{"batch_size": 10, **kw},
+    fit = functools.partial(
+        tunnel.fit_tunnel, model.apply, va, vb, data.x, data.y, key=jax.random.PRNGKey(0), batch_size=10
     )
     with pytest.raises(ValueError, match="num_bends"):
         fit(num_bends=0, num_steps=1)
