@@ -180,11 +180,11 @@ def resolve_path(path: str) -> str:
 
     if os.path.isfile(path):
         return path
-    name = os.path.basename(path)
-    packaged = os.path.join(packaged_configs_dir(), name if name.endswith(".py") else name + ".py")
+    name, directory = os.path.basename(path), packaged_configs_dir()
+    packaged = os.path.join(directory, name if name.endswith(".py") else name + ".py")
     if os.path.isfile(packaged):
         return packaged
-    names = sorted(f[:-3] for f in os.listdir(packaged_configs_dir()) if f.endswith(".py") and f[0] != "_")
+    names = sorted(f[:-3] for f in os.listdir(directory) if f.endswith(".py") and f[0] != "_")
     raise ConfigError(f"--config={path}: no such file, nor an installed config of that name ({', '.join(names)})")
 
 

@@ -519,11 +519,11 @@ def resolve_strategy(
 
     Within a device, convolutional models on CPU run as an unrolled loop and everything else under vmap:
     on a 2-core CPU (`benchmarks/member_strategies.py`, batch 128 per member) vmap of conv members ran
-    1.1-1.25x (small strided CNN, im2col convolutions, K = 4-16) and 2.9x (ResNet-20, whose stride-1
-    convolutions vmap into grouped convolutions, K = 4) slower than the loop, while for an MLP the two were
-    within 20% either way. 'auto' shards the members over the devices (`shard_map/<within>`) when the
+    1.1-1.25x (small strided CNN, im2col convolutions, K = 4-16) and 5.9-7.2x (ResNet-20, whose stride-1
+    convolutions vmap into grouped convolutions, K = 4-16) slower than the loop, while for an MLP the two
+    were within 10% either way. 'auto' shards the members over the devices (`shard_map/<within>`) when the
     backend has more than one (several accelerators), else runs `<within>` on the one device. A 2-core CPU
-    split into 2 XLA devices gained little from it: MLP 0.98-1.10x, small CNN 0.87-1.02x the one-device
+    split into 2 XLA devices gained little from it: MLP 0.97-1.20x, small CNN 0.78-0.98x the one-device
     speed at K = 4-16. 'shard_map' always shards (over one device if that is all there is).
 
     Args:
