@@ -152,6 +152,17 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.eval.shifted = ()
     c.eval.ood = ()
 
+    # Devices (jaxens.sharding): a mesh with axes 'member' (the stacked members are sharded over it) and
+    # 'data' (each member's minibatch is split over it). 0 = automatic: every device on 'member' when K
+    # allows (member = gcd(K, devices)), the rest on 'data'. Placement only: a run resumes on another mesh
+    # (its checkpoints restore onto any device count) and these fields do not make it a different run.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.member = 0
+    c.mesh.data = 0
+    # Multi-host (a Cloud TPU pod slice, several GPU hosts): start JAX's distributed runtime first, in every
+    # process (see the README). Each process then runs its devices' share; process 0 writes the results.
+    c.mesh.distributed = False
+
     c.lock()
     return c
 
@@ -321,6 +332,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _member_lr_errors(errors, config)
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
+    for field in ("member", "data"):
+        _at_least(errors, f"config.mesh.{field}", config.mesh[field], 0)
+    spawn_times = len(config.coupling.t) if config.coupling.condition in SPAWNING_CONDITIONS else 0
+    num_members = config.ensemble.k * max(spawn_times, len(config.loss.lam), 1)  # K, all groups together.
+    if config.mesh.member > 0 and num_members % config.mesh.member:
+        errors.append(
+            f"config.mesh.member={config.mesh.member}: must divide the {num_members} members K (each device row "
+            "holds K/member of them)"
+        )
+    if config.mesh.data > 0 and config.train.batch_size % config.mesh.data:
+        errors.append(
+            f"config.mesh.data={config.mesh.data}: must divide config.train.batch_size={config.train.batch_size} "
+            "(each member's batch is split evenly over the 'data' axis)"
+        )
     info = _data_errors(errors, config)
     _cycle_errors(errors, config, info)
     for name in config.ensemble.shared_streams:

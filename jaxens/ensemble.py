@@ -7,10 +7,14 @@ leading member axis K once, by `map_members`, with the configured strategy:
   grouped convolution, which can be slower than a loop.
 - `loop`: a Python loop over the K members inside the jitted function (K copies of the member step in
   one XLA program), stacking the results.
-- `shard_map/<within>`: `jax.shard_map` over a one-axis mesh 'member' of D devices (`member_mesh`: the
-  largest D ≤ the device count dividing K); each device runs its K/D members with `within` ('vmap' or
-  'loop'). The config value 'shard_map' resolves `within` as 'auto' does (`resolve_strategy`). On CPU,
-  `XLA_FLAGS=--xla_force_host_platform_device_count=D` (or `jax_num_cpu_devices`) gives D host devices.
+- `shard_map/<within>`: `jax.shard_map` manual over the 'member' axis of the run's mesh
+  (`jaxens.sharding`): each row of M devices runs its K/M members with `within` ('vmap' or 'loop'), the
+  'data' axis left to XLA's partitioner. The config value 'shard_map' resolves `within` as 'auto' does
+  (`resolve_strategy`). On CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=D` (or
+  `jax_num_cpu_devices`) gives D host devices.
+
+Every strategy runs on the mesh the state is sharded over (members on 'member', each member's minibatch
+split over 'data'); under 'vmap' XLA's partitioner shards the mapped axis itself.
 
 All compute the same numbers (tested). A training step maps the members twice: their gradients
 (`member_gradients`), then their optimizer updates (`update_members`).
@@ -38,10 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import PartitionSpec as P
 
 from jaxens import data as data_lib
 from jaxens import progress
 from jaxens import rng as rng_lib
+from jaxens import sharding as sharding_lib
 from jaxens.config import MEMBER_STRATEGIES, STEP_LOOPS
 
 PyTree = Any
@@ -73,91 +79,60 @@ class EnsembleState:
         return int(self.step.shape[0])
 
 
-MEMBER_AXIS = "member"  # The mesh axis the members are sharded over (strategy 'shard_map').
-
-
-def member_mesh(k: int, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A one-axis mesh 'member' over the first D devices, D the largest device count ≤ len(devices)
-    dividing K (so every device holds K/D members)."""
-    devices = list(jax.devices() if devices is None else devices)
-    d = max(n for n in range(1, len(devices) + 1) if k % n == 0)
-    return jax.sharding.Mesh(np.asarray(devices[:d]), (MEMBER_AXIS,))
-
-
-def is_sharded(strategy: str) -> bool:
-    """Whether `strategy` (resolved) shards the members over a device mesh."""
-    return strategy.startswith("shard_map/")
-
-
-def committed(tree, like: jax.Array):
-    """`tree` with its arrays committed to the one device `like` lives on (no copy for those already there).
-
-    A jitted function compiles once per placement of its arguments, and an array fresh from `init_ensemble`
-    or `spawn` is uncommitted while the same state after a step is committed (the step had a committed
-    argument): without this the second call of a step or a prediction would compile it again.
-    """
-    device = next(iter(like.devices()))
-    return jax.device_put(tree, jax.sharding.SingleDeviceSharding(device))
-
-
-class _MeshPlacement:
-    """Moves a call's arguments onto `member_mesh(K)` and its results back where the state came from.
-
-    Inside a jitted function, `jax.shard_map` needs its arguments on the mesh's devices; the trainer keeps
-    the state on one device between calls. The members' leaves are sharded on 'member', shared arrays (the
-    dataset, evaluation inputs) replicated once per object. With one device everything stays in place.
-    """
+class _Replicas:
+    """Shared arrays (the dataset, evaluation inputs) replicated on a mesh, once per source object and mesh."""
 
     def __init__(self):
-        self._shared: list[tuple[Any, jax.sharding.Mesh, Any]] = []  # (source object, mesh, its copy there)
+        self._recent: list[tuple[Any, jax.sharding.Mesh, Any]] = []  # (source object, mesh, its copy there)
 
-    def members(self, tree, k: int):
-        return jax.device_put(tree, jax.sharding.NamedSharding(member_mesh(k), jax.sharding.PartitionSpec(MEMBER_AXIS)))
-
-    def shared(self, tree, k: int):
-        mesh = member_mesh(k)
-        for source, source_mesh, placed in self._shared:
+    def __call__(self, tree, mesh: jax.sharding.Mesh):
+        for source, source_mesh, placed in self._recent:
             if source is tree and source_mesh == mesh:
                 return placed
-        placed = jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        self._shared = [*self._shared[-3:], (tree, mesh, placed)]  # A few recent ones (train, eval sets).
+        placed = sharding_lib.put_replicated(tree, mesh)
+        self._recent = [*self._recent[-3:], (tree, mesh, placed)]  # A few recent ones (train, eval sets).
         return placed
 
-    @staticmethod
-    def back(tree, home: jax.sharding.Sharding):
-        """`tree` (leaves [K, ...]) placed as the caller's state was (`home`): a no-op when it already is."""
-        return jax.device_put(tree, home)
+
+def placement_mesh(state: EnsembleState) -> jax.sharding.Mesh:
+    """The mesh a call runs the members on: the one their state is sharded over, or a one-device mesh on
+    the device it lives on (a fresh or host-made state)."""
+    mesh = sharding_lib.mesh_of(state.step)
+    if mesh is not None:
+        return mesh
+    devices = getattr(state.step, "devices", None)
+    return sharding_lib.single_device_mesh(next(iter(devices())) if devices else None)
 
 
-def map_members(fn: Callable, strategy: str, in_axes: Sequence[int | None]) -> Callable:
+def map_members(
+    fn: Callable, strategy: str, in_axes: Sequence[int | None], mesh: jax.sharding.Mesh | None = None
+) -> Callable:
     """Maps a one-member function over the leading member axis K of the arguments with `in_axes` 0.
 
     Args:
       fn: a function of one member's arguments; returns a pytree.
-      strategy: 'vmap', 'loop', or 'shard_map/vmap' / 'shard_map/loop' (members sharded over
-        `member_mesh(K)`, each device mapping its own with the part after the slash).
+      strategy: 'vmap', 'loop', or 'shard_map/vmap' / 'shard_map/loop' (manual over the 'member' axis of
+        `mesh`, each device row mapping its K/M members with the part after the slash; 'data' stays
+        automatic, so arguments sharded on it stay sharded).
       in_axes: per positional argument, 0 (has the member axis) or None (shared by all members).
+      mesh: the ('member', 'data') mesh the call runs on (`jaxens.sharding`); required by 'shard_map/*'.
+        Under 'vmap', sharding constraints inside `fn` get 'member' on the mapped axis.
 
     Returns:
       A function of the stacked arguments returning the stacked results (leading axis K).
     """
     in_axes = tuple(in_axes)
     if strategy.startswith("shard_map/"):
+        if mesh is None:
+            raise ValueError(f"strategy={strategy!r} needs the mesh to shard the members over")
         within = map_members(fn, strategy.removeprefix("shard_map/"), in_axes)
-        specs = tuple(
-            jax.sharding.PartitionSpec(MEMBER_AXIS) if ax == 0 else jax.sharding.PartitionSpec() for ax in in_axes
+        specs = tuple(P(sharding_lib.MEMBER) if ax == 0 else P() for ax in in_axes)
+        # Every output leaf has the member axis; shared inputs are replicated over the member rows.
+        return jax.shard_map(
+            within, mesh=mesh, in_specs=specs, out_specs=P(sharding_lib.MEMBER), axis_names={sharding_lib.MEMBER}
         )
-
-        def sharded(*args):
-            k = _members_of(args, in_axes)
-            # Every output leaf has the member axis; shared inputs are replicated on every device.
-            return jax.shard_map(
-                within, mesh=member_mesh(k), in_specs=specs, out_specs=jax.sharding.PartitionSpec(MEMBER_AXIS)
-            )(*args)
-
-        return sharded
     if strategy == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
+        return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=None if mesh is None else sharding_lib.MEMBER)
     if strategy != "loop":
         raise ValueError(f"strategy={strategy!r}: allowed: vmap, loop, shard_map/vmap, shard_map/loop")
 
@@ -329,6 +304,7 @@ def update_members(
     lr_scales: jax.Array | None = None,
     ends: jax.Array | None = None,
     check_finite: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """All K members' `member_update`s (leaves [K, ...]), with the selects only when they are needed.
 
@@ -340,6 +316,7 @@ def update_members(
       metrics: {'loss', 'error'} [K] each member's metrics on its batch.
       lr_scales: [K] learning-rate multipliers, or None.
       ends: [K] the step each member stops at (it is inactive from there), or None.
+      mesh: the mesh of a sharded strategy (see `map_members`).
     """
     active = None if ends is None else state.step < ends
     take, trying = jax.vmap(
@@ -351,7 +328,7 @@ def update_members(
 
     def apply(select: bool):
         fn = lambda st, g, bs, m, nk, sc, tk, tr: apply_update(tx, st, g, bs, m, nk, sc, tk, tr, select)  # noqa: E731
-        return lambda: map_members(fn, strategy, in_axes)(*args)
+        return lambda: map_members(fn, strategy, in_axes, mesh)(*args)
 
     if not check_finite and active is None:
         return apply(select=False)()
@@ -454,6 +431,7 @@ def joint_train_step(
     padding: int = 4,
     lr_scales: jax.Array | None = None,
     check_finite: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """One SGD step of all K members under Webb et al.'s modular loss, G groups of k = K/G members.
 
@@ -470,25 +448,19 @@ def joint_train_step(
       orders: [K, N] the members' epoch permutations (row 0 is used).
       lams: [G] each group's λ.
       lr_scales: [K] multipliers of each member's update, or None.
+      mesh: the ('member', 'data') mesh the step runs on, or None (see `map_members`). With the members
+        sharded over devices, what crosses them is the batch's B indices, the groups' mean logits
+        [G, B, C] and [K]-sized flags: no parameter-sized gradient (Webb et al. §3.3).
 
     Returns:
       (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K], 'steps': [K]}).
     """
     from jaxens import losses  # A leaf module; imported here to keep this module's imports light.
 
-    first = jax.tree.map(lambda x: x[0], state)
-    x, y = data_lib.member_batch(
-        dataset,
-        orders[0],
-        first.rngs.augment,
-        state.step.max(),
-        batch_size=batch_size,
-        augment=augment,
-        padding=padding,
-    )  # [B, ...], [B]
+    x, y = first_member_batch(dataset, state, orders, batch_size, augment, padding, mesh)  # [B, ...], [B]
     dropout_keys = jax.vmap(jax.random.fold_in)(state.rngs.dropout, state.step)  # [K, 2]
     forward = map_members(
-        lambda p, s, key, x, y: member_loss(model, p, s, x, y, key)[1], strategy, in_axes=(0, 0, 0, None, None)
+        lambda p, s, key, x, y: member_loss(model, p, s, x, y, key)[1], strategy, (0, 0, 0, None, None), mesh
     )  # → (logits [K, B, C], batch_stats [K, ...])
     k = state.k // lams.shape[0]
 
@@ -503,7 +475,28 @@ def joint_train_step(
         "loss": losses.member_nll(logits, y, "categorical"),  # [K]
         "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1),
     }
-    return update_members(tx, strategy, state, grads, batch_stats, metrics, lr_scales, None, check_finite)
+    return update_members(tx, strategy, state, grads, batch_stats, metrics, lr_scales, None, check_finite, mesh)
+
+
+def first_member_batch(dataset, state: EnsembleState, orders, batch_size: int, augment: str, padding: int, mesh=None):
+    """The minibatch all members share: member 0's order and augmentation streams at the members' largest
+    step (so that a frozen diverged member does not hold the others back).
+
+    The [B] indices are sliced from every member's order row where it lives, then member 0's are taken:
+    with the members sharded over devices only B indices cross them, not member 0's [N] permutation.
+    Under `mesh` the batch is split over its 'data' axis.
+
+    Returns:
+      (x [B, ...] normalized, y [B]).
+    """
+    step = state.step.max()
+    spe = data_lib.steps_per_epoch(dataset.num_train, batch_size)
+    idx = jax.vmap(lambda order: data_lib.batch_indices(order, step, batch_size, spe))(orders)[0]  # [B]
+    x = dataset.train_x[idx]  # [B, ...] raw
+    if augment != "none":
+        x = data_lib.augment_images(augment, jax.random.fold_in(state.rngs.augment[0], step), x, padding)
+    x, y = dataset.normalize(x), dataset.train_y[idx]
+    return (x, y) if mesh is None else sharding_lib.constrain_batch((x, y), mesh, member_axis=False)
 
 
 def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:
@@ -521,15 +514,16 @@ def resolve_strategy(
     on a 2-core CPU (`benchmarks/member_strategies.py`, batch 128 per member) vmap of conv members ran
     1.1-1.25x (small strided CNN, im2col convolutions, K = 4-16) and 5.9-7.2x (ResNet-20, whose stride-1
     convolutions vmap into grouped convolutions, K = 4-16) slower than the loop, while for an MLP the two
-    were within 10% either way. 'auto' shards the members over the devices (`shard_map/<within>`) when the
-    backend has more than one (several accelerators), else runs `<within>` on the one device. A 2-core CPU
+    were within 10% either way. 'auto' shards the members with `shard_map/<within>` when the mesh's 'member'
+    axis has more than one device row, else runs `<within>` (each member still split over 'data'). A 2-core CPU
     split into 2 XLA devices gained little from it: MLP 0.97-1.20x, small CNN 0.78-0.98x the one-device
     speed at K = 4-16. 'shard_map' always shards (over one device if that is all there is).
 
     Args:
       strategy: config.ensemble.strategy: 'auto', or one of MEMBER_STRATEGIES.
       convolutional: whether the model convolves.
-      backend, num_devices: default to JAX's default backend and its device count.
+      backend: defaults to JAX's default backend.
+      num_devices: the devices on the mesh's 'member' axis (default: the backend's device count).
     """
     if strategy not in ("auto", *MEMBER_STRATEGIES):
         raise ValueError(f"strategy={strategy!r}: allowed: auto, {', '.join(MEMBER_STRATEGIES)}")
@@ -588,6 +582,11 @@ class TrainChunk:
     rounding (the matmuls differ in shape).
 
     `trace_count` counts traces of the jitted function (one per phase is expected).
+
+    Placement: the steps run on the mesh the state is sharded over (`jaxens.sharding`; a one-device mesh
+    for a state on one device), and the new state stays there. Each member's minibatch is split over the
+    mesh's 'data' axis; `orders`, `ends` and `lr_scales` are sharded with the members and the dataset
+    replicated (once per dataset object and mesh).
     """
 
     def __init__(
@@ -607,104 +606,93 @@ class TrainChunk:
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
         self.trace_count = 0
         self.step_loop = step_loop
-        self._placement = _MeshPlacement() if is_sharded(strategy) else None
+        self._replicas = _Replicas()
+        batch_kwargs = dict(batch_size=batch_size, augment=augment, padding=padding)
 
-        def update(state, grads, batch_stats, metrics, ends, lr_scales):
+        def update(state, grads, batch_stats, metrics, ends, lr_scales, mesh):
             # A finished member (step ≥ end) keeps its state and adds nothing, as a diverged one does.
-            return update_members(tx, strategy, state, grads, batch_stats, metrics, lr_scales, ends, check_finite)
+            return update_members(tx, strategy, state, grads, batch_stats, metrics, lr_scales, ends, check_finite, mesh)
 
         if lams:
             lam_array = np.asarray(lams, np.float32)
 
-            def step_all(state, orders, dataset, ends, lr_scales):
+            def step_all(state, orders, dataset, ends, lr_scales, mesh):
                 del ends  # Every group trains the same steps.
                 return joint_train_step(
-                    model,
-                    tx,
-                    strategy,
-                    state,
-                    orders,
-                    dataset,
-                    batch_size,
-                    jnp.asarray(lam_array),
-                    augment,
-                    padding,
-                    lr_scales,
-                    check_finite,
-                )
+                    model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment,
+                    padding, lr_scales, check_finite, mesh,
+                )  # fmt: skip
         elif shared_batch:
 
-            def step_all(state, orders, dataset, ends, lr_scales):
-                x, y = data_lib.member_batch(
-                    dataset,
-                    orders[0],
-                    state.rngs.augment[0],
-                    state.step.max(),
-                    batch_size=batch_size,
-                    augment=augment,
-                    padding=padding,
-                )  # [B, ...], [B]: gathered once, fed to every member unbatched.
+            def step_all(state, orders, dataset, ends, lr_scales, mesh):
+                # Gathered once, from member 0's streams, and fed to every member unbatched.
+                x, y = first_member_batch(dataset, state, orders, batch_size, augment, padding, mesh)  # [B, ...]
                 # (Shared arrays go in as arguments: a sharded strategy must not close over them.)
-                gradients = map_members(functools.partial(member_gradients, model), strategy, (0, None, None))(
-                    state, x, y
-                )
-                return update(state, *gradients, ends, lr_scales)
+                member = functools.partial(member_gradients, model)
+                gradients = map_members(member, strategy, (0, None, None), mesh)(state, x, y)
+                return update(state, *gradients, ends, lr_scales, mesh)
         else:
 
-            def step_all(state, orders, dataset, ends, lr_scales):
-                def member(st, order, dataset):  # ONE member's batch (its order and augmentation) and gradients.
-                    x, y = data_lib.member_batch(
-                        dataset,
-                        order,
-                        st.rngs.augment,
-                        st.step,
-                        batch_size=batch_size,
-                        augment=augment,
-                        padding=padding,
-                    )  # [B, ...], [B]
-                    return member_gradients(model, st, x, y)
+            def step_all(state, orders, dataset, ends, lr_scales, mesh):
+                # Every member's batch (its order and augmentation streams at its step), split over 'data'.
+                x, y = jax.vmap(
+                    lambda order, key, step: data_lib.member_batch(dataset, order, key, step, **batch_kwargs)
+                )(orders, state.rngs.augment, state.step)  # [K, B, ...], [K, B]
+                x, y = sharding_lib.constrain_batch((x, y), mesh, member_axis=True)
+                member = functools.partial(member_gradients, model)
+                gradients = map_members(member, strategy, (0, 0, 0), mesh)(state, x, y)
+                return update(state, *gradients, ends, lr_scales, mesh)
 
-                gradients = map_members(member, strategy, (0, 0, None))(state, orders, dataset)
-                return update(state, *gradients, ends, lr_scales)
-
-        def step(state: EnsembleState, sums: dict, orders: jax.Array, dataset: data_lib.Dataset, ends, lr_scales):
-            state, metrics = step_all(state, orders, dataset, ends, lr_scales)
+        def step(state: EnsembleState, sums: dict, orders, dataset: data_lib.Dataset, ends, lr_scales, mesh):
+            state, metrics = step_all(state, orders, dataset, ends, lr_scales, mesh)
+            # The state keeps its placement: members on 'member', replicated over 'data'.
+            state = jax.lax.with_sharding_constraint(state, sharding_lib.members(mesh))
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        def chunk(state, orders, dataset, num_steps: jax.Array, ends, lr_scales):
+        def chunk(state, orders, dataset, num_steps: jax.Array, ends, lr_scales, mesh):
             self.trace_count += 1
             return jax.lax.fori_loop(
                 0,
                 num_steps,
-                lambda _, carry: step(carry[0], carry[1], orders, dataset, ends, lr_scales),
+                lambda _, carry: step(carry[0], carry[1], orders, dataset, ends, lr_scales, mesh),
                 (state, _zero_sums(state)),
             )
 
-        def counted_step(*args):
+        def counted_step(*args, mesh):
             self.trace_count += 1
-            return step(*args)
+            return step(*args, mesh)
 
-        self._chunk = jax.jit(chunk, donate_argnums=0)
-        self._step = jax.jit(counted_step, donate_argnums=(0, 1))
+        self._chunk = jax.jit(chunk, donate_argnums=0, static_argnames="mesh")
+        self._step = jax.jit(counted_step, donate_argnums=(0, 1), static_argnames="mesh")
+
+    def place(self, state, orders, dataset, ends=None, lr_scales=None):
+        """(mesh, and the arguments placed on it) for a call on `state` (see the class docstring)."""
+        mesh = placement_mesh(state)
+        state, orders, ends, lr_scales = sharding_lib.put_members((state, orders, ends, lr_scales), mesh)
+        return mesh, state, orders, self._replicas(dataset, mesh), ends, lr_scales
 
     def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None, lr_scales=None):
-        if self._placement is None:
-            state, orders, dataset, ends, lr_scales = committed((state, orders, dataset, ends, lr_scales), state.step)
-            return self._run(state, orders, dataset, num_steps, ends, lr_scales)
-        home, place = state.step.sharding, self._placement
-        state, orders, ends, lr_scales = place.members((state, orders, ends, lr_scales), state.k)
-        state, sums = self._run(state, orders, place.shared(dataset, state.k), num_steps, ends, lr_scales)
-        return place.back((state, sums), home)
-
-    def _run(self, state, orders, dataset, num_steps, ends, lr_scales):
+        mesh, state, orders, dataset, ends, lr_scales = self.place(state, orders, dataset, ends, lr_scales)
         if self.step_loop == "device":
             # One explicit scalar transfer per chunk; the steps themselves never touch the host.
-            return self._chunk(state, orders, dataset, jax.device_put(np.int32(num_steps)), ends, lr_scales)
+            steps = sharding_lib.put_replicated(np.int32(num_steps), mesh)
+            return self._chunk(state, orders, dataset, steps, ends, lr_scales, mesh=mesh)
         # Made on the device (nothing crosses from the host per step), placed as the steps' sums will be.
-        sums = jax.device_put(_zero_sums_jit(state), state.step.sharding)
+        sums = jax.device_put(_zero_sums_jit(state), sharding_lib.members(mesh))
         for _ in range(num_steps):
-            state, sums = self._step(state, sums, orders, dataset, ends, lr_scales)
+            state, sums = self._step(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
         return state, sums
+
+    def lower_step(self, state, orders, dataset, ends=None, lr_scales=None) -> jax.stages.Lowered:
+        """One training step lowered for these arguments' placement (to inspect its HLO: collectives,
+        FLOPs, memory); runs nothing and leaves the arguments as they are."""
+        mesh, state, orders, dataset, ends, lr_scales = self.place(state, orders, dataset, ends, lr_scales)
+        sums = jax.eval_shape(_zero_sums, state)
+        sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_lib.members(mesh)), sums)
+        count = self.trace_count
+        lowered = self._step.lower(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
+        self.trace_count = count  # Not a training trace.
+        return lowered
 
 
 def _zero_sums(state: EnsembleState) -> dict:
@@ -725,40 +713,45 @@ def member_logits(model: nn.Module, params, batch_stats, x: jax.Array) -> jax.Ar
 class Predictor:
     """Eval-mode logits of all K members on a whole split, in fixed-size batches (one compilation).
 
-    `__call__(state, x [N, ...] raw inputs, dataset) -> [K, N, C]` logits.
+    `__call__(state, x [N, ...] raw inputs, dataset) -> [K, N, C]` logits, computed on the mesh the state
+    lives on (members on 'member', each batch split over 'data') and left sharded on 'member'.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, strategy: str):
         self.batch_size = batch_size
-        apply_all = map_members(lambda p, s, x: member_logits(model, p, s, x), strategy, in_axes=(0, 0, None))
 
-        def predict_batch(params, batch_stats, x_all, dataset, start):
+        def predict_batch(params, batch_stats, x_all, dataset, start, mesh):
             # The last batch repeats the final example to keep the shape; callers drop the extras.
             idx = jnp.minimum(start + jnp.arange(batch_size), x_all.shape[0] - 1)
-            return apply_all(params, batch_stats, dataset.normalize(x_all[idx]))  # [K, B, C]
+            x = sharding_lib.constrain_batch(dataset.normalize(x_all[idx]), mesh, member_axis=False)
+            apply_all = map_members(lambda p, s, x: member_logits(model, p, s, x), strategy, (0, 0, None), mesh)
+            return apply_all(params, batch_stats, x)  # [K, B, C]
 
-        self._jitted = jax.jit(predict_batch)
-        self._placement = _MeshPlacement() if is_sharded(strategy) else None
+        self._jitted = jax.jit(predict_batch, static_argnames="mesh")
+        self._replicas = _Replicas()
 
     def __call__(self, state: EnsembleState, x_all: jax.Array | np.ndarray, dataset: data_lib.Dataset) -> jax.Array:
         n = x_all.shape[0]
-        params, batch_stats, home = state.params, state.batch_stats, state.step.sharding
-        if self._placement is not None:
-            params, batch_stats = self._placement.members((params, batch_stats), state.k)
-            x_all, dataset = self._placement.shared(x_all, state.k), self._placement.shared(dataset, state.k)
-        else:
-            params, batch_stats, x_all, dataset = committed((params, batch_stats, x_all, dataset), state.step)
+        mesh = placement_mesh(state)
+        params, batch_stats = sharding_lib.put_members((state.params, state.batch_stats), mesh)
+        x_all, dataset = self._replicas(x_all, mesh), self._replicas(dataset, mesh)
         starts = range(0, n, self.batch_size)
         # A bar for long evaluations on a terminal, one batch behind the dispatch (so it follows the device).
         bar = progress.bar(len(starts), desc="evaluate", unit="batch", leave=False) if len(starts) >= 50 else None
         parts = []
         for start in starts:
-            parts.append(self._jitted(params, batch_stats, x_all, dataset, jnp.int32(start)))
+            start_index = sharding_lib.put_replicated(np.int32(start), mesh)
+            parts.append(self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh))
             if bar is not None and not bar.disable:
                 if len(parts) > 1:
                     parts[-2].block_until_ready()
                 bar.update(1)
         if bar is not None:
             bar.close()
-        logits = jnp.concatenate(parts, axis=1)[:, :n]  # [K, N, C]
-        return logits if self._placement is None else self._placement.back(logits, home)
+        return _concatenate_members(parts, n, mesh)  # [K, N, C]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "mesh"))
+def _concatenate_members(parts, n: int, mesh):
+    """Batches of logits [K, B, C] → [K, N, C] (the padding dropped), sharded on 'member'."""
+    return jax.lax.with_sharding_constraint(jnp.concatenate(parts, axis=1)[:, :n], sharding_lib.members(mesh))

@@ -23,6 +23,7 @@ Reliability (the contract the tests check):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,6 +39,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
@@ -47,6 +49,7 @@ from jaxens import ensemble as ensemble_lib
 from jaxens import faults, metrics, models, optim, preemption, progress, tensorboard_log
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
+from jaxens import sharding as sharding_lib
 from jaxens import spawn as spawn_lib
 from jaxens import trajectory as trajectory_lib
 from jaxens import workdir as workdir_lib
@@ -57,6 +60,12 @@ class Diverged(Exception):
 
     exit_code = 3
     status = "diverged"
+
+
+def _say(message: str) -> None:
+    """Prints a progress message (the primary process only: a multi-host run reports once)."""
+    if sharding_lib.is_primary():
+        print(message, flush=True)
 
 
 def _mean_over_pairs(matrix: jax.Array) -> jax.Array:
@@ -138,15 +147,14 @@ def evaluate(
     out: list[dict[str, dict]] = [{} for _ in range(num_groups)]
     for name, eval_set in sets.items():
         logits = predictor(state, eval_set.x, dataset)  # [K, N, C]
+        labels = sharding_lib.put_replicated(eval_set.y, ensemble_lib.placement_mesh(state))  # Where the logits are.
         k = logits.shape[0] // num_groups
         for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
-            metric_fn = (
-                _ood_metrics if eval_set.kind == "ood" else functools.partial(_labelled_metrics, labels=eval_set.y)
-            )
-            values = jax.device_get(metric_fn(group_logits, method=method))
+            metric_fn = _ood_metrics if eval_set.kind == "ood" else functools.partial(_labelled_metrics, labels=labels)
+            values = sharding_lib.host(metric_fn(group_logits, method=method))
             healthy = np.arange(k) if diverged is None else np.flatnonzero(diverged[g * k : (g + 1) * k] < 0)
             if 0 < len(healthy) < k:
-                of_healthy = jax.device_get(metric_fn(group_logits[healthy], method=method))
+                of_healthy = sharding_lib.host(metric_fn(group_logits[healthy], method=method))
                 values = {key: of_healthy.get(key) if key.startswith("ensemble_") else v for key, v in values.items()}
                 values = {key: v for key, v in values.items() if v is not None}  # Diversity needs 2 members.
             out[g][name] = {key: (v.tolist() if v.ndim else float(v)) for key, v in values.items()}
@@ -260,6 +268,11 @@ class _Run:
     predictor: ensemble_lib.Predictor
     log: workdir_lib.MetricsLog
     board: tensorboard_log.Board
+    mesh_shape: tuple[int, int]  # The members' mesh (M, D); a phase with fewer members: `phase_mesh`.
+
+    def phase_mesh(self, k: int) -> jax.sharding.Mesh:
+        """The ('member', 'data') mesh of a phase with k members (`jaxens.sharding.phase_shape`)."""
+        return sharding_lib.make_mesh(sharding_lib.phase_shape(self.mesh_shape, k, self.config.train.batch_size))
 
     def record(self, rows: list[dict]) -> None:
         """Appends rows to metrics.jsonl and writes them as TensorBoard scalars."""
@@ -267,14 +280,14 @@ class _Run:
         self.board.write(rows)
 
     def template(self, k: int) -> ensemble_lib.EnsembleState:
-        return _state_template(self.model, self.tx, k, self.dataset.input_shape)
+        return _state_template(self.model, self.tx, k, self.dataset.input_shape, self.phase_mesh(k))
 
 
-def _state_template(model, tx, k: int, input_shape) -> ensemble_lib.EnsembleState:
-    """Shapes, dtypes and shardings of a k-member state (to restore checkpoints into), without compute."""
+def _state_template(model, tx, k: int, input_shape, mesh: jax.sharding.Mesh) -> ensemble_lib.EnsembleState:
+    """Shapes, dtypes and shardings (members on `mesh`) of a k-member state, to restore checkpoints into
+    (whatever mesh saved them), without compute."""
     abstract = jax.eval_shape(lambda: ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, k), input_shape))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    return sharding_lib.abstract_members(abstract, mesh)
 
 
 @dataclasses.dataclass
@@ -307,7 +320,7 @@ def _window_progress(sums: dict | None) -> dict:
     as JSON numbers)."""
     if sums is None:
         return {}
-    return {"train_sums": {m: np.asarray(v).tolist() for m, v in jax.device_get(sums).items()}}
+    return {"train_sums": {m: np.asarray(v).tolist() for m, v in sharding_lib.host(sums).items()}}
 
 
 def _window_sums(progress: dict) -> dict | None:
@@ -318,7 +331,7 @@ def _window_sums(progress: dict) -> dict | None:
 def _check_divergence(run: _Run, state: ensemble_lib.EnsembleState, phase: _Phase, known: set[int]) -> None:
     """Reports members that diverged since the last check; raises `Diverged` under on_divergence='stop'
     or when no member is left training."""
-    diverged = np.asarray(jax.device_get(state.diverged))
+    diverged = np.asarray(sharding_lib.host(state.diverged))
     new = [m for m in np.flatnonzero(diverged >= 0) if m not in known]
     for m in new:
         message = (
@@ -354,10 +367,13 @@ def _train(
     the current chunk and raises `Preempted`.
     """
     k = state.k
+    mesh = ensemble_lib.placement_mesh(state)  # The phase runs where its state lives.
     masked = len(set((ends - starts).tolist())) > 1  # Members finish at different ticks.
-    ends_dev = jax.device_put(ends.astype(np.int32)) if masked else None
-    lr_scales = None if phase.lr_scales is None else jax.device_put(np.asarray(phase.lr_scales, np.float32))
-    known = set(np.flatnonzero(np.asarray(jax.device_get(state.diverged)) >= 0).tolist())
+    ends_dev = sharding_lib.put_members(ends.astype(np.int32), mesh) if masked else None
+    lr_scales = None
+    if phase.lr_scales is not None:
+        lr_scales = sharding_lib.put_members(np.asarray(phase.lr_scales, np.float32), mesh)
+    known = set(np.flatnonzero(np.asarray(sharding_lib.host(state.diverged)) >= 0).tolist())
     last = phase.pauses[-1]
     bar = progress.bar(last, initial=tick, desc=f"{phase.name} K={k}")
     orders, order_epochs = None, None
@@ -369,7 +385,8 @@ def _train(
         active = steps < ends
         epochs = steps // run.spe
         if order_epochs is None or not np.array_equal(epochs, order_epochs):
-            orders = data_lib.epoch_orders(state.rngs.order, jax.device_put(epochs.astype(np.int32)), num_train)
+            epochs_dev = sharding_lib.put_members(epochs.astype(np.int32), mesh)
+            orders = data_lib.epoch_orders(state.rngs.order, epochs_dev, num_train)  # [K, N] on 'member'.
             order_epochs = epochs
         to_epoch_end = np.where(active, (epochs + 1) * run.spe - steps, np.iinfo(np.int64).max)
         next_pause = next(p for p in phase.pauses if p > tick)
@@ -382,7 +399,7 @@ def _train(
         if tick == next_pause:
             train = None
             if tick in phase.windows_at:
-                window = jax.device_get(sums)
+                window = sharding_lib.host(sums)
                 taken = np.maximum(window.pop("steps"), 1)  # Steps each member took (not frozen, not done).
                 train = {m: (v / taken).tolist() for m, v in window.items()}
                 sums = None
@@ -504,10 +521,11 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
         state = ensemble_lib.init_ensemble(
             run.model, run.tx, rng_lib.member_streams(config.seed, 1), run.dataset.input_shape
         )
+        state = sharding_lib.put_members(state, run.phase_mesh(1))
         start = 0
     else:
         state, progress = restored[start].state, restored[start].progress
-        print(f"parent: restored the checkpoint at step {start}", flush=True)
+        _say(f"parent: restored the checkpoint at step {start}")
     run.log.retain(lambda r: r["phase"] == "parent" and r["step"] <= start)  # Children restart from spawn.
     logged = {r["step"] for r in run.log.read()}
     parents = {}
@@ -553,8 +571,12 @@ def _parents(run: _Run, parent_source: str | None) -> dict[int, ensemble_lib.Ens
 
 
 def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ensemble_lib.EnsembleState:
-    """The k children of every spawn time, stacked in spawn-step order, re-initialized as configured."""
+    """The k children of every spawn time, stacked in spawn-step order, re-initialized as configured, and
+    sharded over the members' mesh."""
     config = run.config
+    # Spawned on the host from the parents' values (one member each): the same on every process, then
+    # sharded over the members' mesh wherever the parent's mesh put them.
+    parents = {t: sharding_lib.host(parent) for t, parent in parents.items()}
     reinit = None
     if config.coupling.reinit_fraction > 0:
         shape = (1, *run.dataset.input_shape)
@@ -563,12 +585,29 @@ def _children(run: _Run, parents: dict[int, ensemble_lib.EnsembleState]) -> ense
         order = models.forward_order(run.model, run.dataset.input_shape)
         mask = reinit_lib.mask(one, order, config.coupling.reinit_fraction, config.coupling.reinit_side)
         reinit = spawn_lib.Reinit(mask=mask, init_params=init_params)
-    return coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
+    children = coupling_lib.spawn_groups(parents, run.plan, config.seed, run.tx, reinit)
+    return sharding_lib.put_members(children, run.phase_mesh(run.plan.num_members))
 
 
-def resolved_strategy(config: ml_collections.ConfigDict) -> str:
-    """config.ensemble.strategy with 'auto' resolved for the model on this backend."""
-    return ensemble_lib.resolve_strategy(config.ensemble.strategy, models.MODELS[config.model.name].convolutional)
+def resolved_strategy(config: ml_collections.ConfigDict, member_rows: int | None = None) -> str:
+    """config.ensemble.strategy with 'auto' resolved for the model on this backend and a members' mesh
+    with `member_rows` device rows (default: this run's, `members_mesh_shape`)."""
+    if member_rows is None:
+        member_rows = members_mesh_shape(config)[0]
+    convolutional = models.MODELS[config.model.name].convolutional
+    return ensemble_lib.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=member_rows)
+
+
+def members_mesh_shape(config: ml_collections.ConfigDict, use_config: bool = True) -> tuple[int, int]:
+    """The members' mesh (M, D) of a validated config on this machine's devices (config.mesh, or the
+    automatic shape when `use_config` is False).
+
+    Raises:
+      MeshError (a ConfigError): config.mesh does not fit the devices.
+    """
+    num_members = coupling_lib.plan(config, 1).num_members  # K does not depend on the steps per epoch.
+    member, data = (config.mesh.member, config.mesh.data) if use_config else (0, 0)
+    return sharding_lib.mesh_shape(num_members, config.train.batch_size, member, data)
 
 
 def make_train_chunk(config: ml_collections.ConfigDict, plan: coupling_lib.Plan, model, tx, **overrides):
@@ -609,8 +648,8 @@ class Restored(NamedTuple):
 
     @property
     def strategy(self) -> str:
-        """The member strategy the run trained with ('auto' resolved on this backend)."""
-        return resolved_strategy(self.config)
+        """The member strategy for the restored state ('auto' resolved on this backend and its mesh)."""
+        return resolved_strategy(self.config, member_rows=mesh_shape_of(self.state)[0])
 
 
 def restore(workdir: str) -> Restored:
@@ -628,10 +667,12 @@ def restore(workdir: str) -> Restored:
         raise config_lib.ConfigError(f"{workdir}: no run there (no config.json)")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    dataset = data_lib.load(config).to_device()
+    shape = members_mesh_shape(config, use_config=False)  # This machine's devices, whatever trained it.
+    mesh = sharding_lib.make_mesh(shape)
+    dataset = sharding_lib.put_replicated(data_lib.load(config), mesh)
     _, plan, model, tx = _build(config, dataset)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    restored = checkpointer.restore_latest(_state_template(model, tx, plan.num_members, dataset.input_shape))
+    restored = checkpointer.restore_latest(_state_template(model, tx, plan.num_members, dataset.input_shape, mesh))
     checkpointer.close()
     if restored is None:
         raise config_lib.ConfigError(f"{workdir}: no intact checkpoint of the members yet")
@@ -673,52 +714,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
       Diverged: see config.train.on_divergence.
     """
     config_lib.validate(config)
+    if config.mesh.distributed:
+        sharding_lib.initialize_distributed()
+    mesh_shape = members_mesh_shape(config)  # Before any data is loaded: the devices fit config.mesh.
     dataset = data_lib.load(config)
     extra_sets = data_lib.load_eval_sets(config)
     parent_source = _parent_dir_source(config)
+    primary = sharding_lib.is_primary()  # Only process 0 writes; every process trains its devices' share.
     if not overwrite and workdir_lib.check(workdir, config):  # Refuses another run's directory.
         finished = workdir_lib.read_summary(workdir)
         if finished is not None:  # Nothing to do, and nothing is written.
             logging.info("%s already holds a finished run; nothing to do.", workdir)
-            print(_report(finished), flush=True)
+            _say(_report(finished))
             return finished
-    os.makedirs(workdir, exist_ok=True)
-    with workdir_lib.Lock(workdir), preemption.stop_on_signals():
-        resuming = workdir_lib.claim(workdir, config, overwrite)
-        workdir_lib.write_status(workdir, "running")
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+    with _workdir_lock(workdir, primary), preemption.stop_on_signals():
+        resuming = workdir_lib.claim(workdir, config, overwrite) if primary else True
+        if primary:
+            workdir_lib.write_status(workdir, "running")
+        _sync("jaxens: workdir claimed")  # The others read the workdir once process 0 has claimed it.
+        status = functools.partial(workdir_lib.write_status, workdir) if primary else (lambda *args: None)
         try:
-            summary = _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming)
+            summary = _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming, mesh_shape)
         except preemption.Preempted as e:
-            workdir_lib.write_status(workdir, "preempted", e.step, str(e))
+            status("preempted", e.step, str(e))
             raise
         except Diverged as e:
-            workdir_lib.write_status(workdir, "diverged", None, str(e))
+            status("diverged", None, str(e))
             raise
         except BaseException as e:
-            workdir_lib.write_status(workdir, "failed", None, f"{type(e).__name__}: {e}")
+            status("failed", None, f"{type(e).__name__}: {e}")
             raise
-        workdir_lib.write_status(workdir, "finished", summary["steps"])
-    print(_report(summary), flush=True)
+        status("finished", summary["steps"])
+    _say(_report(summary))
     return summary
 
 
-def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming) -> dict:
+def _workdir_lock(workdir: str, primary: bool):
+    """The workdir's lock, held by the writing process (a no-op context for the others)."""
+    return workdir_lib.Lock(workdir) if primary else contextlib.nullcontext()
+
+
+def _sync(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing on one host)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming, mesh_shape) -> dict:
     started = time.time()
-    dataset = dataset.to_device()
+    members_mesh = sharding_lib.make_mesh(mesh_shape)
+    # Replicated on every device; each process transfers only to its own devices.
+    dataset = sharding_lib.put_replicated(dataset, members_mesh)
     spe, plan, model, tx = _build(config, dataset)
+    strategy = resolved_strategy(config, member_rows=mesh_shape[0])
     run = _Run(
         config=config,
         workdir=workdir,
         plan=plan,
         dataset=dataset,
-        eval_sets=jax.device_put(evaluation_sets(dataset, extra_sets)),
+        eval_sets=sharding_lib.put_replicated(evaluation_sets(dataset, extra_sets), members_mesh),
         spe=spe,
         model=model,
         tx=tx,
-        train_chunk=make_train_chunk(config, plan, model, tx),
-        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, resolved_strategy(config)),
-        log=workdir_lib.MetricsLog(workdir),
+        train_chunk=make_train_chunk(config, plan, model, tx, strategy=strategy),
+        predictor=ensemble_lib.Predictor(model, config.eval.batch_size, strategy),
+        log=workdir_lib.MetricsLog(workdir, writes=sharding_lib.is_primary()),
         board=tensorboard_log.Board(workdir, workdir_lib.config_to_dict(config)),
+        mesh_shape=mesh_shape,
     )
     try:
         return _run_phases(run, parent_source, resuming, started)
@@ -737,12 +801,13 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
         state, tick, resume_progress = latest.state, latest.step, latest.progress
         run.log.retain(lambda r: r["phase"] == "parent" or r["step"] - (r["t"] or 0) <= tick)
         logging.info("Resuming from the checkpoint at tick %d.", tick)
-        print(f"resuming {workdir} from step {tick} of the members' phase", flush=True)
+        _say(f"resuming {workdir} from step {tick} of the members' phase")
     elif plan.spawning:
         state = _children(run, _parents(run, parent_source))
         faults.kill_point("spawn")  # Tests: SIGKILL right after the spawn.
     else:
         state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+        state = sharding_lib.put_members(state, run.phase_mesh(plan.num_members))
         run.log.retain(lambda r: False)
 
     groups = list(zip(plan.group_spawn_steps(), plan.group_lams()))  # (t, λ) of each group.
@@ -762,7 +827,7 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
     final = {}
 
     def evaluate_groups(state):
-        diverged = np.asarray(jax.device_get(state.diverged))
+        diverged = np.asarray(sharding_lib.host(state.diverged))
         return evaluate(run.predictor, state, dataset, run.eval_sets, config.ensemble.method, len(groups), diverged)
 
     def on_pause(state, tick, train):
@@ -779,10 +844,10 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
             test = evals[0]["test"]
             logging.info("tick %d: first group's ensemble test error %.4f", tick, test["ensemble_error"])
         if tick in snapshots_at:
-            trajectory_lib.save(workdir, tick, state.params, state.batch_stats, config.trajectory.keep_last)
+            _snapshot(workdir, tick, state, config.trajectory.keep_last)
 
     if snapshots_at and tick == 0:  # The trajectory starts at initialization (or at the spawn).
-        trajectory_lib.save(workdir, 0, state.params, state.batch_stats, config.trajectory.keep_last)
+        _snapshot(workdir, 0, state, config.trajectory.keep_last)
     lr_scales = None
     if config.optimizer.member_lr_scale:
         lr_scales = np.tile(np.asarray(config.optimizer.member_lr_scale, np.float32), plan.num_groups)
@@ -801,7 +866,7 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
     if not final:  # Resumed from the final checkpoint of a run killed before its summary.
         final = dict(enumerate(evaluate_groups(state)))
 
-    diverged = np.asarray(jax.device_get(state.diverged))
+    diverged = np.asarray(sharding_lib.host(state.diverged))
     summary_groups = []
     records = run.log.read()
     for g, (t, lam) in enumerate(groups):
@@ -834,9 +899,24 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
         "groups": summary_groups,
         "wall_time_s": time.time() - started,
         "backend": jax.default_backend(),
+        "mesh": {"member": mesh_shape_of(state)[0], "data": mesh_shape_of(state)[1], "processes": jax.process_count()},
     }
     if len(summary_groups) == 1:  # The common case, at the top level too.
         summary["test"], summary["eval"] = summary_groups[0]["test"], summary_groups[0]["eval"]
         summary["diverged"] = summary_groups[0]["diverged"]
-    workdir_lib.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    if sharding_lib.is_primary():
+        workdir_lib.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+def _snapshot(workdir: str, tick: int, state: ensemble_lib.EnsembleState, keep_last: int) -> None:
+    """A trajectory snapshot of the members' weights (gathered from every process, written by process 0)."""
+    params, batch_stats = sharding_lib.host((state.params, state.batch_stats))
+    if sharding_lib.is_primary():
+        trajectory_lib.save(workdir, tick, params, batch_stats, keep_last)
+
+
+def mesh_shape_of(state: ensemble_lib.EnsembleState) -> tuple[int, int]:
+    """(M, D) of the mesh the members' state lives on."""
+    shape = ensemble_lib.placement_mesh(state).shape
+    return shape[sharding_lib.MEMBER], shape[sharding_lib.DATA]

@@ -98,8 +98,17 @@ def read_summary(workdir: str) -> dict | None:
         return json.load(f)
 
 
+# Config groups that only say where a run executes, not what it computes: a run resumes under other values.
+PLACEMENT_GROUPS = ("mesh",)
+
+
+def _run_fields(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in PLACEMENT_GROUPS}
+
+
 def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether `workdir` holds this run (True) or no run (False); reads only.
+    """Whether `workdir` holds this run (True) or no run (False); reads only. The `PLACEMENT_GROUPS`
+    (config.mesh) may differ: the same run on other devices.
 
     Raises:
       ConfigError: the directory holds a run with a different config.
@@ -110,6 +119,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
     with open(path) as f:
         old = json.load(f)
     new = config_to_dict(config)
+    old, new = _run_fields(old), _run_fields(new)
     if old != new:
         raise ConfigError(
             f"--workdir={workdir} holds another run (its config.json differs: "
@@ -154,16 +164,24 @@ class MetricsLog:
     parent of a spawning condition, before it spawns) or 'members' (the ensemble members, or the children);
     `t` is the spawn step of the member's group (None without a parent); `member` indexes the member in its
     group (None for scope 'ensemble'); `step`/`epoch` are the member's own.
+
+    `writes=False` (the other processes of a multi-host run): the file is read once, here, and from then
+    on the records are kept in memory, so the process sees what the writing process writes and touches
+    nothing.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, writes: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._memory: list[dict] | None = None if writes else self._read_file()
 
     def retain(self, keep) -> None:
         """Keeps only the records for which `keep(record)` is true (rewritten atomically).
 
         A resumed run drops what was logged after the checkpoint it resumes from.
         """
+        if self._memory is not None:
+            self._memory = [r for r in self._memory if keep(r)]
+            return
         if not os.path.exists(self.path):
             return
         kept = [json.dumps(r, sort_keys=True) + "\n" for r in self.read() if keep(r)]
@@ -177,6 +195,9 @@ class MetricsLog:
     def write(self, records: list[dict]) -> None:
         """Appends the records in one write (a process killed mid-write leaves at most one cut line, which
         `read` skips and the next `retain` drops)."""
+        if self._memory is not None:
+            self._memory.extend(json.loads(json.dumps(r)) for r in records)  # As a reread would see them.
+            return
         with open(self.path, "a") as f:
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
             f.flush()
@@ -184,6 +205,9 @@ class MetricsLog:
 
     def read(self) -> list[dict]:
         """All complete records (a line cut short by a killed process is skipped)."""
+        return self._read_file() if self._memory is None else list(self._memory)
+
+    def _read_file(self) -> list[dict]:
         if not os.path.exists(self.path):
             return []
         records = []
