@@ -98,8 +98,9 @@ def phase_shape(shape: tuple[int, int], k: int, batch_size: int) -> tuple[int, i
 
 
 def make_mesh(shape: tuple[int, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('member', 'data') mesh of shape (M, D) over the first M·D devices (all hosts' devices by default;
-    on TPU, `jax.make_mesh` orders them by the physical topology when it uses them all)."""
+    """A ('member', 'data') mesh of shape (M, D) over M·D devices (all hosts' devices by default; on TPU,
+    `jax.make_mesh` orders them by the physical topology when it uses them all). A smaller mesh takes the
+    first devices, as many from each process."""
     devices = list(jax.devices() if devices is None else devices)
     m, d = shape
     auto = (jax.sharding.AxisType.Auto,) * 2
@@ -108,7 +109,22 @@ def make_mesh(shape: tuple[int, int], devices: Sequence[jax.Device] | None = Non
             return jax.make_mesh((m, d), (MEMBER, DATA), axis_types=auto, devices=devices)
         except (ValueError, NotImplementedError):  # Topologies make_mesh cannot lay out: the plain order.
             pass
-    return Mesh(np.asarray(devices[: m * d]).reshape(m, d), (MEMBER, DATA), axis_types=auto)
+    return Mesh(np.asarray(_spread(devices, m * d)).reshape(m, d), (MEMBER, DATA), axis_types=auto)
+
+
+def _spread(devices: list, n: int) -> list:
+    """n of `devices`, the same number from every process (each process must take part in every
+    computation of a multi-host run)."""
+    processes = sorted({dev.process_index for dev in devices})
+    if len(processes) == 1:
+        return devices[:n]
+    if n % len(processes):
+        raise MeshError(
+            f"a mesh of {n} device(s) cannot give each of the {len(processes)} processes the same share: choose "
+            "config.mesh and config.train.batch_size so that every phase's mesh uses a multiple of the process count"
+        )
+    per = n // len(processes)
+    return [dev for p in processes for dev in [x for x in devices if x.process_index == p][:per]]
 
 
 def single_device_mesh(device: jax.Device | None = None) -> Mesh:
@@ -135,18 +151,20 @@ def mesh_of(tree) -> Mesh | None:
 def put(tree, sharding: NamedSharding):
     """`tree` placed with `sharding` (no copy for arrays already there).
 
-    NumPy arrays (the same on every process) go through `jax.make_array_from_callback`, so each process
-    transfers only the shards its own devices hold; JAX arrays are resharded with `jax.device_put`.
+    On a mesh spanning several processes, host values (NumPy arrays, or arrays on one local device: the
+    same on every process) go through `jax.make_array_from_callback`, so each process transfers only the
+    shards its own devices hold. Everything else is an explicit `jax.device_put`.
     """
 
     def one(x):
         if isinstance(x, jax.Array):
             if x.sharding == sharding:
                 return x
-            if not x.is_fully_addressable or sharding.is_fully_addressable:
+            if sharding.is_fully_addressable or x.sharding.device_set == sharding.device_set:
                 return jax.device_put(x, sharding)
-            x = np.asarray(x)  # A process-local value (the same in every process) going onto a global mesh.
-        x = np.asarray(x)
+            # Across processes JAX reshards only within one device set: by way of the host otherwise.
+            x = host(x)
+        x = np.asarray(x)  # A host value (the same in every process) going onto a mesh of several.
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(one, tree)

@@ -150,12 +150,13 @@ def test_training_steps_make_no_host_transfers(digits, step_loop):
     np.testing.assert_array_equal(state.step, [12, 15, 15])
     assert np.all(np.asarray(sums["loss"]) > 0)
 
+    mesh = ensemble_lib.placement_mesh(state)
     jitted, args = (
         (chunk._chunk, (state, orders, ds, np.int32(1), None, None))
         if step_loop == "device"
         else (chunk._step, (state, sums, orders, ds, None, None))
     )
-    hlo = jitted.lower(*args).compile().as_text()
+    hlo = jitted.lower(*args, mesh=mesh).compile().as_text()
     assert "gather" in hlo
     for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):
         assert host_op not in hlo, host_op
