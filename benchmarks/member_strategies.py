@@ -10,8 +10,8 @@ call (compilation excluded); all variants of one (model, K) are timed in the sam
 Prints member-images/s (K·B / step time) and `vs sequential` = K · (one member's step time) / (the
 K-member step time): above 1, one K-member step beats running K single-member steps one after another.
 
-`shard_map/<within>` shards the members over a 'member' mesh of the devices (`jaxens.ensemble.member_mesh`),
-each device running its share with `within`. On CPU, `--cpu-devices=N` splits the host into N XLA devices
+`shard_map/<within>` shards the members over the 'member' axis of a mesh of the devices
+(`jaxens.sharding.mesh_shape` with data = 1), each device running its share with `within`. On CPU, `--cpu-devices=N` splits the host into N XLA devices
 (`jax_num_cpu_devices`) so that it has devices to shard over; the other strategies still run on device 0.
 
 Models (float32, SGD with momentum 0.9, batch 128 per member, each member its own minibatch):
@@ -38,7 +38,7 @@ import numpy as np
 from jaxens import config as config_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim
+from jaxens import models, optim, sharding
 from jaxens import rng as rng_lib
 
 BATCH = 128
@@ -79,6 +79,9 @@ class _Variant:
 
     def __init__(self, model, tx, dataset, k: int, strategy: str, step_loop: str):
         self.state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, k), dataset.input_shape)
+        if ensemble_lib.is_sharded(strategy):  # The members over a ('member', 'data') mesh of every device.
+            mesh = sharding.make_mesh(sharding.mesh_shape(k, BATCH, data=1))
+            self.state, dataset = sharding.put_members(self.state, mesh), sharding.put_replicated(dataset, mesh)
         self.orders = data_lib.epoch_orders(self.state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)
         self.chunk = ensemble_lib.TrainChunk(model, tx, BATCH, strategy, step_loop)
         self.dataset = dataset

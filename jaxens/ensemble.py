@@ -94,6 +94,11 @@ class _Replicas:
         return placed
 
 
+def is_sharded(strategy: str) -> bool:
+    """Whether `strategy` (resolved) runs the members under `jax.shard_map` over the mesh's 'member' axis."""
+    return strategy.startswith("shard_map/")
+
+
 def placement_mesh(state: EnsembleState) -> jax.sharding.Mesh:
     """The mesh a call runs the members on: the one their state is sharded over, or a one-device mesh on
     the device it lives on (a fresh or host-made state)."""
@@ -122,7 +127,7 @@ def map_members(
       A function of the stacked arguments returning the stacked results (leading axis K).
     """
     in_axes = tuple(in_axes)
-    if strategy.startswith("shard_map/"):
+    if is_sharded(strategy):
         if mesh is None:
             raise ValueError(f"strategy={strategy!r} needs the mesh to shard the members over")
         within = map_members(fn, strategy.removeprefix("shard_map/"), in_axes)
