@@ -157,10 +157,12 @@ def put(tree, sharding: NamedSharding):
     """
 
     def one(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if sharding.is_fully_addressable:  # This process holds every device of the mesh.
+            return jax.device_put(x, sharding)
         if isinstance(x, jax.Array):
-            if x.sharding == sharding:
-                return x
-            if sharding.is_fully_addressable or x.sharding.device_set == sharding.device_set:
+            if x.sharding.device_set == sharding.device_set:
                 return jax.device_put(x, sharding)
             # Across processes JAX reshards only within one device set: by way of the host otherwise.
             x = host(x)
