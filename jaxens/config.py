@@ -162,6 +162,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # Multi-host (a Cloud TPU pod slice, several GPU hosts): start JAX's distributed runtime first, in every
     # process (see the README). Each process then runs its devices' share; process 0 writes the results.
     c.mesh.distributed = False
+    # Split the training set's examples over all devices instead of a copy on each (for training sets too
+    # large for one device's memory; each process then places only its devices' rows). Batches are gathered
+    # across devices: an all-reduce of the K·B drawn examples per step. The examples must divide evenly.
+    c.mesh.shard_train = False
 
     c.lock()
     return c

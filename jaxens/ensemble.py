@@ -89,7 +89,7 @@ class _Replicas:
         for source, source_mesh, placed in self._recent:
             if source is tree and source_mesh == mesh:
                 return placed
-        placed = sharding_lib.put_replicated(tree, mesh)
+        placed = sharding_lib.put_shared(tree, mesh)
         self._recent = [*self._recent[-3:], (tree, mesh, placed)]  # A few recent ones (train, eval sets).
         return placed
 

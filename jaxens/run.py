@@ -717,6 +717,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
     if config.mesh.distributed:
         sharding_lib.initialize_distributed()
     mesh_shape = members_mesh_shape(config)  # Before any data is loaded: the devices fit config.mesh.
+    if config.mesh.shard_train:
+        _check_split_train(config, mesh_shape)
     dataset = data_lib.load(config)
     extra_sets = data_lib.load_eval_sets(config)
     parent_source = _parent_dir_source(config)
@@ -751,6 +753,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
     return summary
 
 
+def _check_split_train(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int]) -> None:
+    """config.mesh.shard_train needs the training examples to divide evenly over the mesh's devices."""
+    info = data_lib.dataset_info(config.dataset, config.data)
+    assert info is not None  # A validated config names a registered dataset.
+    num_train, devices = info.num_train - config.data.val_size, mesh_shape[0] * mesh_shape[1]
+    if num_train % devices:
+        raise config_lib.ConfigError(
+            f"config.mesh.shard_train=True: the {num_train} training examples do not divide over the mesh's "
+            f"{devices} devices (member={mesh_shape[0]} × data={mesh_shape[1]}); hold out "
+            f"config.data.val_size={config.data.val_size + num_train % devices} (or another mesh), or set "
+            "config.mesh.shard_train=False"
+        )
+
+
 def _workdir_lock(workdir: str, primary: bool):
     """The workdir's lock, held by the writing process (a no-op context for the others)."""
     return workdir_lib.Lock(workdir) if primary else contextlib.nullcontext()
@@ -765,8 +781,9 @@ def _sync(name: str) -> None:
 def _train_and_evaluate(config, workdir, dataset, extra_sets, parent_source, resuming, mesh_shape) -> dict:
     started = time.time()
     members_mesh = sharding_lib.make_mesh(mesh_shape)
-    # Replicated on every device; each process transfers only to its own devices.
-    dataset = sharding_lib.put_replicated(dataset, members_mesh)
+    # Replicated on every device (or the training split divided over them); each process transfers only to
+    # its own devices.
+    dataset = sharding_lib.put_dataset(dataset, members_mesh, split_train=config.mesh.shard_train)
     spe, plan, model, tx = _build(config, dataset)
     strategy = resolved_strategy(config, member_rows=mesh_shape[0])
     run = _Run(

@@ -182,6 +182,34 @@ def put_replicated(tree, mesh: Mesh):
     return put(tree, replicated(mesh))
 
 
+def put_shared(tree, mesh: Mesh):
+    """Arrays all members read (the dataset, evaluation inputs) onto `mesh`, keeping their layout: a
+    replicated array stays replicated, a training set split over the devices (`put_dataset`) is split
+    over this mesh's devices."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding):
+            return x if x.sharding.mesh == mesh else put(x, NamedSharding(mesh, x.sharding.spec))
+        return put(x, replicated(mesh))
+
+    return jax.tree.map(one, tree)
+
+
+SPLIT_EXAMPLES = PartitionSpec((MEMBER, DATA))  # Axis 0 (the examples) over every device of the mesh.
+
+
+def put_dataset(dataset, mesh: Mesh, split_train: bool = False):
+    """A `jaxens.data.Dataset` onto `mesh`: every array replicated or, with `split_train`
+    (config.mesh.shard_train), the training split's examples divided over all devices of the mesh, so that
+    each device holds N/(M·D) of them and each process places only its devices' rows. Batches are then
+    gathered across devices: per step an all-reduce of the K·B examples the members draw."""
+    placed = put_replicated(dataset, mesh)
+    if not split_train:
+        return placed
+    split = NamedSharding(mesh, SPLIT_EXAMPLES)
+    return placed.replace(train_x=put(dataset.train_x, split), train_y=put(dataset.train_y, split))
+
+
 def abstract_members(tree, mesh: Mesh):
     """`jax.ShapeDtypeStruct`s of `tree` sharded on 'member' of `mesh` (Orbax restores into them, onto any
     device count: a checkpoint saved on 8 devices restores onto 1 and the other way round)."""

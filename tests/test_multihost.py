@@ -39,24 +39,19 @@ def _env(**extra) -> dict:
     return env
 
 
-@pytest.mark.parametrize("condition", ["no_coupling", "coupled_to_t"])
-def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, condition):
-    """coupled_to_t adds a one-member parent, on a (1, 2) mesh: one device of each process."""
-    workdir = tmp_path / "pod"
+def _on_two_processes(command: list[str], **extra_env) -> tuple[list, list]:
+    """Runs `command` as processes 0 and 1 of one distributed run, 4 host devices each."""
     port = _free_port()
-    overrides = [*OVERRIDES, f"--config.coupling.condition={condition}"]
-    if condition == "coupled_to_t":
-        overrides.append("--config.coupling.t=('4it',)")
-    command = [sys.executable, "-m", "jaxens.train", *overrides, f"--workdir={workdir}"]
     procs = [
         subprocess.Popen(
-            [*command, "--config.mesh.distributed=True"],
+            command,
             cwd=REPO,
             env=_env(
                 XLA_FLAGS="--xla_force_host_platform_device_count=4",
                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                 JAX_NUM_PROCESSES="2",
                 JAX_PROCESS_ID=str(i),
+                **extra_env,
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -71,6 +66,32 @@ def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, conditi
     finally:
         for p in procs:
             p.kill()
+    return procs, outputs
+
+
+def _single(command: list[str], workdir) -> dict:
+    """`command` in one process on one device, into `workdir`; its summary."""
+    proc = subprocess.run(
+        [*command, f"--workdir={workdir}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def _assert_same_test_metrics(summary: dict, reference: dict) -> None:
+    for key in ("member_error", "member_nll", "ensemble_error", "ensemble_nll", "ensemble_sym_kl"):
+        np.testing.assert_allclose(summary["test"][key], reference["test"][key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("condition", ["no_coupling", "coupled_to_t"])
+def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, condition):
+    """coupled_to_t adds a one-member parent, on a (1, 2) mesh: one device of each process."""
+    workdir = tmp_path / "pod"
+    overrides = [*OVERRIDES, f"--config.coupling.condition={condition}"]
+    if condition == "coupled_to_t":
+        overrides.append("--config.coupling.t=('4it',)")
+    command = [sys.executable, "-m", "jaxens.train", *overrides, f"--workdir={workdir}"]
+    procs, outputs = _on_two_processes([*command, "--config.mesh.distributed=True"])
     for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i}:\n{out[-3000:]}\n{err[-6000:]}"
     assert "ensemble (mean_prob)" in outputs[0][0] and "ensemble (mean_prob)" not in outputs[1][0]  # One report.
@@ -87,11 +108,22 @@ def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, conditi
     )
 
     # The same run in one process on one device.
-    single = tmp_path / "single"
-    one = subprocess.run(
-        [*command[:-1], f"--workdir={single}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    _assert_same_test_metrics(summary, _single(command[:-1], tmp_path / "single"))
+
+
+def test_a_run_killed_on_two_processes_resumes_on_one_device(tmp_path):
+    """SIGKILL right after the spawn (of both processes, as a lost slice); the parent checkpoints they
+    saved together restore onto one device, and the resumed run ends as an uninterrupted one."""
+    workdir = tmp_path / "pod"
+    overrides = [*OVERRIDES, "--config.coupling.condition=coupled_to_t", "--config.coupling.t=('4it',)"]
+    command = [sys.executable, "-m", "jaxens.train", *overrides]
+    procs, outputs = _on_two_processes(
+        [*command, f"--workdir={workdir}", "--config.mesh.distributed=True"], JAXENS_KILL_AT="spawn"
     )
-    assert one.returncode == 0, one.stderr[-5000:]
-    reference = json.loads((single / "summary.json").read_text())
-    for key in ("member_error", "member_nll", "ensemble_error", "ensemble_nll", "ensemble_sym_kl"):
-        np.testing.assert_allclose(summary["test"][key], reference["test"][key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Process 0 is killed; process 1 is killed too, or aborted by JAX once it lost the coordinator.
+    codes = [p.returncode for p in procs]
+    assert codes[0] == -9 and codes[1] in (-9, -6), (codes, [err[-3000:] for _, err in outputs])
+    assert os.listdir(workdir / "parent") == ["4"] and not (workdir / "summary.json").exists()
+    resumed = _single(command, workdir)  # Same run on another mesh: config.mesh is placement only.
+    assert resumed["mesh"] == {"member": 1, "data": 1, "processes": 1}
+    _assert_same_test_metrics(resumed, _single(command, tmp_path / "single"))

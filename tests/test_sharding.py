@@ -35,10 +35,12 @@ PRELUDE = textwrap.dedent(
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol, err_msg=what)
 
-    def setup(config, shape, strategy):
+    def setup(config, shape, strategy, split_train=False):
         # The run's own pieces: data, plan, model, optimizer and TrainChunk, the state placed on `shape`.
         mesh = sharding.make_mesh(shape)
-        dataset = sharding.put_replicated(data_lib.load(config), mesh)
+        dataset = sharding.put_dataset(data_lib.load(config), mesh, split_train)
+        if split_train:  # 4000 examples, 500 on each device.
+            assert {s.data.shape[0] for s in dataset.train_x.addressable_shards} == {4000 // (shape[0] * shape[1])}
         spe, plan, model, tx = run._build(config, dataset)
         state = E.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
         state = sharding.put_members(state, mesh)
@@ -53,8 +55,8 @@ TRAIN = PRELUDE + textwrap.dedent(
     """
     out = sys.argv[1]
 
-    def train(config, shape, strategy, steps=4):
-        mesh, dataset, model, state, orders, chunk = setup(config, shape, strategy)
+    def train(config, shape, strategy, steps=4, split_train=False):
+        mesh, dataset, model, state, orders, chunk = setup(config, shape, strategy, split_train)
         for _ in range(2):  # The second call reuses the compiled step and the placed dataset.
             state, sums = chunk(state, orders, dataset, steps)
         assert chunk.trace_count == 1, chunk.trace_count
@@ -83,6 +85,8 @@ TRAIN = PRELUDE + textwrap.dedent(
             close(reference, train(config, shape, strategy), f"{name} on {shape}")
             if shape[0] > 1 and within == "vmap":  # GSPMD's own partitioning of the vmapped members.
                 close(reference, train(config, shape, "vmap"), f"{name} on {shape}, plain vmap")
+        # The training set split over the 8 devices (config.mesh.shard_train): batches gathered across them.
+        close(reference, train(config, (4, 2), run.resolved_strategy(config, 4), split_train=True), f"{name}, split")
         print("ok", name, flush=True)
 
     # Whole runs (a spawning condition: a one-member parent, then two groups of children; checkpoints,
@@ -90,8 +94,8 @@ TRAIN = PRELUDE + textwrap.dedent(
     base = {"ensemble.k": 2, "coupling.condition": "coupled_to_t", "coupling.t": ("4it", "1ep"),
              "train.checkpoint_every": "1ep"}
     summaries = {}
-    for name, (m, d) in (("one", (1, 1)), ("mesh", (4, 2))):
-        config = small_config(**base, **{"mesh.member": m, "mesh.data": d})
+    for name, (m, d) in (("one", (1, 1)), ("mesh", (4, 2))):  # The (4, 2) run splits the training set.
+        config = small_config(**base, **{"mesh.member": m, "mesh.data": d, "mesh.shard_train": name == "mesh"})
         summaries[name] = run.train_and_evaluate(config, os.path.join(out, name))
         assert summaries[name]["mesh"] == {"member": m, "data": d, "processes": 1}, summaries[name]["mesh"]
     for a, b in zip(summaries["one"]["groups"], summaries["mesh"]["groups"], strict=True):
@@ -214,6 +218,11 @@ def test_config_mesh_fields_are_validated_and_do_not_make_another_run(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"config.mesh.member=2 × config.mesh.data=1 needs 2 devices"):
         run.train_and_evaluate(small_config(**{"ensemble.k": 4, "mesh.member": 2, "mesh.data": 1}), str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()  # Refused before anything was written.
+    with pytest.raises(config_lib.ConfigError, match=r"the 3999 training examples do not divide over the mesh's 8"):
+        # (On a (4, 2) mesh: this process has one device.) 3999 = 8·499 + 7: hold out 7 more.
+        run._check_split_train(small_config(**{"mesh.shard_train": True, "data.val_size": 1}), (4, 2))
+    with pytest.raises(config_lib.ConfigError, match=r"hold out config.data.val_size=8"):
+        run._check_split_train(small_config(**{"mesh.shard_train": True, "data.val_size": 1}), (4, 2))
     from jaxens import workdir
 
     config = small_config()
