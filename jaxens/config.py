@@ -218,6 +218,35 @@ def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config() if arg is None else module.get_config(arg)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """`config` with each 'group.field=value' applied in place, as `--config.group.field=value` would
+    (value parsed as a Python literal, else taken as a string): for experiment scripts' `--set` flags.
+
+    Raises:
+      ConfigError: an item is not field=value, or names no field (the message lists the unknown ones).
+    """
+    import ast
+
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item!r}: expected group.field=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        node = config
+        *groups, field = path.split(".")
+        try:
+            for g in groups:
+                node = node[g]
+            node[field] = value
+        except (KeyError, AttributeError, TypeError) as e:
+            problems = unknown_fields([f"config.{path}"]) or [f"{item!r}: {e}"]
+            raise ConfigError("; ".join(problems)) from None
+    return config
+
+
 def unknown_fields(paths: list[str]) -> list[str]:
     """Messages for dotted paths like 'config.ensemble.kk' that name no field of the schema."""
     schema = get_default_config()

@@ -1,0 +1,103 @@
+"""The Zamparo et al. figure scripts end to end on a tiny setting (real MNIST-1D runs, real subprocesses)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = [
+    "--times=0ep,1ep",
+    "--seeds=0",
+    "--set=model.widths=(16,)",
+    "--set=ensemble.k=2",
+    "--set=train.num_epochs=2",
+    "--set=train.batch_size=500",
+    "--set=eval.every_epochs=1",
+    "--set=train.checkpoint_every=1ep",
+]
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CI="true")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", name), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_path):
+    out = tmp_path / "coupling"
+    first = _script("zamparo_coupling.py", f"--out={out}", *TINY)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "3 runs (3 trained now, 0 finished before)" in first.stdout
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
+    # Two spawn times under both spawning conditions, one group without coupling; five metrics each.
+    groups = {(r["condition"], r["t_label"]) for r in rows}
+    assert groups == {
+        ("coupled_to_t", "0ep"),
+        ("coupled_to_t", "1ep"),
+        ("coupled_to_t_reset", "0ep"),
+        ("coupled_to_t_reset", "1ep"),
+        ("no_coupling", ""),
+    }
+    assert len(rows) == 5 * 5
+    assert all(0 <= float(r["value"]) for r in rows)
+    # t = 0: a child of the untrained parent under coupled_to_t is the same as under the reset condition.
+    at0 = {r["condition"]: float(r["value"]) for r in rows if r["t_label"] == "0ep" and r["metric"] == "ensemble_error"}
+    assert at0["coupled_to_t"] == at0["coupled_to_t_reset"]
+    png = (out / "coupling.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    reset_config = json.loads((out / "runs" / "s0_coupled_to_t_reset" / "config.json").read_text())
+    assert reset_config["coupling"]["parent_dir"] == str(out / "runs" / "s0_coupled_to_t")  # One parent per seed.
+    assert (out / "runs" / "s0_coupled_to_t" / "tensorboard").is_dir()
+
+    table = (out / "results.csv").read_bytes()
+    os.unlink(out / "coupling.png")
+    again = _script("zamparo_coupling.py", f"--out={out}", *TINY)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "3 runs (0 trained now, 3 finished before)" in again.stdout
+    assert (out / "results.csv").read_bytes() == table  # Rebuilt from the stored summaries.
+    assert (out / "coupling.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((out / "results.json").read_text())["settings"]["seeds"] == [0]
+
+
+def test_coupling_sweep_refuses_a_bad_override_before_any_run(tmp_path):
+    bad = _script("zamparo_coupling.py", f"--out={tmp_path / 'x'}", "--set=ensemble.kk=2")
+    assert bad.returncode == 2 and "ensemble.kk" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_reinit_sweep_writes_table_barriers_and_figure(tmp_path):
+    out = tmp_path / "reinit"
+    args = [f"--out={out}", "--time=1ep", "--fractions=0,0.3", *[a for a in TINY if not a.startswith("--times")]]
+    first = _script("zamparo_reinit.py", *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "4 runs (4 trained now, 0 finished before)" in first.stdout
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == ("seed", "side", "fraction", "metric", "value")
+    points = {(r["side"], float(r["fraction"])) for r in rows}
+    assert points == {("none", 0.0), ("low", 0.3), ("high", 0.3), ("no_coupling", 0.0)}
+    barriers = {r["side"]: float(r["value"]) for r in rows if r["metric"] == "error_barrier"}
+    assert set(barriers) == {"none", "low", "high"} and all(b >= 0 for b in barriers.values())
+    # The re-initialized runs spawned from the f = 0 run's parent; each child re-drew 30% of the parameters.
+    low = json.loads((out / "runs" / "s0_low0.3" / "config.json").read_text())["coupling"]
+    assert low["parent_dir"] == str(out / "runs" / "s0_f0") and low["reinit_side"] == "low"
+    assert (out / "reinit.png").read_bytes().startswith(b"\x89PNG")
+
+    table = (out / "results.csv").read_bytes()
+    again = _script("zamparo_reinit.py", *args)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "4 runs (0 trained now, 4 finished before)" in again.stdout
+    assert (out / "results.csv").read_bytes() == table
