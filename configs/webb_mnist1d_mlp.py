@@ -1,0 +1,42 @@
+"""A CPU-sized version of Webb et al.'s Table 2: MLP ensembles of M modules × H hidden units on MNIST-1D,
+M·H = 256 hidden units in every architecture, each module trained with the modular loss at several λ.
+
+Command (the config string picks the architecture, M×H):
+  python -m jaxens.train --config=configs/webb_mnist1d_mlp.py:64x4 --workdir=runs/webb_mnist1d_64x4
+  python experiments/webb_lambda.py --out=results/webb_lambda    # every architecture, three seeds
+Recipe as configs/webb_fmnist_mlp.py (SGD with momentum 0.9 at a constant learning rate, batch 100, the
+test error at the epoch of lowest validation error, mean-of-logits ensemble), on MNIST-1D's 4,000 training
+examples with 500 held out for early stopping, 40 epochs. A single network (1x256) trains without the
+modular loss.
+Expected run time on 2 CPU cores: about 15-40 s per architecture.
+"""
+
+from jaxens import config as jaxens_config
+
+ARCHITECTURES = {"1x256": (1, 256), "4x64": (4, 64), "16x16": (16, 16), "64x4": (64, 4)}
+
+
+def get_config(architecture: str = "16x16"):
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"config string {architecture!r}: allowed: {', '.join(ARCHITECTURES)}")
+    modules, hidden = ARCHITECTURES[architecture]
+    config = jaxens_config.get_default_config()
+    config.dataset = "mnist1d"
+    config.data.val_size = 500
+    config.model.name = "mlp"
+    config.model.widths = (hidden,)
+    config.ensemble.k = modules
+    config.ensemble.method = "mean_logit"
+    if modules > 1:
+        config.coupling.condition = "coupled_order"
+        config.loss.lam = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.schedule = "constant"
+    config.train.batch_size = 100
+    config.train.num_epochs = 40
+    config.train.steps_per_call = 100
+    config.train.checkpoint_every = "10ep"
+    config.eval.every_epochs = 1
+    return config

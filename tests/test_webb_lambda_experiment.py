@@ -1,0 +1,48 @@
+"""experiments/webb_lambda.py end to end on a tiny setting (real MNIST-1D runs, a real subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+ARGS = ["--architectures=1x256,4x64", "--seeds=0", "--set=train.num_epochs=2", "--set=train.checkpoint_every=1ep"]
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "webb_lambda.py"), *args],
+        cwd=REPO,
+        env=dict(os.environ, CI="true"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_path):
+    out = tmp_path / "webb"
+    first = _script(f"--out={out}", *ARGS)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "2 runs (2 trained now, 0 finished before)" in first.stdout
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == ("architecture", "modules", "hidden", "seed", "lam", "metric", "value")
+    lams = {float(r["lam"]) for r in rows if r["architecture"] == "4x64"}
+    assert lams == {0.0, 0.5, 0.9, 0.95, 0.99, 1.0}  # configs/webb_mnist1d_mlp.py's λ grid, one group each.
+    single = [r for r in rows if r["architecture"] == "1x256"]
+    assert {r["lam"] for r in single} == {""} and {r["modules"] for r in single} == {"1"}
+    metrics = {r["metric"] for r in rows}
+    assert metrics == {"test_error_at_best_val", "ensemble_error", "mean_member_error", "ensemble_nll"}
+    table = (out / "table2.md").read_text()
+    assert table.splitlines()[0].startswith("| architecture | λ = 0 | λ = 0.5 |") and "| 4x64 |" in table
+    assert (out / "lambda.png").read_bytes().startswith(b"\x89PNG")
+
+    before = (out / "results.csv").read_bytes()
+    again = _script(f"--out={out}", *ARGS)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert "2 runs (0 trained now, 2 finished before)" in again.stdout
+    assert (out / "results.csv").read_bytes() == before
