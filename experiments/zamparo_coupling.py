@@ -16,6 +16,11 @@ From the runs' summaries it writes, atomically:
 - OUT/results.json: the rows and the settings;
 - OUT/coupling.png: error (top) and MACE (bottom) against t for coupled-to-t (left) and coupled-to-t-reset
   (right), mean ± standard deviation over seeds, the no-coupling ensemble as a dashed band.
+- OUT/members.csv: every member's own test error (seed, condition, t_label, member, error);
+- OUT/ensemble_kl.csv: Fig. 1f, the symmetric KL between the test predictions of two ensembles spawned at
+  the same t from different parents (seeds a < b; cached in OUT/ensemble_kl.json);
+- OUT/diversity.png: the members' symmetric KL against t (Fig. 1e), the KL between ensembles of two
+  parents (Fig. 1f) and every member's own test error by condition and t (Fig. 2).
 Each run also writes its own TensorBoard events and metrics (`OUT/runs/<run>/tensorboard`).
 
 Rerunning the command trains nothing that finished (the sweep skips it) and rebuilds the table and the
@@ -28,6 +33,7 @@ import argparse
 import copy
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -45,6 +51,8 @@ from jaxens.workdir import write_bytes_atomic, write_json_atomic
 CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
 METRICS = ("ensemble_error", "ensemble_mace", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
 COLUMNS = ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
+MEMBER_COLUMNS = ("seed", "condition", "t_label", "member", "error")
+KL_COLUMNS = ("condition", "t", "t_epochs", "t_label", "seed_a", "seed_b", "sym_kl")
 
 
 def sweep_runs(base, times: tuple[str, ...], seeds: tuple[int, ...], root: str) -> dict:
@@ -90,9 +98,9 @@ def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict]) -> bytes:
+def _csv(rows: list[dict], columns=COLUMNS) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
@@ -139,6 +147,109 @@ def figure(rows: list[dict], title: str) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def member_rows(outcomes: dict, runs: dict) -> list[dict]:
+    """Every member's own test error (Fig. 2): seed, condition, t_label, member, error."""
+    rows = []
+    for name, outcome in outcomes.items():
+        if outcome.status != "finished":
+            continue
+        config = runs[name]
+        for group in outcome.summary["groups"]:
+            for m, error in enumerate(group["test"]["member_error"]):
+                label = group["t_label"] or ""
+                rows.append(
+                    dict(seed=config.seed, condition=config.coupling.condition, t_label=label, member=m, error=error)
+                )
+    return rows
+
+
+def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int) -> list[dict]:
+    """Fig. 1f: the symmetric KL between the test predictions of two ensembles spawned at the same t from
+    different parents (seeds a < b), per condition and t (`jaxens.metrics.ensemble_kl`). Pairs computed
+    before are taken from `stored` (updated in place); the others restore both runs' latest checkpoints."""
+    import jax
+
+    from jaxens import ensemble as ensemble_lib
+    from jaxens import metrics, run
+
+    cache: dict = {}
+
+    def groups_of(name):  # The run's ensembles' member logits on the test split, [k, N, C] per spawn time.
+        if name not in cache:
+            r = run.restore(outcomes[name].workdir)
+            predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.strategy)
+            logits = np.asarray(jax.device_get(predictor(r.state, r.dataset.test_x, r.dataset)))
+            cache[name] = (np.split(logits, r.plan.num_groups), r.plan.spawn_steps, r.plan.spawn_labels)
+        return cache[name]
+
+    rows = []
+    for condition in CONDITIONS:
+        names = [n for n, c in runs.items() if c.coupling.condition == condition and outcomes[n].status == "finished"]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                for g, group in enumerate(outcomes[a].summary["groups"]):  # In spawn-step order.
+                    key = f"{condition}|{group['t']}|{runs[a].seed}|{runs[b].seed}"
+                    if key not in stored:
+                        (logits_a, _, _), (logits_b, _, _) = groups_of(a), groups_of(b)
+                        method = runs[a].ensemble.method
+                        stored[key] = float(metrics.ensemble_kl(logits_a[g], logits_b[g], method))
+                    rows.append(
+                        dict(condition=condition, t=group["t"], t_epochs=group["t"] / steps_per_epoch,
+                             t_label=group["t_label"], seed_a=runs[a].seed, seed_b=runs[b].seed, sym_kl=stored[key])
+                    )  # fmt: skip
+    return rows
+
+
+def diversity_figure(rows: list[dict], kl_rows: list[dict], members: list[dict], title: str) -> bytes:
+    """Fig. 1e (members' symmetric KL), Fig. 1f (KL between ensembles of different parents) and Fig. 2
+    (every member's own test error by condition and t), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for condition in CONDITIONS:
+        ts, mean, std = summarize(rows, condition, "ensemble_sym_kl")
+        axes[0].errorbar(ts, mean, yerr=std, marker="o", capsize=3, label=condition.replace("_", "-"))
+        by_t: dict = {}
+        for r in kl_rows:
+            if r["condition"] == condition:
+                by_t.setdefault(r["t_epochs"], []).append(r["sym_kl"])
+        if by_t:
+            ts = sorted(by_t)
+            means = [np.mean(by_t[t]) for t in ts]
+            stds = [np.std(by_t[t]) for t in ts]
+            axes[1].errorbar(ts, means, yerr=stds, marker="o", capsize=3, label=condition.replace("_", "-"))
+    _, base, _ = summarize(rows, "no_coupling", "ensemble_sym_kl")
+    if base.size:
+        axes[0].axhline(base[0], color="gray", linestyle="--", label="no coupling")
+    axes[0].set_title("members' symmetric KL (Fig. 1e)", fontsize=9)
+    axes[1].set_title("sym. KL between ensembles of two parents (Fig. 1f)", fontsize=9)
+    for ax in axes[:2]:
+        ax.set_xlabel("coupling time t (epochs)")
+        ax.legend(fontsize=8)
+    labels = sorted({(m["condition"], m["t_label"]) for m in members}, key=lambda c: (c[0], _epochs(c[1])))
+    data = [[m["error"] for m in members if (m["condition"], m["t_label"]) == c] for c in labels]
+    axes[2].boxplot(data)
+    names = [f"{c[0].replace('coupled_to_t', 'c2t').replace('no_coupling', 'none')} {c[1]}" for c in labels]
+    axes[2].set_xticks(range(1, len(labels) + 1), names, rotation=60, fontsize=7)
+    axes[2].set_title("members' own test error (Fig. 2)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _epochs(label: str) -> float:
+    try:
+        return float(label.removesuffix("ep")) if label.endswith("ep") and "it" not in label else float("inf")
+    except ValueError:
+        return float("inf")
 
 
 def main(argv=None) -> None:
@@ -188,9 +299,18 @@ def main(argv=None) -> None:
     write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
     title = f"{first.dataset} {first.model.name}, k={first.ensemble.k}, {first.train.num_epochs} epochs, seeds {seeds}"
     write_bytes_atomic(os.path.join(args.out, "coupling.png"), figure(rows, title))
+    members = member_rows(outcomes, runs)
+    stored_path = os.path.join(args.out, "ensemble_kl.json")
+    stored = json.load(open(stored_path)) if os.path.exists(stored_path) else {}
+    kl_rows = ensemble_kls(outcomes, runs, stored, spe)
+    write_json_atomic(stored_path, stored)
+    write_bytes_atomic(os.path.join(args.out, "members.csv"), _csv(members, MEMBER_COLUMNS))
+    write_bytes_atomic(os.path.join(args.out, "ensemble_kl.csv"), _csv(kl_rows, KL_COLUMNS))
+    write_bytes_atomic(os.path.join(args.out, "diversity.png"), diversity_figure(rows, kl_rows, members, title))
     print(
         f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in "
-        f"{time.time() - started:.0f} s; wrote {args.out}/results.csv, results.json, coupling.png",
+        f"{time.time() - started:.0f} s; wrote {args.out}/results.csv, results.json, coupling.png, members.csv, "
+        "ensemble_kl.csv, diversity.png",
         flush=True,
     )
     for condition in (*CONDITIONS, "no_coupling"):

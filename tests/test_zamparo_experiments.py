@@ -36,9 +36,10 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_path):
     out = tmp_path / "coupling"
-    first = _script("zamparo_coupling.py", f"--out={out}", *TINY)
+    args = [f"--out={out}", *TINY, "--seeds=0,1"]  # Two parents: Fig. 1f compares their ensembles.
+    first = _script("zamparo_coupling.py", *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "3 runs (3 trained now, 0 finished before)" in first.stdout
+    assert "6 runs (6 trained now, 0 finished before)" in first.stdout
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
@@ -51,7 +52,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
         ("coupled_to_t_reset", "1ep"),
         ("no_coupling", ""),
     }
-    assert len(rows) == 5 * 5
+    assert len(rows) == 2 * 5 * 5
     assert all(0 <= float(r["value"]) for r in rows)
     # t = 0: a child of the untrained parent under coupled_to_t is the same as under the reset condition.
     at0 = {r["condition"]: float(r["value"]) for r in rows if r["t_label"] == "0ep" and r["metric"] == "ensemble_error"}
@@ -62,14 +63,27 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     assert reset_config["coupling"]["parent_dir"] == str(out / "runs" / "s0_coupled_to_t")  # One parent per seed.
     assert (out / "runs" / "s0_coupled_to_t" / "tensorboard").is_dir()
 
-    table = (out / "results.csv").read_bytes()
+    with open(out / "members.csv") as f:
+        members = list(csv.DictReader(f))
+    assert len(members) == 2 * 5 * 2  # Seeds × groups × k.
+    with open(out / "ensemble_kl.csv") as f:
+        kls = list(csv.DictReader(f))
+    assert tuple(kls[0]) == ("condition", "t", "t_epochs", "t_label", "seed_a", "seed_b", "sym_kl")
+    assert {(r["condition"], r["t_label"], r["seed_a"], r["seed_b"]) for r in kls} == {
+        (c, t, "0", "1") for c in ("coupled_to_t", "coupled_to_t_reset") for t in ("0ep", "1ep")
+    }
+    assert all(float(r["sym_kl"]) > 0 for r in kls)  # Different parents: different ensembles.
+    assert (out / "diversity.png").read_bytes().startswith(b"\x89PNG")
+
+    tables = {name: (out / name).read_bytes() for name in ("results.csv", "members.csv", "ensemble_kl.csv")}
     os.unlink(out / "coupling.png")
-    again = _script("zamparo_coupling.py", f"--out={out}", *TINY)
+    again = _script("zamparo_coupling.py", *args)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "3 runs (0 trained now, 3 finished before)" in again.stdout
-    assert (out / "results.csv").read_bytes() == table  # Rebuilt from the stored summaries.
+    assert "6 runs (0 trained now, 6 finished before)" in again.stdout
+    for name, table in tables.items():
+        assert (out / name).read_bytes() == table, name  # Rebuilt from the stored summaries.
     assert (out / "coupling.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((out / "results.json").read_text())["settings"]["seeds"] == [0]
+    assert json.loads((out / "results.json").read_text())["settings"]["seeds"] == [0, 1]
 
 
 def test_coupling_sweep_refuses_a_bad_override_before_any_run(tmp_path):
