@@ -115,3 +115,52 @@ def test_reinit_sweep_writes_table_barriers_and_figure(tmp_path):
     assert again.returncode == 0, again.stderr[-5000:]
     assert "4 runs (0 trained now, 4 finished before)" in again.stdout
     assert (out / "results.csv").read_bytes() == table
+
+
+def test_forgetting_sweep_counts_test_events_per_epoch(tmp_path):
+    out = tmp_path / "forgetting"
+    args = [f"--out={out}", "--window=2", *[a for a in TINY if "num_epochs" not in a], "--set=train.num_epochs=3"]
+    first = _script("zamparo_forgetting.py", *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    with open(out / "forgetting.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == ("seed", "condition", "t_label", "epoch", "member", "events")
+    # 3 epochs × 2 members for the independent run; 3 epochs × 2 children for each of the 2 spawn times.
+    assert len(rows) == 3 * 2 + 2 * 3 * 2
+    assert {r["epoch"] for r in rows} == {"1", "2", "3"}
+    # Events are counts of the 1000 test examples that were right at one evaluation and wrong at the next.
+    assert all(0 <= int(r["events"]) <= 1000 for r in rows) and any(int(r["events"]) > 0 for r in rows)
+    # Re-derived from the snapshots: member 0 of the independent run, epoch 1 (the initialization → epoch 1).
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxens import ensemble as ensemble_lib
+    from jaxens import run, trajectory
+
+    workdir = str(out / "runs" / "s0_no_coupling")
+    restored = run.restore(workdir)
+    x, y = restored.dataset.normalize(restored.dataset.test_x), np.asarray(restored.dataset.test_y)
+    right = []
+    for tick in trajectory.steps(workdir)[:2]:
+        params, stats = trajectory.load(workdir, at=[tick]).member(0)
+        params, stats = (jax_tree_first(params), jax_tree_first(stats))
+        logits = ensemble_lib.member_logits(restored.model, params, stats, x)
+        right.append(np.asarray(jnp.argmax(logits, -1)) == y)
+    expected = int(np.sum(right[0] & ~right[1]))
+    got = next(
+        int(r["events"]) for r in rows if r["condition"] == "no_coupling" and r["epoch"] == "1" and r["member"] == "0"
+    )
+    assert got == expected
+    assert (out / "forgetting.png").read_bytes().startswith(b"\x89PNG")
+
+    table = (out / "forgetting.csv").read_bytes()
+    again = _script("zamparo_forgetting.py", *args)
+    assert again.returncode == 0 and "2 runs (0 trained now, 2 finished before)" in again.stdout
+    assert (out / "forgetting.csv").read_bytes() == table
+
+
+def jax_tree_first(tree):
+    """Leaves [1, ...] → [...] (one snapshot)."""
+    import jax
+
+    return jax.tree.map(lambda a: a[0], tree)
