@@ -8,7 +8,7 @@ between two children, against the fraction.
 
 For every seed a resumable `jaxens.sweep` under OUT/runs/ trains `s<seed>_f0` (the parent up to --time,
 then k children without re-initialization, under the config's spawning condition: coupled_to_t_reset for
-the default configs/mnist1d_spawn.py), one run per side and fraction f > 0, `s<seed>_<side><f>`, spawning
+the default configs/mnist1d_reinit.py, six-layer MLPs whose tensors give the fractions a fine grain), one run per side and fraction f > 0, `s<seed>_<side><f>`, spawning
 from the same parent's checkpoint (config.coupling.parent_dir) with config.coupling.reinit_fraction=f and
 reinit_side=side (whole tensors in forward order until f of the parameter count, fresh draws per child;
 DESIGN §4), and `s<seed>_no_coupling`, the baseline. Then, per run, the error barrier on the test set
@@ -16,9 +16,10 @@ along the straight line between children 2i and 2i+1 (`jaxens.landscape.barrier`
 statistics recomputed), averaged over the k/2 pairs.
 
 Writes atomically OUT/results.csv (tidy: seed, side, fraction, metric, value; metrics ensemble_error,
-ensemble_mace, ensemble_nll, mean_member_error, ensemble_sym_kl, error_barrier; side 'none' for f = 0 and
-'no_coupling' for the baseline), OUT/results.json (rows, settings) and OUT/reinit.png (the three panels,
-mean ± standard deviation over seeds). Rerunning trains nothing that finished, and the barriers are kept in
+ensemble_mace, ensemble_nll, mean_member_error, ensemble_sym_kl, error_barrier, and reinitialized: the share
+of the parameter count actually re-drawn, at least f since whole tensors are; side 'none' for f = 0 and
+'no_coupling' for the baseline), OUT/results.json (rows, settings) and OUT/reinit.png (the three panels against
+the share actually re-initialized, mean ± standard deviation over seeds). Rerunning trains nothing that finished, and the barriers are kept in
 OUT/barriers.json, so the table and the figure are rebuilt from stored results.
 """
 
@@ -108,6 +109,25 @@ def mean_pair_barrier(workdir: str, num_alphas: int) -> float:
     return float(np.mean(barriers))
 
 
+def reinitialized_share(workdir: str) -> float:
+    """The share of the parameter count the run's re-initialization mask covers (whole tensors: at least
+    config.coupling.reinit_fraction, more where a tensor boundary falls past it)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxens import models, reinit, run
+
+    restored = run.restore(workdir)
+    c = restored.config.coupling
+    params = jax.tree.map(lambda a: a[0], restored.state.params)
+    if c.reinit_fraction == 0:
+        return 0.0
+    order = models.forward_order(restored.model, restored.dataset.input_shape)
+    mask = reinit.mask(params, order, c.reinit_fraction, c.reinit_side)
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    return float(np.dot(sizes, jnp.asarray(jax.tree.leaves(mask), jnp.float32)) / sum(sizes))
+
+
 def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
     rows = []
     for name, outcome in outcomes.items():
@@ -117,7 +137,8 @@ def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
         test = outcome.summary["test"]
         values = {m: test[m] for m in METRICS if m in test}
         if name in barriers:
-            values["error_barrier"] = barriers[name]
+            values["error_barrier"] = barriers[name]["barrier"]
+            values["reinitialized"] = barriers[name]["reinitialized"]
         for metric, value in values.items():
             rows.append(dict(seed=seed, side=side, fraction=fraction, metric=metric, value=float(value)))
     return rows
@@ -131,13 +152,16 @@ def _csv(rows: list[dict]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def curve(rows: list[dict], side: str, metric: str):
-    """(fractions, mean over seeds, std over seeds) of one side's metric; f = 0 (no re-initialization)
-    belongs to both sides."""
+def curve(rows: list[dict], side: str, metric: str, x: str = "fraction"):
+    """(x, mean over seeds, std over seeds) of one side's metric, x the configured fraction or, with
+    x='reinitialized', the share of the parameters actually re-initialized (the same for every seed);
+    f = 0 (no re-initialization) belongs to both sides."""
+    share = {(r["seed"], r["side"], r["fraction"]): r["value"] for r in rows if r["metric"] == "reinitialized"}
     by_f: dict[float, list[float]] = {}
     for r in rows:
         if r["metric"] == metric and (r["side"] == side or (r["side"] == "none" and side in SIDES)):
-            by_f.setdefault(r["fraction"], []).append(r["value"])
+            at = r["fraction"] if x == "fraction" else share.get((r["seed"], r["side"], r["fraction"]), 0.0)
+            by_f.setdefault(round(at, 6), []).append(r["value"])
     fs = np.asarray(sorted(by_f))
     return fs, np.asarray([np.mean(by_f[f]) for f in fs]), np.asarray([np.std(by_f[f]) for f in fs])
 
@@ -156,7 +180,7 @@ def figure(rows: list[dict], title: str) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (metric, label) in zip(axes, panels):
         for side, color in zip(SIDES, ("tab:blue", "tab:orange")):
-            fs, mean, std = curve(rows, side, metric)
+            fs, mean, std = curve(rows, side, metric, x="reinitialized")
             if fs.size:
                 ax.plot(fs, mean, marker="o", color=color, label=side)
                 ax.fill_between(fs, mean - std, mean + std, color=color, alpha=0.2)
@@ -164,7 +188,7 @@ def figure(rows: list[dict], title: str) -> bytes:
         if base.size:
             ax.axhline(base[0], color="gray", linestyle="--", label="no coupling")
             ax.axhspan(base[0] - base_std[0], base[0] + base_std[0], color="gray", alpha=0.15)
-        ax.set_xlabel("re-initialized fraction of the parameters")
+        ax.set_xlabel("share of the parameters re-initialized")
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -177,9 +201,9 @@ def figure(rows: list[dict], title: str) -> bytes:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/mnist1d_spawn.py", help="trainer config (path or name)")
+    parser.add_argument("--config", default="configs/mnist1d_reinit.py", help="trainer config (path or name)")
     parser.add_argument("--time", default="5ep", help="the spawn time t (a step string)")
-    parser.add_argument("--fractions", default="0,0.1,0.2,0.4,0.6", help="re-initialized fractions")
+    parser.add_argument("--fractions", default="0,0.1,0.2,0.3,0.5,0.7", help="re-initialized fractions")
     parser.add_argument("--seeds", default="0,1,2", help="one parent per seed")
     parser.add_argument("--alphas", type=int, default=11, help="points on each linear path (endpoints included)")
     parser.add_argument("--set", action="append", default=[], help="trainer config override field=value")
@@ -205,7 +229,10 @@ def main(argv=None) -> None:
     barriers = json.load(open(stored)) if os.path.exists(stored) else {}
     for name, (_, side, _, _) in runs.items():
         if side != "no_coupling" and outcomes[name].status == "finished" and name not in barriers:
-            barriers[name] = mean_pair_barrier(outcomes[name].workdir, args.alphas)
+            workdir = outcomes[name].workdir
+            barriers[name] = dict(
+                barrier=mean_pair_barrier(workdir, args.alphas), reinitialized=reinitialized_share(workdir)
+            )
             write_json_atomic(stored, barriers)
     rows = table(outcomes, runs, barriers)
     first = next(iter(runs.values()))[3]
@@ -237,9 +264,9 @@ def main(argv=None) -> None:
     )
     for side in (*SIDES, "no_coupling"):
         for metric in ("ensemble_error", "error_barrier"):
-            fs, mean, std = curve(rows, side, metric)
+            fs, mean, std = curve(rows, side, metric, x="reinitialized")
             if fs.size:
-                points = ", ".join(f"f={f:g} {m:.4f}±{s:.4f}" for f, m, s in zip(fs, mean, std))
+                points = ", ".join(f"share {f:.3f}: {m:.4f}±{s:.4f}" for f, m, s in zip(fs, mean, std))
                 print(f"  {side} {metric}: {points}", flush=True)
     if settings["failed"]:
         sys.exit(1)

@@ -94,7 +94,10 @@ def test_coupling_sweep_refuses_a_bad_override_before_any_run(tmp_path):
 
 def test_reinit_sweep_writes_table_barriers_and_figure(tmp_path):
     out = tmp_path / "reinit"
-    args = [f"--out={out}", "--time=1ep", "--fractions=0,0.3", *[a for a in TINY if not a.startswith("--times")]]
+    args = [
+        f"--out={out}", "--config=configs/mnist1d_spawn.py", "--time=1ep", "--fractions=0,0.2",
+        *[a for a in TINY if not a.startswith("--times")],
+    ]  # fmt: skip
     first = _script("zamparo_reinit.py", *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert "4 runs (4 trained now, 0 finished before)" in first.stdout
@@ -102,11 +105,15 @@ def test_reinit_sweep_writes_table_barriers_and_figure(tmp_path):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("seed", "side", "fraction", "metric", "value")
     points = {(r["side"], float(r["fraction"])) for r in rows}
-    assert points == {("none", 0.0), ("low", 0.3), ("high", 0.3), ("no_coupling", 0.0)}
+    assert points == {("none", 0.0), ("low", 0.2), ("high", 0.2), ("no_coupling", 0.0)}
     barriers = {r["side"]: float(r["value"]) for r in rows if r["metric"] == "error_barrier"}
     assert set(barriers) == {"none", "low", "high"} and all(b >= 0 for b in barriers.values())
+    # Whole tensors of the 40-16-10 MLP (826 parameters) until 20% (165.2) are covered: from the input side
+    # the first kernel (640); from the output side the head's bias and kernel (10 + 160).
+    share = {r["side"]: float(r["value"]) for r in rows if r["metric"] == "reinitialized"}
+    assert share["none"] == 0 and abs(share["low"] - 640 / 826) < 1e-6 and abs(share["high"] - 170 / 826) < 1e-6
     # The re-initialized runs spawned from the f = 0 run's parent; each child re-drew 30% of the parameters.
-    low = json.loads((out / "runs" / "s0_low0.3" / "config.json").read_text())["coupling"]
+    low = json.loads((out / "runs" / "s0_low0.2" / "config.json").read_text())["coupling"]
     assert low["parent_dir"] == str(out / "runs" / "s0_f0") and low["reinit_side"] == "low"
     assert (out / "reinit.png").read_bytes().startswith(b"\x89PNG")
 
