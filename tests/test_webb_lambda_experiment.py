@@ -7,14 +7,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from conftest import REPO
 
 ARGS = ["--architectures=1x256,4x64", "--seeds=0", "--set=train.num_epochs=2", "--set=train.checkpoint_every=1ep"]
 
 
-def _script(*args: str) -> subprocess.CompletedProcess:
+def _script(*args: str, name: str = "webb_lambda.py") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "experiments", "webb_lambda.py"), *args],
+        [sys.executable, os.path.join(REPO, "experiments", name), *args],
         cwd=REPO,
         env=dict(os.environ, CI="true"),
         capture_output=True,
@@ -46,3 +47,25 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     assert again.returncode == 0, again.stderr[-5000:]
     assert "2 runs (0 trained now, 2 finished before)" in again.stdout
     assert (out / "results.csv").read_bytes() == before
+
+    # webb_modules.py on the same runs: Fig. 3, 5, 7 and Table 6 per λ of the 4x64 run.
+    modules_out = tmp_path / "modules"
+    analysed = _script(
+        f"--runs={out / 'runs'}", "--architecture=4x64", "--size=2", "--candidates=5", f"--out={modules_out}",
+        name="webb_modules.py",
+    )  # fmt: skip
+    assert analysed.returncode == 0, analysed.stdout[-3000:] + analysed.stderr[-5000:]
+    with open(modules_out / "modules.csv") as f:
+        module_rows = list(csv.DictReader(f))
+    assert tuple(module_rows[0]) == ("architecture", "seed", "lam", "metric", "value")
+    assert {float(r["lam"]) for r in module_rows} == {0.0, 0.5, 0.9, 0.95, 0.99, 1.0}
+    by = {(float(r["lam"]), r["metric"]): float(r["value"]) for r in module_rows}
+    for lam in (0.0, 1.0):
+        # The gap is the best module's error minus the ensemble's; F1 and entropies in range.
+        assert abs(by[lam, "dominance_gap"] - (by[lam, "best_module_error"] - by[lam, "ensemble_error"])) < 1e-6
+        assert 0 <= by[lam, "random_f1_single"] <= 1 and 0 <= by[lam, "specialist_f1_subensemble"] <= 1
+        assert 0 <= by[lam, "entropy_min"] <= by[lam, "entropy_mean"] <= by[lam, "entropy_max"] <= np.log(10) + 1e-6
+    assert (modules_out / "table6.md").read_text().startswith("| entropy (nats) | λ = 0 |")
+    assert (modules_out / "modules.png").read_bytes().startswith(b"\x89PNG")
+    missing = _script(f"--runs={out / 'runs'}", "--architecture=9x9", f"--out={modules_out}", name="webb_modules.py")
+    assert missing.returncode == 2 and "no finished run 9x9_s<seed>" in missing.stderr
