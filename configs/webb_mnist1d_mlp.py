@@ -8,7 +8,10 @@ Recipe as configs/webb_fmnist_mlp.py (SGD with momentum 0.9 at a constant learni
 test error at the epoch of lowest validation error, mean-of-logits ensemble), on MNIST-1D's 4,000 training
 examples with 500 held out for early stopping, 40 epochs. A single network (1x256) trains without the
 modular loss.
-Expected run time on 2 CPU cores: about 15-40 s per architecture.
+Expected run time on 2 CPU cores: about 3 s (1x256) to 50 s (64x4) per run.
+Expected result (measured over seeds 0-2, test error at the best validation epoch, experiments/README.md):
+1x256 42.7%; 64x4 at λ = 0 / 0.95 / 1: 55.4% / 38.2% / 41.1% — independent training of tiny modules far
+behind, an intermediate λ best, joint training (λ = 1) worse than the best λ for every architecture.
 """
 
 from jaxens import config as jaxens_config

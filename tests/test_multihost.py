@@ -120,9 +120,10 @@ def test_a_run_killed_on_two_processes_resumes_on_one_device(tmp_path):
     procs, outputs = _on_two_processes(
         [*command, f"--workdir={workdir}", "--config.mesh.distributed=True"], JAXENS_KILL_AT="spawn"
     )
-    # Process 0 is killed; process 1 is killed too, or aborted by JAX once it lost the coordinator.
+    # Process 0 is killed; process 1 is killed too, or brought down by a signal (JAX aborts it, or it
+    # faults, once its coordinator is gone): in no case does it go on alone.
     codes = [p.returncode for p in procs]
-    assert codes[0] == -9 and codes[1] in (-9, -6), (codes, [err[-3000:] for _, err in outputs])
+    assert codes[0] == -9 and codes[1] < 0, (codes, [err[-3000:] for _, err in outputs])
     assert os.listdir(workdir / "parent") == ["4"] and not (workdir / "summary.json").exists()
     resumed = _single(command, workdir)  # Same run on another mesh: config.mesh is placement only.
     assert resumed["mesh"] == {"member": 1, "data": 1, "processes": 1}
