@@ -214,6 +214,7 @@ def main(argv=None) -> None:
     parser.add_argument("--csgmcmc_config", default=os.path.join(REPO, "configs", "mnist1d_csgmcmc.py"))
     parser.add_argument("--ensemble_config", default=os.path.join(REPO, "configs", "mnist1d_ensemble.py"))
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    parser.add_argument("--set", action="append", default=[], help="override field=value of both configs")
     args = parser.parse_args(argv)
     existing = [f for f in FILES if os.path.exists(os.path.join(args.out, f))]
     if existing and not args.overwrite:
@@ -222,6 +223,11 @@ def main(argv=None) -> None:
     started = time.time()
     csg_config, csg_arg = load_config(args.csgmcmc_config)
     ens_config, _ = load_config(args.ensemble_config)
+    try:
+        for config in (csg_config, ens_config):
+            config_lib.apply_overrides(config, args.set)
+    except config_lib.ConfigError as e:
+        raise SystemExit(f"error: --set: {e}") from None
     ens_config.ensemble.k = csg_config.ensemble.k  # The same number of independent functions.
     csg_name = f"csgmcmc_{csg_arg}" if csg_arg else "csgmcmc"
     # Both configs are validated before any training; finished runs are reused, unfinished ones resume.
