@@ -69,3 +69,16 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     assert (modules_out / "modules.png").read_bytes().startswith(b"\x89PNG")
     missing = _script(f"--runs={out / 'runs'}", "--architecture=9x9", f"--out={modules_out}", name="webb_modules.py")
     assert missing.returncode == 2 and "no finished run 9x9_s<seed>" in missing.stderr
+
+    # webb_removal.py (Fig. 4) on the same 4x64 run, through its command line.
+    removal_out = tmp_path / "removal"
+    removal = _script(
+        f"--workdir={out / 'runs' / '4x64_s0'}", f"--out={removal_out}", "--trials=3", name="webb_removal.py"
+    )
+    assert removal.returncode == 0, removal.stdout[-3000:] + removal.stderr[-5000:]
+    with open(removal_out / "removal.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert tuple(curve[0]) == ("lam", "removed", "error_mean", "error_std", "trials")
+    assert {float(r["lam"]) for r in curve} == {0.0, 0.5, 0.9, 0.95, 0.99, 1.0}
+    assert {int(r["removed"]) for r in curve} == {0, 1, 2, 3}  # Of 4 modules.
+    assert (removal_out / "removal.png").read_bytes().startswith(b"\x89PNG")
