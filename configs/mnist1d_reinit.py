@@ -15,25 +15,11 @@ parameters: members' symmetric KL 1.92 → 2.59, barrier 0.02 → 0.47), the out
 2.03, 0.07); the ensemble error stays at 0.28-0.30 either way (no coupling: 0.272).
 """
 
-from jaxens import config as jaxens_config
+from jaxens.configs import mnist1d_spawn
 
 
 def get_config():
-    config = jaxens_config.get_default_config()
-    config.dataset = "mnist1d"
-    config.model.name = "mlp"
+    config = mnist1d_spawn.get_config()  # Its recipe: MNIST-1D, k = 4, coupled-to-t-reset, SGD, 40 epochs.
     config.model.widths = (64, 64, 64, 64, 64, 64)
-    config.ensemble.k = 4
-    config.coupling.condition = "coupled_to_t_reset"
     config.coupling.t = ("5ep",)
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.05
-    config.optimizer.momentum = 0.9
-    config.optimizer.schedule = "piecewise"
-    config.optimizer.boundaries = (0.5, 0.75)
-    config.train.batch_size = 100
-    config.train.num_epochs = 40
-    config.train.steps_per_call = 40
-    config.eval.every_epochs = 10
-    config.train.checkpoint_every = "10ep"
     return config

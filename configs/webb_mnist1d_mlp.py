@@ -14,7 +14,7 @@ Expected result (measured over seeds 0-2, test error at the best validation epoc
 behind, an intermediate λ best, joint training (λ = 1) worse than the best λ for every architecture.
 """
 
-from jaxens import config as jaxens_config
+from jaxens.configs import webb_fmnist_mlp
 
 ARCHITECTURES = {"1x256": (1, 256), "4x64": (4, 64), "16x16": (16, 16), "64x4": (64, 4)}
 
@@ -23,23 +23,16 @@ def get_config(architecture: str = "16x16"):
     if architecture not in ARCHITECTURES:
         raise ValueError(f"config string {architecture!r}: allowed: {', '.join(ARCHITECTURES)}")
     modules, hidden = ARCHITECTURES[architecture]
-    config = jaxens_config.get_default_config()
+    # Webb's recipe (mean-of-logits ensemble, shared minibatches, SGD), for a single network or an ensemble.
+    config = webb_fmnist_mlp.get_config("256x4" if modules > 1 else "1x1024")
     config.dataset = "mnist1d"
     config.data.val_size = 500
-    config.model.name = "mlp"
     config.model.widths = (hidden,)
     config.ensemble.k = modules
-    config.ensemble.method = "mean_logit"
     if modules > 1:
-        config.coupling.condition = "coupled_order"
         config.loss.lam = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.05
-    config.optimizer.momentum = 0.9
-    config.optimizer.schedule = "constant"
-    config.train.batch_size = 100
     config.train.num_epochs = 40
     config.train.steps_per_call = 100
     config.train.checkpoint_every = "10ep"
-    config.eval.every_epochs = 1
+    config.eval.batch_size = 1000
     return config

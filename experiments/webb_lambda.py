@@ -22,8 +22,6 @@ Rerunning trains nothing that finished and rebuilds the table and the figure fro
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import time
@@ -32,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import numpy as np
 
 from jaxens import config as config_lib
@@ -68,14 +67,6 @@ def table(outcomes: dict, runs: dict) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def by_lambda(rows: list[dict], arch: str, metric: str) -> dict:
     """λ (None for the single network) → (mean, std, number of seeds) of one architecture's metric."""
     values: dict = {}
@@ -100,10 +91,7 @@ def table2(rows: list[dict], architectures, metric: str) -> str:
 
 
 def figure(rows: list[dict], architectures, metric: str, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch in architectures:
@@ -120,10 +108,7 @@ def figure(rows: list[dict], architectures, metric: str, title: str) -> bytes:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def main(argv=None) -> None:
@@ -148,7 +133,6 @@ def main(argv=None) -> None:
 
     started = time.time()
     outcomes = sweep.run_all({name: config for name, (*_, config) in runs.items()}, root)
-    trained = sum(o.ran for o in outcomes.values())
     rows = table(outcomes, runs)
     first = next(iter(runs.values()))[2]
     metric = "test_error_at_best_val" if first.data.val_size else "ensemble_error"
@@ -161,17 +145,16 @@ def main(argv=None) -> None:
         epochs=first.train.num_epochs,
         learning_rate=first.optimizer.learning_rate,
         figure_metric=metric,
-        failed={name: o.message for name, o in outcomes.items() if o.status != "finished"},
+        failed=artifacts.failed(outcomes),
     )
     markdown = table2(rows, architectures, metric)
-    write_bytes_atomic(os.path.join(args.out, "results.csv"), _csv(rows))
+    write_bytes_atomic(os.path.join(args.out, "results.csv"), artifacts.csv_bytes(rows, COLUMNS))
     write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
     write_bytes_atomic(os.path.join(args.out, "table2.md"), markdown.encode())
     title = f"{first.dataset}, {first.train.num_epochs} epochs, seeds {seeds}"
     write_bytes_atomic(os.path.join(args.out, "lambda.png"), figure(rows, architectures, metric, title))
     print(
-        f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in "
-        f"{time.time() - started:.0f} s; wrote {args.out}/results.csv, results.json, table2.md, lambda.png",
+        f"{artifacts.runs_line(outcomes, time.time() - started)}; wrote {args.out}/results.csv, results.json, table2.md, lambda.png",
         flush=True,
     )
     print(markdown, flush=True)

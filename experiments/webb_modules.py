@@ -23,8 +23,6 @@ under --runs is written; rerunning recomputes the same numbers from the same che
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import re
 import sys
@@ -34,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import numpy as np
 
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
@@ -94,14 +93,6 @@ def analyse(workdir: str, size: int, candidates: int, seed: int) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def curve(rows: list[dict], metric: str):
     by_lam: dict = {}
     for r in rows:
@@ -125,10 +116,7 @@ def table6(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], size: int, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (
@@ -158,10 +146,7 @@ def figure(rows: list[dict], size: int, title: str) -> bytes:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def main(argv=None) -> None:
@@ -197,7 +182,7 @@ def main(argv=None) -> None:
     )  # fmt: skip
     markdown = table6(rows)
     os.makedirs(args.out, exist_ok=True)
-    write_bytes_atomic(os.path.join(args.out, "modules.csv"), _csv(rows))
+    write_bytes_atomic(os.path.join(args.out, "modules.csv"), artifacts.csv_bytes(rows, COLUMNS))
     write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
     write_bytes_atomic(os.path.join(args.out, "table6.md"), markdown.encode())
     title = f"{args.architecture} modules, seeds {settings['seeds']}"

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import os
 import sys
@@ -42,6 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import numpy as np
 
 from jaxens import config as config_lib
@@ -98,14 +97,6 @@ def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict], columns=COLUMNS) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def summarize(rows: list[dict], condition: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(t in epochs, mean over seeds, std over seeds) of one condition's metric, sorted by t."""
     by_t: dict[float, list[float]] = {}
@@ -119,10 +110,7 @@ def summarize(rows: list[dict], condition: str, metric: str) -> tuple[np.ndarray
 
 def figure(rows: list[dict], title: str) -> bytes:
     """Fig. 1a–d laid out as the paper's panels, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True, sharey="row")
     for col, condition in enumerate(CONDITIONS):
@@ -143,10 +131,7 @@ def figure(rows: list[dict], title: str) -> bytes:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def member_rows(outcomes: dict, runs: dict) -> list[dict]:
@@ -181,7 +166,7 @@ def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int)
             r = run.restore(outcomes[name].workdir)
             predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.strategy)
             logits = np.asarray(jax.device_get(predictor(r.state, r.dataset.test_x, r.dataset)))
-            cache[name] = (np.split(logits, r.plan.num_groups), r.plan.spawn_steps, r.plan.spawn_labels)
+            cache[name] = np.split(logits, r.plan.num_groups)
         return cache[name]
 
     rows = []
@@ -192,7 +177,7 @@ def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int)
                 for g, group in enumerate(outcomes[a].summary["groups"]):  # In spawn-step order.
                     key = f"{condition}|{group['t']}|{runs[a].seed}|{runs[b].seed}"
                     if key not in stored:
-                        (logits_a, _, _), (logits_b, _, _) = groups_of(a), groups_of(b)
+                        logits_a, logits_b = groups_of(a), groups_of(b)
                         method = runs[a].ensemble.method
                         stored[key] = float(metrics.ensemble_kl(logits_a[g], logits_b[g], method))
                     rows.append(
@@ -205,10 +190,7 @@ def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int)
 def diversity_figure(rows: list[dict], kl_rows: list[dict], members: list[dict], title: str) -> bytes:
     """Fig. 1e (members' symmetric KL), Fig. 1f (KL between ensembles of different parents) and Fig. 2
     (every member's own test error by condition and t), as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for condition in CONDITIONS:
@@ -239,10 +221,7 @@ def diversity_figure(rows: list[dict], kl_rows: list[dict], members: list[dict],
     axes[2].set_title("members' own test error (Fig. 2)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def _epochs(label: str) -> float:
@@ -275,13 +254,8 @@ def main(argv=None) -> None:
 
     started = time.time()
     outcomes = sweep.run_all(runs, root)
-    trained = sum(o.ran for o in outcomes.values())
-    from jaxens import data as data_lib
-
     first = next(iter(runs.values()))
-    info = data_lib.dataset_info(first.dataset, first.data)
-    assert info is not None
-    spe = data_lib.steps_per_epoch(info.num_train - first.data.val_size, first.train.batch_size)
+    spe = config_lib.steps_per_epoch(first)
     rows = table(outcomes, runs, spe)
     settings = dict(
         config=args.config,
@@ -293,9 +267,9 @@ def main(argv=None) -> None:
         k=first.ensemble.k,
         epochs=first.train.num_epochs,
         steps_per_epoch=spe,
-        failed={name: o.message for name, o in outcomes.items() if o.status != "finished"},
+        failed=artifacts.failed(outcomes),
     )
-    write_bytes_atomic(os.path.join(args.out, "results.csv"), _csv(rows))
+    write_bytes_atomic(os.path.join(args.out, "results.csv"), artifacts.csv_bytes(rows, COLUMNS))
     write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
     title = f"{first.dataset} {first.model.name}, k={first.ensemble.k}, {first.train.num_epochs} epochs, seeds {seeds}"
     write_bytes_atomic(os.path.join(args.out, "coupling.png"), figure(rows, title))
@@ -304,12 +278,11 @@ def main(argv=None) -> None:
     stored = json.load(open(stored_path)) if os.path.exists(stored_path) else {}
     kl_rows = ensemble_kls(outcomes, runs, stored, spe)
     write_json_atomic(stored_path, stored)
-    write_bytes_atomic(os.path.join(args.out, "members.csv"), _csv(members, MEMBER_COLUMNS))
-    write_bytes_atomic(os.path.join(args.out, "ensemble_kl.csv"), _csv(kl_rows, KL_COLUMNS))
+    write_bytes_atomic(os.path.join(args.out, "members.csv"), artifacts.csv_bytes(members, MEMBER_COLUMNS))
+    write_bytes_atomic(os.path.join(args.out, "ensemble_kl.csv"), artifacts.csv_bytes(kl_rows, KL_COLUMNS))
     write_bytes_atomic(os.path.join(args.out, "diversity.png"), diversity_figure(rows, kl_rows, members, title))
     print(
-        f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in "
-        f"{time.time() - started:.0f} s; wrote {args.out}/results.csv, results.json, coupling.png, members.csv, "
+        f"{artifacts.runs_line(outcomes, time.time() - started)}; wrote {args.out}/results.csv, results.json, coupling.png, members.csv, "
         "ensemble_kl.csv, diversity.png",
         flush=True,
     )

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import os
 import sys
@@ -34,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import numpy as np
 
 from jaxens import config as config_lib
@@ -152,19 +151,8 @@ def cumulative(rows: list[dict], window: int, steps_per_epoch: int) -> list[dict
     return out
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def figure(g: list[dict], h: list[dict], window: int, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = np.asarray([r["epoch"] for r in g])
@@ -181,10 +169,7 @@ def figure(g: list[dict], h: list[dict], window: int, title: str) -> bytes:
     axes[1].set_title("children after the spawn, coupled-to-t-reset (Fig. 1h)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def main(argv=None) -> None:
@@ -211,7 +196,6 @@ def main(argv=None) -> None:
 
     started = time.time()
     outcomes = sweep.run_all(runs, root)
-    trained = sum(o.ran for o in outcomes.values())
     stored_path = os.path.join(args.out, "events.json")
     stored = json.load(open(stored_path)) if os.path.exists(stored_path) else {}
     for name, outcome in outcomes.items():
@@ -219,12 +203,8 @@ def main(argv=None) -> None:
             stored[name] = test_events(outcome.workdir)
             write_json_atomic(stored_path, stored)
     rows = table({n: stored[n] for n in runs if n in stored}, runs)
-    from jaxens import data as data_lib
-
     first = next(iter(runs.values()))
-    info = data_lib.dataset_info(first.dataset, first.data)
-    assert info is not None
-    spe = data_lib.steps_per_epoch(info.num_train - first.data.val_size, first.train.batch_size)
+    spe = config_lib.steps_per_epoch(first)
     g, h = per_epoch(rows), cumulative(rows, args.window, spe)
     settings = dict(
         config=args.config,
@@ -236,15 +216,14 @@ def main(argv=None) -> None:
         model=first.model.name,
         k=first.ensemble.k,
         epochs=first.train.num_epochs,
-        failed={name: o.message for name, o in outcomes.items() if o.status != "finished"},
+        failed=artifacts.failed(outcomes),
     )
-    write_bytes_atomic(os.path.join(args.out, "forgetting.csv"), _csv(rows))
+    write_bytes_atomic(os.path.join(args.out, "forgetting.csv"), artifacts.csv_bytes(rows, COLUMNS))
     write_json_atomic(os.path.join(args.out, "results.json"), dict(fig1g=g, fig1h=h, settings=settings))
     title = f"{first.dataset} {first.model.name}, k={first.ensemble.k}, {first.train.num_epochs} epochs, seeds {seeds}"
     write_bytes_atomic(os.path.join(args.out, "forgetting.png"), figure(g, h, args.window, title))
     print(
-        f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in "
-        f"{time.time() - started:.0f} s; wrote {args.out}/forgetting.csv, results.json, forgetting.png",
+        f"{artifacts.runs_line(outcomes, time.time() - started)}; wrote {args.out}/forgetting.csv, results.json, forgetting.png",
         flush=True,
     )
     print("  Fig. 1g, events per epoch: " + ", ".join(f"{r['epoch']}: {r['mean']:.1f}" for r in g), flush=True)

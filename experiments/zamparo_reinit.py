@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import os
 import sys
@@ -38,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import numpy as np
 
 from jaxens import config as config_lib
@@ -80,13 +79,20 @@ def sweep_runs(base, time_: str, fractions, seeds, root: str) -> dict:
     return runs
 
 
-def mean_pair_barrier(workdir: str, num_alphas: int) -> float:
-    """The mean test-set error barrier between the run's children 2i and 2i + 1 (its latest checkpoint)."""
-    import jax
-
-    from jaxens import landscape, run
+def analyse_run(workdir: str, num_alphas: int) -> dict:
+    """{'barrier', 'reinitialized'} of a finished run, from its latest checkpoint (restored once)."""
+    from jaxens import run
 
     restored = run.restore(workdir)
+    return {"barrier": _mean_pair_barrier(restored, num_alphas), "reinitialized": _reinitialized_share(restored)}
+
+
+def _mean_pair_barrier(restored, num_alphas: int) -> float:
+    """The mean test-set error barrier between the run's children 2i and 2i + 1."""
+    import jax
+
+    from jaxens import landscape
+
     state, dataset = jax.device_get(restored.state), restored.dataset
     has_bn = bool(jax.tree.leaves(state.batch_stats))
     train_x = None
@@ -109,23 +115,21 @@ def mean_pair_barrier(workdir: str, num_alphas: int) -> float:
     return float(np.mean(barriers))
 
 
-def reinitialized_share(workdir: str) -> float:
+def _reinitialized_share(restored) -> float:
     """The share of the parameter count the run's re-initialization mask covers (whole tensors: at least
     config.coupling.reinit_fraction, more where a tensor boundary falls past it)."""
     import jax
-    import jax.numpy as jnp
 
-    from jaxens import models, reinit, run
+    from jaxens import models, reinit
 
-    restored = run.restore(workdir)
     c = restored.config.coupling
-    params = jax.tree.map(lambda a: a[0], restored.state.params)
     if c.reinit_fraction == 0:
         return 0.0
+    params = jax.tree.map(lambda a: a[0], restored.state.params)
     order = models.forward_order(restored.model, restored.dataset.input_shape)
     mask = reinit.mask(params, order, c.reinit_fraction, c.reinit_side)
     sizes = [x.size for x in jax.tree.leaves(params)]
-    return float(np.dot(sizes, jnp.asarray(jax.tree.leaves(mask), jnp.float32)) / sum(sizes))
+    return sum(n for n, re_drawn in zip(sizes, jax.tree.leaves(mask)) if re_drawn) / sum(sizes)
 
 
 def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
@@ -144,14 +148,6 @@ def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
 def curve(rows: list[dict], side: str, metric: str, x: str = "fraction"):
     """(x, mean over seeds, std over seeds) of one side's metric, x the configured fraction or, with
     x='reinitialized', the share of the parameters actually re-initialized (the same for every seed);
@@ -167,10 +163,7 @@ def curve(rows: list[dict], side: str, metric: str, x: str = "fraction"):
 
 
 def figure(rows: list[dict], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = artifacts.pyplot()
 
     panels = (
         ("ensemble_error", "ensemble test error (Fig. 1i)"),
@@ -193,10 +186,7 @@ def figure(rows: list[dict], title: str) -> bytes:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return artifacts.png_bytes(fig)
 
 
 def main(argv=None) -> None:
@@ -224,15 +214,11 @@ def main(argv=None) -> None:
 
     started = time.time()
     outcomes = sweep.run_all({name: config for name, (*_, config) in runs.items()}, root)
-    trained = sum(o.ran for o in outcomes.values())
     stored = os.path.join(args.out, "barriers.json")
     barriers = json.load(open(stored)) if os.path.exists(stored) else {}
     for name, (_, side, _, _) in runs.items():
         if side != "no_coupling" and outcomes[name].status == "finished" and name not in barriers:
-            workdir = outcomes[name].workdir
-            barriers[name] = dict(
-                barrier=mean_pair_barrier(workdir, args.alphas), reinitialized=reinitialized_share(workdir)
-            )
+            barriers[name] = analyse_run(outcomes[name].workdir, args.alphas)
             write_json_atomic(stored, barriers)
     rows = table(outcomes, runs, barriers)
     first = next(iter(runs.values()))[3]
@@ -248,9 +234,9 @@ def main(argv=None) -> None:
         k=first.ensemble.k,
         condition=first.coupling.condition,
         epochs=first.train.num_epochs,
-        failed={name: o.message for name, o in outcomes.items() if o.status != "finished"},
+        failed=artifacts.failed(outcomes),
     )
-    write_bytes_atomic(os.path.join(args.out, "results.csv"), _csv(rows))
+    write_bytes_atomic(os.path.join(args.out, "results.csv"), artifacts.csv_bytes(rows, COLUMNS))
     write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
     title = (
         f"{first.dataset} {first.model.name}, k={first.ensemble.k}, spawned at t={args.time} "
@@ -258,8 +244,7 @@ def main(argv=None) -> None:
     )
     write_bytes_atomic(os.path.join(args.out, "reinit.png"), figure(rows, title))
     print(
-        f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in "
-        f"{time.time() - started:.0f} s; wrote {args.out}/results.csv, results.json, reinit.png",
+        f"{artifacts.runs_line(outcomes, time.time() - started)}; wrote {args.out}/results.csv, results.json, reinit.png",
         flush=True,
     )
     for side in (*SIDES, "no_coupling"):

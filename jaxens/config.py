@@ -466,6 +466,16 @@ def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) ->
         )
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """A member's steps per epoch under a validated config, known before any data is loaded."""
+    from jaxens import data as data_lib
+
+    info = data_lib.dataset_info(config.dataset, config.data)
+    if info is None:
+        raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset; allowed: {', '.join(data_lib.NAMES)}")
+    return _steps_per_epoch(config, info)
+
+
 def _steps_per_epoch(config: ml_collections.ConfigDict, info) -> int:
     """A member's steps per epoch: the training examples left after the validation hold-out, per batch."""
     from jaxens import data as data_lib

@@ -916,7 +916,7 @@ def _run_phases(run: _Run, parent_source: str | None, resuming: bool, started: f
         "groups": summary_groups,
         "wall_time_s": time.time() - started,
         "backend": jax.default_backend(),
-        "mesh": {"member": mesh_shape_of(state)[0], "data": mesh_shape_of(state)[1], "processes": jax.process_count()},
+        "mesh": dict(zip(("member", "data"), mesh_shape_of(state)), processes=jax.process_count()),
     }
     if len(summary_groups) == 1:  # The common case, at the top level too.
         summary["test"], summary["eval"] = summary_groups[0]["test"], summary_groups[0]["eval"]

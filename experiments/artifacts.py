@@ -1,0 +1,46 @@
+"""The files an experiment script writes: tidy CSV tables and PNG figures, as bytes for atomic writes
+(`jaxens.workdir.write_bytes_atomic`), and the line a sweep script reports its runs with."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+
+def csv_bytes(rows: list[dict], columns: Sequence[str]) -> bytes:
+    """A CSV table with the header `columns` and one line per row."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    """`fig` as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def runs_line(outcomes: dict, seconds: float) -> str:
+    """'N runs (T trained now, F finished before) in S s' for a `jaxens.sweep.run_all` result."""
+    trained = sum(o.ran for o in outcomes.values())
+    return f"{len(outcomes)} runs ({trained} trained now, {len(outcomes) - trained} finished before) in {seconds:.0f} s"
+
+
+def failed(outcomes: dict) -> dict[str, str]:
+    """Run name → message of every run of a sweep that did not finish."""
+    return {name: o.message for name, o in outcomes.items() if o.status != "finished"}
