@@ -160,3 +160,25 @@ def test_training_steps_make_no_host_transfers(digits, step_loop):
     assert "gather" in hlo
     for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):
         assert host_op not in hlo, host_op
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_the_stacked_augmented_batches_train_as_each_member_alone(digits, strategy):
+    """The chunk gathers and augments all K members' batches in one vmapped call: K members trained so
+    equal each member trained by `member_train_step`, which gathers and augments its own batch."""
+    config = small_config(**{"dataset": "digits", "model.name": "cnn2d", "model.widths": (8,), "train.batch_size": 32})
+    ds = digits.to_device()
+    model = models.build(config.model, ds.num_classes)
+    tx = optim.make_optimizer(config.optimizer, 100)
+    init = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, 3), ds.input_shape)
+    kw = dict(augment="crop_flip", padding=2)
+    chunk = ensemble_lib.TrainChunk(model, tx, 32, strategy, "host", **kw)
+    orders = data_lib.epoch_orders(init.rngs.order, jnp.zeros((3,), jnp.int32), ds.num_train)
+    stacked, _ = chunk(jax.tree.map(jnp.copy, init), orders, ds, 4)
+    step = jax.jit(lambda s, o: ensemble_lib.member_train_step(model, tx, s, o, ds, 32, **kw))
+    for m in range(3):
+        alone = jax.tree.map(lambda a: a[m], init)
+        for _ in range(4):  # All within epoch 0.
+            alone, _ = step(alone, orders[m])
+        for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(alone.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a[m]), np.asarray(b), rtol=1e-5, atol=1e-6)
