@@ -30,27 +30,28 @@ def median_seconds(fns: dict, repeats: int) -> dict[str, float]:
 
 def trainer_setup(config, **overrides):
     """(dataset on device, K-member initial state, epoch-0 orders [K, N], TrainChunk) of a validated config,
-    the chunk built as the trainer builds it (`jaxens.run.make_train_chunk`; `overrides` replace its
-    arguments)."""
+    the chunk built as the trainer builds it (`jaxens.trainer.spec.make_train_chunk`; `overrides` replace
+    its arguments)."""
     import jax.numpy as jnp
 
     from jaxens import data as data_lib
     from jaxens import ensemble as ensemble_lib
-    from jaxens import run
+    from jaxens.trainer import spec as spec_lib
 
-    dataset = data_lib.load(config).to_device()
-    _, plan, model, tx = run._build(config, dataset)
-    state = ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+    spec = spec_lib.resolve(config)
+    dataset = data_lib.load(spec.source).to_device()
+    state = ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)
     orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((state.k,), jnp.int32), dataset.num_train)
-    return dataset, state, orders, run.make_train_chunk(config, plan, model, tx, **overrides)
+    return dataset, state, orders, spec_lib.make_train_chunk(spec, **overrides)
 
 
 def load_config(spec: str, k: int):
     """The validated config of a file `path[:arg]` (as `--config` takes it) with `ensemble.k = k`."""
     from jaxens import config as config_lib
+    from jaxens.trainer import validation
 
     path, _, arg = spec.partition(":")
     config = config_lib.load_file(path, arg or None)
     config.ensemble.k = k
-    config_lib.validate(config)
+    validation.validate(config)
     return config

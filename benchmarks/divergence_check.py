@@ -26,7 +26,8 @@ import numpy as np
 from common import trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 from jaxens import config as config_lib
-from jaxens import run
+from jaxens.trainer import spec as spec_lib
+from jaxens.trainer import validation
 
 
 def _override(config, text: str) -> None:
@@ -54,12 +55,12 @@ def main() -> None:
     config = config_lib.load_file(path, arg or None)
     for text in args.overrides:
         _override(config, text)
-    config_lib.validate(config)
+    validation.validate(config)
 
     dataset, state, orders, chunk = trainer_setup(config)
     k = state.k
     chunks = {True: chunk, False: trainer_setup(config, check_finite=False)[3]}
-    strategy, step_loop = run.resolved_strategy(config), chunk.step_loop
+    strategy, step_loop = spec_lib.resolve(config).strategy, chunk.step_loop
     states = {check: jax.tree.map(jnp.copy, state) for check in chunks}
     times = {check: [] for check in chunks}
     for repeat in range(args.repeats + 1):

@@ -4,7 +4,7 @@
       [--config=configs/fort_fmnist_mlp.py] [--train_steps=50]
 
 Metric side: random float32 logits [K, N, C] and int labels [N] placed on the device; times the jitted
-`run._labelled_metrics(logits, labels, method="mean_prob")` (per-member and ensemble error, NLL, Brier,
+`evaluation.labelled_metrics(logits, labels, method="mean_prob")` (per-member and ensemble error, NLL, Brier,
 ECE and MACE, plus the members' symmetric KL and disagreement: what the trainer computes per labelled
 evaluation set) and, where `jaxens.metrics` has it, the jitted `js_divergence`. Training side: the
 config's model, optimizer and K-member state (K set to --k) on its dataset; `--train_steps` steps of
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from common import load_config, median_seconds, trainer_setup  # noqa: E402  (benchmarks/common.py)
 
 from jaxens import data as data_lib
-from jaxens import metrics, run
+from jaxens import metrics
+from jaxens.trainer import evaluation
 
 
 def _metric_kernels(k: int, n: int, c: int) -> dict:
@@ -37,7 +38,7 @@ def _metric_kernels(k: int, n: int, c: int) -> dict:
     logits_key, labels_key = jax.random.split(jax.random.key(0))
     logits = jax.device_put(jax.random.normal(logits_key, (k, n, c), jnp.float32) * 3.0)  # [K, N, C]
     labels = jax.device_put(jax.random.randint(labels_key, (n,), 0, c))  # [N]
-    kernels = {"labelled_metrics": lambda: run._labelled_metrics(logits, labels, method="mean_prob")}
+    kernels = {"labelled_metrics": lambda: evaluation.labelled_metrics(logits, labels, method="mean_prob")}
     if hasattr(metrics, "js_divergence"):
         js = jax.jit(metrics.js_divergence)
         kernels["js_divergence"] = lambda: js(logits)

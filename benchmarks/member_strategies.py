@@ -3,7 +3,7 @@
   python benchmarks/member_strategies.py [--models=mlp,cnn,resnet20] [--ks=1,4,8,16]
       [--strategies=vmap,loop,shard_map/vmap,shard_map/loop] [--cpu-devices=2] [--repeats=3]
 
-For each model and K, builds the K-member training step the trainer runs (`jaxens.ensemble.TrainChunk`,
+For each model and K, builds the K-member training step the trainer runs (`jaxens.train_chunk.TrainChunk`,
 the trainer's default step loop for the model on this backend) under every strategy, and the same step of
 ONE member (K = 1, the same jitted code). Every timing is a median over `--repeats` rounds after a warm-up
 call (compilation excluded); all variants of one (model, K) are timed in the same rounds, interleaved.
@@ -38,7 +38,7 @@ import numpy as np
 from jaxens import config as config_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim, sharding
+from jaxens import members, models, optim, sharding, train_chunk
 from jaxens import rng as rng_lib
 
 BATCH = 128
@@ -79,11 +79,11 @@ class _Variant:
 
     def __init__(self, model, tx, dataset, k: int, strategy: str, step_loop: str):
         self.state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, k), dataset.input_shape)
-        if ensemble_lib.is_sharded(strategy):  # The members over a ('member', 'data') mesh of every device.
+        if members.is_sharded(strategy):  # The members over a ('member', 'data') mesh of every device.
             mesh = sharding.make_mesh(sharding.mesh_shape(k, BATCH, data=1))
             self.state, dataset = sharding.put_members(self.state, mesh), sharding.put_replicated(dataset, mesh)
         self.orders = data_lib.epoch_orders(self.state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)
-        self.chunk = ensemble_lib.TrainChunk(model, tx, BATCH, strategy, step_loop)
+        self.chunk = train_chunk.TrainChunk(model, tx, BATCH, strategy, step_loop)
         self.dataset = dataset
 
     def __call__(self, steps: int) -> float:
@@ -114,7 +114,7 @@ def main() -> None:
         dataset = _dataset(config, name)
         model = models.build(config.model, dataset.num_classes, dataset.input_shape)
         tx = optim.make_optimizer(config.optimizer, 10_000)
-        step_loop = ensemble_lib.resolve_step_loop("auto", models.MODELS[config.model.name].convolutional)
+        step_loop = train_chunk.resolve_step_loop("auto", models.MODELS[config.model.name].convolutional)
         steps = STEPS[name]
         single = _Variant(model, tx, dataset, 1, "vmap", step_loop)
         single(steps)  # Compiles.

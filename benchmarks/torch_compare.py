@@ -43,7 +43,8 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from jaxens import config as config_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import run
+from jaxens.trainer import spec as spec_lib
+from jaxens.trainer import validation
 
 BATCH, LR, MOMENTUM = 100, 0.1, 0.9
 
@@ -72,16 +73,16 @@ def _config(name, widths, k, strategy="vmap", shared_batch=False, lam=()):
     config.loss.lam = lam
     config.train.batch_size = BATCH
     config.optimizer.name, config.optimizer.learning_rate, config.optimizer.momentum = "sgd", LR, MOMENTUM
-    config_lib.validate(config)
+    validation.validate(config)
     return config
 
 
 def _jaxens_runner(config, dataset, **overrides):
     """(runner, step loop): runner(n) trains n steps of the config's K members and waits for them; the
-    step is the trainer's own (`jaxens.run.make_train_chunk`; `overrides` replace its arguments)."""
-    _, plan, model, tx = run._build(config, dataset)
-    chunk = run.make_train_chunk(config, plan, model, tx, **overrides)
-    holder = [ensemble_lib.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)]
+    step is the trainer's own (`jaxens.trainer.spec.make_train_chunk`; `overrides` replace its arguments)."""
+    spec = spec_lib.resolve(config)
+    chunk = spec_lib.make_train_chunk(spec, **overrides)
+    holder = [ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)]
     orders = data_lib.epoch_orders(holder[0].rngs.order, jnp.zeros((holder[0].k,), jnp.int32), dataset.num_train)
 
     def runner(n):

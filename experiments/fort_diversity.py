@@ -21,10 +21,10 @@ computes, with `jaxens.subspace` samplers fitted to the last `--window` snapshot
   method, 5 independent members and 5 snapshots of one trajectory on all of them and on the run's
   `config.eval.ood` sets (e.g. svhn_cropped). Each shifted/OOD set contributes `--num_shifted` examples.
 
-New weights get BatchNorm statistics recomputed on training batches before evaluation (DESIGN invariant 4;
-`jaxens.landscape.predict_points`). Writes OUT/results.json, OUT/plane.csv, OUT/comparison.csv, OUT/js.csv
-and figures OUT/fig2_trajectory.png, OUT/fig6_plane.png, OUT/fig8_ensembles.png, OUT/fig9_shift.png, each
-atomically; an OUT that already holds results is refused.
+New weights get BatchNorm statistics recomputed on training batches before evaluation
+(docs/definitions.md#batchnorm-statistics; `jaxens.landscape.predict_points`). Writes OUT/results.json,
+OUT/plane.csv, OUT/comparison.csv, OUT/js.csv and figures OUT/fig2_trajectory.png, OUT/fig6_plane.png,
+OUT/fig8_ensembles.png, OUT/fig9_shift.png, each atomically; an OUT that already holds results is refused.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ them (`--members`, default 0 and 1), computes:
   training and test loss, accuracy and agreement with each member, and the loss and error barriers
   (`jaxens.landscape.error_barrier`) of both paths.
 
-BatchNorm statistics are recomputed at every new point on `--recompute_batches` training batches (DESIGN
-invariant 4; no effect for models without BatchNorm). Writes OUT/plane.json, OUT/tunnel.json, OUT/fig5.png
-and OUT/figS2.png, each atomically; an existing non-empty OUT is refused unless --overwrite.
+BatchNorm statistics are recomputed at every new point on `--recompute_batches` training batches
+(docs/definitions.md#batchnorm-statistics; no effect for models without BatchNorm). Writes OUT/plane.json,
+OUT/tunnel.json, OUT/fig5.png and OUT/figS2.png, each atomically; an existing non-empty OUT is refused unless
+--overwrite.
 """
 
 from __future__ import annotations

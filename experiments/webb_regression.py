@@ -58,7 +58,7 @@ import optax
 
 from jaxens import losses
 from jaxens import rng as rng_lib
-from jaxens.ensemble import map_members
+from jaxens.members import map_members
 from jaxens.models import MLP
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 

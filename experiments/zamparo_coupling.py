@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxens import config as config_lib
 from jaxens import sweep
+from jaxens.trainer import spec as spec_lib
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
@@ -255,7 +256,7 @@ def main(argv=None) -> None:
     started = time.time()
     outcomes = sweep.run_all(runs, root)
     first = next(iter(runs.values()))
-    spe = config_lib.steps_per_epoch(first)
+    spe = spec_lib.resolve(first).steps_per_epoch
     rows = table(outcomes, runs, spe)
     settings = dict(
         config=args.config,

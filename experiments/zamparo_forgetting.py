@@ -9,7 +9,8 @@ independent initializations and data orders) and `s<seed>_coupled_to_t_reset` (o
 spawn time t, each restarting optimizer and schedule), both saving every member's weights at every epoch
 (config.trajectory.every='1ep'). Each snapshot is evaluated on the test set, and a member's test-side
 forgetting events are counted between consecutive evaluations (an example correct at one evaluation and
-wrong at the next: `jaxens.metrics.forgetting.update_all`, DESIGN §4).
+wrong at the next: `jaxens.metrics.forgetting.update_all`,
+docs/definitions.md#forgetting-events).
 
 Writes atomically OUT/forgetting.csv (tidy: seed, condition, t_label, epoch since the member's start or
 spawn, member, events: the events between evaluation epoch − 1 and epoch), OUT/results.json (the rows of
@@ -37,6 +38,7 @@ import numpy as np
 
 from jaxens import config as config_lib
 from jaxens import sweep
+from jaxens.trainer import spec as spec_lib
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 COLUMNS = ("seed", "condition", "t_label", "epoch", "member", "events")
@@ -65,7 +67,7 @@ def test_events(workdir: str, batch_size: int = 1000) -> dict:
     import jax.numpy as jnp
 
     from jaxens import ensemble as ensemble_lib
-    from jaxens import run, trajectory
+    from jaxens import members, run, trajectory
     from jaxens.metrics import forgetting
 
     restored = run.restore(workdir)
@@ -74,7 +76,8 @@ def test_events(workdir: str, batch_size: int = 1000) -> dict:
 
     @jax.jit
     def correct_of(params, batch_stats, x, labels):  # One snapshot of the K members → [K, B] correctness.
-        logits = jax.vmap(lambda p, s: ensemble_lib.member_logits(model, p, s, x))(params, batch_stats)
+        member = lambda p, s: ensemble_lib.member_logits(model, p, s, x)  # noqa: E731
+        logits = members.map_members(member, "vmap", (0, 0))(params, batch_stats)
         return jnp.argmax(logits, -1) == labels
 
     snapshots = trajectory.steps(workdir)
@@ -136,17 +139,17 @@ def per_epoch(rows: list[dict]) -> list[dict]:
 def cumulative(rows: list[dict], window: int, steps_per_epoch: int) -> list[dict]:
     """Fig. 1h: the children's events summed over their first `window` epochs after the spawn (mean over
     the k children of a seed), mean and std over seeds, per spawn time."""
-    from jaxens.spawn import parse_steps
+    from jaxens import steps as steps_lib
 
     out = []
     children = [r for r in rows if r["condition"] == "coupled_to_t_reset"]
-    for label in sorted({r["t_label"] for r in children}, key=lambda s: parse_steps(s, steps_per_epoch)):
+    for label in sorted({r["t_label"] for r in children}, key=lambda s: steps_lib.parse(s, steps_per_epoch)):
         per_seed = []
         for s in sorted({r["seed"] for r in children}):
             mine = [r for r in children if r["t_label"] == label and r["seed"] == s and r["epoch"] <= window]
             members = {r["member"] for r in mine}
             per_seed.append(sum(r["events"] for r in mine) / max(len(members), 1))
-        t = parse_steps(label, steps_per_epoch) / steps_per_epoch
+        t = steps_lib.parse(label, steps_per_epoch) / steps_per_epoch
         out.append(dict(t_label=label, t_epochs=t, mean=float(np.mean(per_seed)), std=float(np.std(per_seed))))
     return out
 
@@ -204,7 +207,7 @@ def main(argv=None) -> None:
             write_json_atomic(stored_path, stored)
     rows = table({n: stored[n] for n in runs if n in stored}, runs)
     first = next(iter(runs.values()))
-    spe = config_lib.steps_per_epoch(first)
+    spe = spec_lib.resolve(first).steps_per_epoch
     g, h = per_epoch(rows), cumulative(rows, args.window, spe)
     settings = dict(
         config=args.config,

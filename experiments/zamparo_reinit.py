@@ -11,9 +11,9 @@ then k children without re-initialization, under the config's spawning condition
 the default configs/mnist1d_reinit.py, six-layer MLPs whose tensors give the fractions a fine grain), one run per side and fraction f > 0, `s<seed>_<side><f>`, spawning
 from the same parent's checkpoint (config.coupling.parent_dir) with config.coupling.reinit_fraction=f and
 reinit_side=side (whole tensors in forward order until f of the parameter count, fresh draws per child;
-DESIGN §4), and `s<seed>_no_coupling`, the baseline. Then, per run, the error barrier on the test set
-along the straight line between children 2i and 2i+1 (`jaxens.landscape.barrier`, --alphas points, BatchNorm
-statistics recomputed), averaged over the k/2 pairs.
+docs/definitions.md#re-initialization), and `s<seed>_no_coupling`, the baseline. Then, per run, the error
+barrier on the test set along the straight line between children 2i and 2i+1 (`jaxens.landscape.barrier`,
+--alphas points, BatchNorm statistics recomputed), averaged over the k/2 pairs.
 
 Writes atomically OUT/results.csv (tidy: seed, side, fraction, metric, value; metrics ensemble_error,
 ensemble_mace, ensemble_nll, mean_member_error, ensemble_sym_kl, error_barrier, and reinitialized: the share
@@ -120,14 +120,14 @@ def _reinitialized_share(restored) -> float:
     config.coupling.reinit_fraction, more where a tensor boundary falls past it)."""
     import jax
 
-    from jaxens import models, reinit
+    from jaxens import spawn
 
     c = restored.config.coupling
     if c.reinit_fraction == 0:
         return 0.0
     params = jax.tree.map(lambda a: a[0], restored.state.params)
-    order = models.forward_order(restored.model, restored.dataset.input_shape)
-    mask = reinit.mask(params, order, c.reinit_fraction, c.reinit_side)
+    # The mask the trainer drew at the spawn.
+    mask = spawn.reinit_for(restored.model, restored.dataset.input_shape, params, c.reinit_fraction, c.reinit_side).mask
     sizes = [x.size for x in jax.tree.leaves(params)]
     return sum(n for n, re_drawn in zip(sizes, jax.tree.leaves(mask)) if re_drawn) / sum(sizes)
 

@@ -16,8 +16,9 @@ spawn time train together as one stacked state of K = |t|·k members, group g (s
 members g·k … g·k + k − 1. Each member keeps its own step counter (which also drives its data position)
 and stops updating at its end step.
 
-The children of spawn time t draw their streams from `spawn_key(seed, t)` (see `jaxens.rng`), so a sweep
-member equals the member of a single-spawn run with the same seed and t.
+The children of spawn time t draw their streams from `jaxens.spawn.spawn_key(seed, t)`, so a sweep member
+equals the member of a single-spawn run with the same seed and t. The definitions are in
+docs/definitions.md#coupling-conditions; the spawn itself is `jaxens.spawn`.
 """
 
 from __future__ import annotations
@@ -26,29 +27,24 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxens import rng as rng_lib
+from jaxens import steps as steps_lib
 from jaxens.config import SPAWNING_CONDITIONS
 
-# fold_in data of the spawn domain: the largest uint32, a member index no run reaches.
-_SPAWN_DOMAIN = 2**32 - 1
 
-
-def spawn_key(seed: int, t: int) -> jax.Array:
-    """The key the children of spawn step t draw their streams from: fold_in(fold_in(PRNGKey(seed), 2³²−1), t)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _SPAWN_DOMAIN), t)
+def num_groups(condition: str, spawn_times, lams) -> int:
+    """Groups of k members a run trains: one per spawn time under a spawning condition, one per λ, else one."""
+    return max(len(spawn_times) if condition in SPAWNING_CONDITIONS else 0, len(lams), 1)
 
 
 def spawn_time_problems(times: tuple, condition: str, steps_per_epoch: int, total_steps: int) -> list[str]:
     """Messages for spawn times that do not parse, repeat, or fall outside what the condition allows."""
-    from jaxens.spawn import parse_steps
-
     problems, steps = [], []
     for text in times:
         try:
-            steps.append(parse_steps(text, steps_per_epoch))
+            steps.append(steps_lib.parse(text, steps_per_epoch))
         except ValueError as e:
             problems.append(f"config.coupling.t: {e}")
     if problems:
@@ -98,7 +94,7 @@ class Plan:
 
     @property
     def num_groups(self) -> int:
-        return max(len(self.spawn_steps), len(self.lams), 1)
+        return num_groups(self.condition, self.spawn_steps, self.lams)
 
     @property
     def num_members(self) -> int:
@@ -132,58 +128,61 @@ class Plan:
         """[K] the step each member stops at: T, or t + T under coupled_to_t_reset."""
         return self.start_steps() + self.total_steps if self.reset else np.full(self.num_members, self.total_steps)
 
+    def member_names(self) -> list[str]:
+        """[K] how messages name each member: 'member m', with its group when there are several."""
+        names = []
+        for g, (t, lam) in enumerate(zip(self.group_spawn_steps(), self.group_lams())):
+            for m in range(self.k):
+                if lam is not None and self.num_groups > 1:
+                    names.append(f"member {m} of the λ={lam:g} group")
+                elif t is not None and self.num_groups > 1:
+                    names.append(f"member {m} of the children spawned at t={self.spawn_labels[g]}")
+                else:
+                    names.append(f"member {m}")
+        return names
+
     def ticks(self) -> int:
         """Lockstep steps of the members' phase: until the member with the most steps to go finishes."""
         return int((self.end_steps() - self.start_steps()).max())
 
 
-def plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Plan:
-    """The run's plan from a validated config."""
-    from jaxens.spawn import parse_steps
+def make_plan(
+    condition: str,
+    k: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    spawn_times: tuple = (),
+    shared_streams: tuple[str, ...] = (),
+    lams: tuple[float, ...] = (),
+) -> Plan:
+    """The plan of a run (see `Plan`) from its validated settings.
 
-    c = config.coupling
-    shared = tuple(config.ensemble.shared_streams)
-    if c.condition == "coupled_order" and "order" not in shared:
+    Args:
+      condition: config.coupling.condition.
+      k: config.ensemble.k.
+      total_steps: T.
+      steps_per_epoch: S, to read the spawn times.
+      spawn_times: config.coupling.t, step strings (`jaxens.steps`); read only under a spawning condition.
+      shared_streams: config.ensemble.shared_streams ('order' is added under coupled_order).
+      lams: config.loss.lam.
+    """
+    shared = tuple(shared_streams)
+    if condition == "coupled_order" and "order" not in shared:
         shared = ("order", *shared)
     steps: tuple[int, ...] = ()
     labels: tuple[str, ...] = ()
-    if c.condition in SPAWNING_CONDITIONS:
-        pairs = sorted((parse_steps(t, steps_per_epoch), str(t)) for t in c.t)
+    if condition in SPAWNING_CONDITIONS:
+        pairs = sorted((steps_lib.parse(t, steps_per_epoch), str(t)) for t in spawn_times)
         steps, labels = tuple(s for s, _ in pairs), tuple(label for _, label in pairs)
     return Plan(
-        condition=c.condition,
-        k=config.ensemble.k,
-        total_steps=steps_per_epoch * config.train.num_epochs,
+        condition=condition,
+        k=k,
+        total_steps=total_steps,
         spawn_steps=steps,
         spawn_labels=labels,
         shared_streams=shared,
-        lams=tuple(config.loss.lam),
+        lams=tuple(lams),
     )
-
-
-def spawn_groups(parents: dict, p: Plan, seed: int, tx, reinit=None):
-    """The k children of every spawn time t of the plan, stacked in spawn-step order (K = |t|·k).
-
-    Args:
-      parents: {t: the one-member parent state at step t} for every t in `p.spawn_steps`.
-      p: the plan (its condition decides whether the optimizer restarts).
-      seed: the run's seed; group t's streams are `spawn.child_streams(spawn_key(seed, t), k, shared)`.
-      tx: the optimizer (restarted under coupled_to_t_reset; re-initialized tensors' slots restart).
-      reinit: a `jaxens.spawn.Reinit`, or None.
-
-    Returns:
-      The children's state, every leaf [|t|·k, ...]; group g holds members g·k … g·k + k − 1.
-    """
-    from jaxens import spawn as spawn_lib
-
-    groups = []
-    for t in p.spawn_steps:
-        key = spawn_key(seed, t)
-        streams = spawn_lib.child_streams(key, p.k, p.shared_streams)
-        groups.append(
-            spawn_lib.spawn(parents[t], p.k, key, reset_optimizer=p.reset, tx=tx, reinit=reinit, streams=streams)
-        )
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *groups)
 
 
 # Config fields that decide the parent's training: runs that agree on them have the same parent.

@@ -1,15 +1,16 @@
 """Loss landscape along straight lines in weight space: interpolation, BatchNorm recomputation, error barrier.
 
 For two networks θ_a, θ_b of the same architecture, the linear path θ(α) = (1 − α)θ_a + αθ_b is evaluated on a
-grid of α in ONE jitted call vmapped over α (`linear_path`). Its error barrier (DESIGN §4, Frankle et al. 2020,
-"Linear Mode Connectivity and the Lottery Ticket Hypothesis") measures how far the path rises above its
-endpoints (`error_barrier`, `barrier`).
+grid of α in ONE jitted call vmapped over α (`linear_path`). Its error barrier
+(docs/definitions.md#error-barrier; Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
+Hypothesis") measures how far the path rises above its endpoints (`error_barrier`, `barrier`).
 
 BatchNorm statistics of an interpolated network are not the interpolated statistics: the running means and
-variances of θ_a and θ_b describe THEIR activations, not θ(α)'s. DESIGN invariant 4 therefore recomputes them
-on training data before evaluation (`recompute_batch_stats`, on by default), as Izmailov et al. 2018
-("Averaging Weights Leads to Wider Optima and Better Generalization") do for averaged weights and Garipov
-et al. 2018 ("Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs") along curves between modes.
+variances of θ_a and θ_b describe THEIR activations, not θ(α)'s. They are therefore recomputed on training data
+before evaluation (`recompute_batch_stats`, on by default; docs/definitions.md#batchnorm-statistics), as
+Izmailov et al. 2018 ("Averaging Weights Leads to Wider Optima and Better Generalization") do for averaged
+weights and Garipov et al. 2018 ("Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs") along curves
+between modes.
 
 Everything here is written for ONE network (one member's variables); map over the member axis K outside.
 """
@@ -263,9 +264,10 @@ def linear_path(
 ) -> dict[str, jax.Array]:
     """Error and loss of θ(α) = (1 − α)θ_a + αθ_b for every α, in ONE jitted call vmapped over α.
 
-    Per α: interpolate the parameters (and the BatchNorm statistics when not recomputing them) →
-    optionally recompute the BatchNorm statistics on `data.train_x` (`recompute_batch_stats`, DESIGN
-    invariant 4) → evaluate in eval mode on `data.x` with `jaxens.metrics.error` and `jaxens.metrics.nll`.
+    Per α: interpolate the parameters (and the BatchNorm statistics when not recomputing them) → optionally
+    recompute the BatchNorm statistics on `data.train_x` (`recompute_batch_stats`;
+    docs/definitions.md#batchnorm-statistics) → evaluate in eval mode on `data.x` with `jaxens.metrics.error`
+    and `jaxens.metrics.nll`.
 
     The compiled function is cached per (apply_fn, shapes, options): pass the same `apply_fn` object (e.g.
     `model.apply` of one module) to reuse it. Memory grows with A (all α run at once).
@@ -314,8 +316,8 @@ def _endpoint(alphas: np.ndarray, value: float) -> int:
 
 
 def error_barrier(errors, alphas, baseline: str = "mean") -> jax.Array:
-    """Error barrier of a linear path (DESIGN §4; Frankle et al. 2020, "Linear Mode Connectivity and the
-    Lottery Ticket Hypothesis").
+    """Error barrier of a linear path (docs/definitions.md#error-barrier; Frankle et al. 2020, "Linear Mode
+    Connectivity and the Lottery Ticket Hypothesis").
 
     With err(α) the error of θ(α) = (1 − α)θ_a + αθ_b on a grid that includes α = 0 and α = 1:
 
@@ -429,10 +431,11 @@ def predict_points(
 ) -> jax.Array:
     """Eval-mode logits of P networks stacked on a leading axis, in ONE jitted call.
 
-    The P networks run `chunk_size` at a time (vmapped), the chunks one after another (`lax.map`), so
-    memory grows with `chunk_size`, not P. For new weights (subspace samples, averages, interpolations)
-    pass `train_x`: every network's BatchNorm statistics are then recomputed on those training batches
-    first (`recompute_batch_stats`, DESIGN invariant 4); snapshots of trained networks keep their own.
+    The P networks run `chunk_size` at a time (vmapped), the chunks one after another (`lax.map`), so memory
+    grows with `chunk_size`, not P. For new weights (subspace samples, averages, interpolations) pass `train_x`:
+    every network's BatchNorm statistics are then recomputed on those training batches first
+    (`recompute_batch_stats`; docs/definitions.md#batchnorm-statistics); snapshots of trained networks keep
+    their own.
 
     Args:
       apply_fn: `model.apply` of a Flax module (un-jitted).

@@ -17,8 +17,8 @@ so θ_a sits at (‖θ_a‖, 0) and θ_b at (θ_b·e1, ‖θ_b − (θ_b·e1)e1�
 distance from the plane.
 
 `radial_plane` evaluates a grid of points in ONE jitted function: vmapped chunks of points, `lax.map` over the
-chunks. BatchNorm statistics are recomputed at every point on training batches (DESIGN invariant 4,
-`landscape.recompute_batch_stats`, on by default).
+chunks. BatchNorm statistics are recomputed at every point on training batches
+(docs/definitions.md#batchnorm-statistics, `landscape.recompute_batch_stats`, on by default).
 
 Everything here is written for ONE network per optimum (one member's variables); select members outside.
 """
@@ -311,8 +311,8 @@ def point_variables(
     """The variables `radial_plane` evaluates at one plane point (x, y).
 
     params = x·θ_a + y·θ_b (`point`). BatchNorm statistics: recomputed for these weights on `train_x`
-    (`landscape.recompute_batch_stats`; DESIGN invariant 4) when `recompute_batch_stats` and the model has
-    BatchNorm; otherwise every non-params collection is combined with the same coefficients,
+    (`landscape.recompute_batch_stats`; docs/definitions.md#batchnorm-statistics) when `recompute_batch_stats`
+    and the model has BatchNorm; otherwise every non-params collection is combined with the same coefficients,
     x·stats_a + y·stats_b (at the optima this is their own statistics; elsewhere, and certainly for negative
     coefficients, where a combined variance can be negative, it is not the statistics of the point's network).
 

@@ -1,4 +1,4 @@
-"""Per-member PRNG streams (DESIGN invariant 3).
+"""Per-member PRNG streams (docs/definitions.md#prng-streams).
 
 Every member owns one key per stream: `init` (parameter initialization), `order` (minibatch order),
 `augment` (data augmentation) and `dropout`. The derivation is a contract that tests re-derive:
@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from jaxens.members import map_members
 
 STREAM_IDS = {"init": 0, "order": 1, "augment": 2, "dropout": 3}
 
@@ -49,9 +51,9 @@ def streams_from(root: jax.Array, k: int, shared: tuple[str, ...] = ()) -> Strea
     unknown = set(shared) - set(STREAM_IDS)
     if unknown:
         raise ValueError(f"shared streams {sorted(unknown)}: allowed: {', '.join(STREAM_IDS)}")
-    member_keys = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.arange(k))  # [K, 2]
+    member_keys = map_members(lambda m: jax.random.fold_in(root, m), "vmap", (0,))(jnp.arange(k))  # [K, 2]
     streams = {}
     for name, i in STREAM_IDS.items():
-        keys = jax.vmap(lambda key, i=i: jax.random.fold_in(key, i))(member_keys)  # [K, 2]
+        keys = map_members(lambda key, i=i: jax.random.fold_in(key, i), "vmap", (0,))(member_keys)  # [K, 2]
         streams[name] = jnp.broadcast_to(keys[0], keys.shape) if name in shared else keys
     return Streams(**streams)

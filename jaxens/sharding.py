@@ -195,6 +195,22 @@ def put_shared(tree, mesh: Mesh):
     return jax.tree.map(one, tree)
 
 
+class Replicas:
+    """Shared arrays (the dataset, evaluation inputs) placed on a mesh by `put_shared`, once per source object
+    and mesh: a `TrainChunk` or `Predictor` called again with the same dataset reuses its copy."""
+
+    def __init__(self):
+        self._recent: list[tuple[Any, Mesh, Any]] = []  # (source object, mesh, its copy there)
+
+    def __call__(self, tree, mesh: Mesh):
+        for source, source_mesh, placed in self._recent:
+            if source is tree and source_mesh == mesh:
+                return placed
+        placed = put_shared(tree, mesh)
+        self._recent = [*self._recent[-3:], (tree, mesh, placed)]  # A few recent ones (train, eval sets).
+        return placed
+
+
 SPLIT_EXAMPLES = PartitionSpec((MEMBER, DATA))  # Axis 0 (the examples) over every device of the mesh.
 
 
@@ -221,6 +237,16 @@ def constrain_batch(x, mesh: Mesh, member_axis: bool):
     or x [B, ...] shared by all members on 'data'."""
     spec = PartitionSpec(MEMBER, DATA) if member_axis else PartitionSpec(DATA)
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec)), x)
+
+
+def constrain_member_batch(tree):
+    """One member's minibatch [B, ...] split over the 'data' axis of the mesh in context (`jax.set_mesh`,
+    as `TrainChunk` sets it); unchanged without one. Mapped over the members (vmap with 'member' as its
+    SPMD axis, or `shard_map` manual over 'member'), the member axis goes on 'member'."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA not in mesh.axis_names:
+        return tree
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, PartitionSpec(DATA)), tree)
 
 
 def host(tree):

@@ -1,23 +1,27 @@
 """Spawning (Zamparo et al. §1): k children that copy a parent's parameters AND optimizer state.
 
+Everything about a spawn lives here: the key the children draw their streams from (`spawn_key`), their
+streams (`child_streams`), the state transformation itself (`spawn`), the children of every spawn time of a
+sweep stacked into one state (`spawn_children`), and the re-initialization mask built from the model
+(`reinit_for`). See docs/definitions.md#spawning.
+
 `spawn` is a pure state transformation. A child at spawn time equals its parent bitwise in parameters,
 BatchNorm statistics, optimizer state (momentum, schedule position) and step counter; only its PRNG
 streams are new, drawn from the spawn key, plus what `reset_optimizer` and `reinit` change:
 
 - `reset_optimizer` (the coupled-to-t-reset condition, "extended training"): the optimizer state is a
   fresh `tx.init`, so momentum is zero and the learning-rate schedule restarts at its first value;
-- `reinit` (§3): the tensors a mask selects get fresh initializer draws, independently per child, and
-  their optimizer slots (momentum, Adam moments) restart at zero, as for a freshly initialized tensor.
-  BatchNorm running statistics are kept (they are not parameters; training re-estimates them).
-
-Spawn times are written as step strings: '500it', '2ep', '2ep10it' (see `parse_steps`).
+- `reinit` (§3; docs/definitions.md#re-initialization): the tensors a mask selects get fresh initializer
+  draws, independently per child, and their optimizer slots (momentum, Adam moments) restart at zero, as
+  for a freshly initialized tensor. BatchNorm running statistics are kept (they are not parameters;
+  training re-estimates them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,37 +31,20 @@ import optax
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens.ensemble import EnsembleState
+from jaxens.members import map_members
+from jaxens.models.order import forward_order
 
 PyTree = Any
-_STEPS = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
+# fold_in data of the spawn domain: the largest uint32, a member index no run reaches.
+_SPAWN_DOMAIN = 2**32 - 1
 
 
-def parse_steps(text: str | int, steps_per_epoch: int) -> int:
-    """'500it' → 500, '2ep' → 2·S, '2ep10it' → 2·S + 10, for S steps per epoch; an integer n → n.
+def spawn_key(seed: int, t: int) -> jax.Array:
+    """The key the children of spawn step t draw their streams from: fold_in(fold_in(PRNGKey(seed), 2³²−1), t).
 
-    Raises:
-      ValueError: naming the value and the accepted forms.
+    So a member of a spawn sweep equals the member of a single-spawn run with the same seed and t.
     """
-    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
-        return text
-    match = _STEPS.match(text.strip()) if isinstance(text, str) else None
-    if not match or not any(match.groups()):
-        raise ValueError(f"{text!r}: expected a step string like '500it', '2ep' or '2ep10it', or a step count")
-    epochs, iterations = (int(g) if g else 0 for g in match.groups())
-    return epochs * steps_per_epoch + iterations
-
-
-@dataclasses.dataclass(frozen=True)
-class Reinit:
-    """What to re-initialize at spawn.
-
-    Attributes:
-      mask: pytree of bools over one member's params (`jaxens.reinit.mask`).
-      init_params: key → a fresh draw of one member's params (e.g. `model.init(...)['params']`).
-    """
-
-    mask: PyTree
-    init_params: Callable[[jax.Array], PyTree]
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _SPAWN_DOMAIN), t)
 
 
 def child_streams(key: jax.Array, k: int, shared: tuple[str, ...] = ()) -> rng_lib.Streams:
@@ -66,6 +53,44 @@ def child_streams(key: jax.Array, k: int, shared: tuple[str, ...] = ()) -> rng_l
     Streams named in `shared` are child 0's for every child (see `jaxens.rng.streams_from`).
     """
     return rng_lib.streams_from(key, k, shared)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reinit:
+    """What to re-initialize at spawn.
+
+    Attributes:
+      mask: pytree of bools over one member's params (`jaxens.reinit.mask`).
+      model: the model whose initializer draws the fresh tensors (`model.init`).
+      input_shape: one example's shape (to trace `model.init`).
+    """
+
+    mask: PyTree
+    model: Any
+    input_shape: tuple[int, ...]
+
+
+def reinit_for(model, input_shape: Sequence[int], params: PyTree, fraction: float, side: str) -> Reinit | None:
+    """The re-initialization of `fraction` of the parameter count from `side` ('low': the input side,
+    'high': the output side), its mask built on one member's `params` in the model's forward order
+    (`jaxens.models.forward_order`); None for fraction 0."""
+    if fraction <= 0:
+        return None
+    mask = reinit_lib.mask(params, forward_order(model, tuple(input_shape)), fraction, side)
+    return Reinit(mask=mask, model=model, input_shape=tuple(input_shape))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+def _fresh_params(init_keys: jax.Array, model, input_shape: tuple[int, ...]):
+    """One draw of the model's parameters per init key [k, 2] (compiled once per model and shape)."""
+    draw = lambda key: model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)["params"]  # noqa: E731
+    return map_members(draw, "vmap", (0,))(init_keys)
+
+
+@functools.partial(jax.jit, static_argnames="tx")
+def _fresh_optimizer(params, tx: optax.GradientTransformation):
+    """`tx.init` of every member's params (leaves [k, ...]), compiled once per optimizer."""
+    return map_members(tx.init, "vmap", (0,))(params)
 
 
 def spawn(
@@ -103,7 +128,7 @@ def spawn(
     streams = child_streams(key, k) if streams is None else jax.tree.map(jnp.copy, streams)
     params, opt_state = copies.params, copies.opt_state
     if reinit is not None:
-        fresh = jax.jit(jax.vmap(reinit.init_params))(streams.init)  # [k, ...] one draw per child
+        fresh = _fresh_params(streams.init, model=reinit.model, input_shape=reinit.input_shape)  # One per child.
         params = reinit_lib.reinitialize(params, fresh, reinit.mask)
         # Param-shaped optimizer slots of re-initialized tensors start over (zeros, as tx.init makes them).
         opt_state = optax.tree_map_params(
@@ -111,5 +136,35 @@ def spawn(
         )
     if reset_optimizer:
         assert tx is not None  # checked above
-        opt_state = jax.jit(jax.vmap(tx.init))(params)
+        opt_state = _fresh_optimizer(params, tx=tx)
     return copies.replace(params=params, opt_state=opt_state, rngs=streams)
+
+
+def spawn_children(
+    parents: dict[int, EnsembleState],
+    k: int,
+    seed: int,
+    shared_streams: tuple[str, ...] = (),
+    reset_optimizer: bool = False,
+    tx: optax.GradientTransformation | None = None,
+    reinit: Reinit | None = None,
+) -> EnsembleState:
+    """The k children of every spawn step t, stacked in increasing t (K = |t|·k).
+
+    Args:
+      parents: {t: the one-member parent state at step t}.
+      k: children per spawn time.
+      seed: the run's seed; the children of t draw `child_streams(spawn_key(seed, t), k, shared_streams)`.
+      reset_optimizer: coupled_to_t_reset: the children's optimizer state and schedule restart.
+      tx: the optimizer (restarted under `reset_optimizer`; re-initialized tensors' slots restart).
+      reinit: `reinit_for(...)`, or None.
+
+    Returns:
+      The children's state, every leaf [|t|·k, ...]; group g holds members g·k … g·k + k − 1.
+    """
+    groups = []
+    for t in sorted(parents):
+        key = spawn_key(seed, t)
+        streams = child_streams(key, k, shared_streams)
+        groups.append(spawn(parents[t], k, key, reset_optimizer=reset_optimizer, tx=tx, reinit=reinit, streams=streams))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *groups)

@@ -11,9 +11,9 @@ the last iterates are fitted from R snapshots of one member (leaves [R, ...], e.
   low-rank Gaussian    θ = μ + Σ_i z_i v_i along the top principal directions (`low_rank_fit`, `low_rank_sample`)
   weight averaging     μ, the mean of the iterates (`weight_average`)
 
-New weights need new BatchNorm statistics before they are evaluated (DESIGN invariant 4): evaluate samples
-with `jaxens.landscape.predict_points(..., train_x=...)`, which recomputes them per sample. §5 keeps only
-samples whose validation accuracy reaches 0.65 (`accepted`).
+New weights need new BatchNorm statistics before they are evaluated (docs/definitions.md#batchnorm-statistics):
+evaluate samples with `jaxens.landscape.predict_points(..., train_x=...)`, which recomputes them per sample. §5
+keeps only samples whose validation accuracy reaches 0.65 (`accepted`).
 
 Memory: fitting either Gaussian needs the last R iterates of a member only, R·|θ| floats (R ≥ rank + 1 for
 the low-rank one), never the whole trajectory; `config.trajectory.keep_last = R` bounds what a run keeps.

@@ -28,6 +28,7 @@ from absl import logging
 from jaxens import config as config_lib
 from jaxens import preemption, progress
 from jaxens import workdir as workdir_lib
+from jaxens.trainer import validation
 
 _NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
@@ -57,8 +58,8 @@ def validate_all(runs: Mapping[str, ml_collections.ConfigDict], root: str) -> No
             problems.append(f"{name!r}: a run name may hold letters, digits and _ . = + - only (it names a directory)")
             continue
         try:
-            config_lib.validate(config)
-            workdir_lib.check(os.path.join(root, name), config)
+            validation.validate(config)
+            workdir_lib.check(os.path.join(root, name), workdir_lib.config_to_dict(config))
         except config_lib.ConfigError as e:
             problems.append(f"run {name!r}: " + str(e).replace("\n", "\n  "))
     if problems:

@@ -56,11 +56,6 @@ class Trajectory(NamedTuple):
         return jax.tree.map(pick, self.params), jax.tree.map(pick, self.batch_stats)
 
 
-def snapshot_steps(every: int, last: int) -> list[int]:
-    """The ticks at which a run snapshots: every multiple of `every` in (0, last], and `last`."""
-    return sorted(set(range(every, last + 1, every)) | {last}) if every > 0 else []
-
-
 def _path(workdir: str, step: int) -> str:
     return os.path.join(workdir, DIR, f"step_{step:09d}.npz")
 

@@ -182,6 +182,24 @@ def _fit(apply_fn, variables_a, variables_b, bends, train_x, train_y, key, tx, n
 _fit_jit = jax.jit(_fit, static_argnames=("apply_fn", "tx", "num_steps", "batch_size", "num_ts"))
 
 
+def _check_fit_args(variables_a, variables_b, train_x, train_y, num_bends, num_steps, batch_size, num_ts, bends):
+    """`fit_tunnel`'s argument checks, except the bends' shapes (`_check_bends`); a ValueError names the argument."""
+    plane._check_variables(variables_a, variables_b)
+    if np.ndim(train_y) != 1 or np.shape(train_x)[:1] != np.shape(train_y):
+        raise ValueError(
+            f"train_x of shape {np.shape(train_x)} and train_y of shape {np.shape(train_y)}: expected [N, ...] and [N]"
+        )
+    if bends is None and num_bends < 1:
+        raise ValueError(f"num_bends={num_bends}: a tunnel needs at least one bend")
+    n_train = np.shape(train_y)[0]
+    if not 1 <= batch_size <= n_train:
+        raise ValueError(f"batch_size={batch_size}: must be in [1, {n_train}] (the training examples)")
+    if num_steps < 0:
+        raise ValueError(f"num_steps={num_steps}: must be ≥ 0")
+    if num_ts < 1:
+        raise ValueError(f"num_ts={num_ts}: must be ≥ 1")
+
+
 def fit_tunnel(
     apply_fn: ApplyFn,
     variables_a,
@@ -228,20 +246,7 @@ def fit_tunnel(
     Raises:
       ValueError: structures differ, bad shapes, or a count out of range (naming the argument).
     """
-    plane._check_variables(variables_a, variables_b)
-    if np.ndim(train_y) != 1 or np.shape(train_x)[:1] != np.shape(train_y):
-        raise ValueError(
-            f"train_x of shape {np.shape(train_x)} and train_y of shape {np.shape(train_y)}: expected [N, ...] and [N]"
-        )
-    if bends is None and num_bends < 1:
-        raise ValueError(f"num_bends={num_bends}: a tunnel needs at least one bend")
-    n_train = np.shape(train_y)[0]
-    if not 1 <= batch_size <= n_train:
-        raise ValueError(f"batch_size={batch_size}: must be in [1, {n_train}] (the training examples)")
-    if num_steps < 0:
-        raise ValueError(f"num_steps={num_steps}: must be ≥ 0")
-    if num_ts < 1:
-        raise ValueError(f"num_ts={num_ts}: must be ≥ 1")
+    _check_fit_args(variables_a, variables_b, train_x, train_y, num_bends, num_steps, batch_size, num_ts, bends)
     if bends is None:
         bends = init_bends(variables_a["params"], variables_b["params"], num_bends)
     else:
@@ -305,11 +310,11 @@ def evaluate_path(
     """Error, loss and agreement with both optima along the chain, for every t in ONE jitted vmapped call.
 
     Per t: params `chain_point(t)` → BatchNorm statistics recomputed on `data.train_x`
-    (`landscape.recompute_batch_stats`, DESIGN invariant 4; on by default) → eval-mode logits on `data.x` →
-    error, mean NLL, and agreement_a/b = 1 − disagreement with the endpoints' predictions (the path's own at
-    t = 0 and t = 1, under the same statistics policy, so agreement_a(0) = 1). With recomputation off, every
-    non-params collection is interpolated linearly with t between θ_a's and θ_b's (the bends carry no
-    statistics: meaningful for zero bends, where this is exactly `landscape.linear_path`'s rule).
+    (`landscape.recompute_batch_stats`, docs/definitions.md#batchnorm-statistics; on by default) → eval-mode
+    logits on `data.x` → error, mean NLL, and agreement_a/b = 1 − disagreement with the endpoints' predictions
+    (the path's own at t = 0 and t = 1, under the same statistics policy, so agreement_a(0) = 1). With
+    recomputation off, every non-params collection is interpolated linearly with t between θ_a's and θ_b's (the
+    bends carry no statistics: meaningful for zero bends, where this is exactly `landscape.linear_path`'s rule).
 
     With zero bends (leaves [0, ...], e.g. `init_bends(a, b, 0)`) the chain is the linear path, so Fort et
     al.'s Fig. S2 comparison of the linear path and the tunnel uses this one function.

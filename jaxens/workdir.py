@@ -106,9 +106,12 @@ def _run_fields(config: dict) -> dict:
     return {key: value for key, value in config.items() if key not in PLACEMENT_GROUPS}
 
 
-def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether `workdir` holds this run (True) or no run (False); reads only. The `PLACEMENT_GROUPS`
-    (config.mesh) may differ: the same run on other devices.
+def check(workdir: str, config: dict) -> bool:
+    """Whether `workdir` holds the run of `config` (True) or no run (False); reads only. The
+    `PLACEMENT_GROUPS` (config.mesh) may differ: the same run on other devices.
+
+    Args:
+      config: the run's config as plain JSON values (`config_to_dict`, or `RunSpec.config`).
 
     Raises:
       ConfigError: the directory holds a run with a different config.
@@ -118,8 +121,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
         return False
     with open(path) as f:
         old = json.load(f)
-    new = config_to_dict(config)
-    old, new = _run_fields(old), _run_fields(new)
+    old, new = _run_fields(old), _run_fields(config)
     if old != new:
         raise ConfigError(
             f"--workdir={workdir} holds another run (its config.json differs: "
@@ -130,8 +132,8 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> bool:
     return True
 
 
-def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False) -> bool:
-    """Makes `workdir` this run's directory, or confirms it already is.
+def claim(workdir: str, config: dict, overwrite: bool = False) -> bool:
+    """Makes `workdir` the directory of the run of `config` (plain JSON values), or confirms it already is.
 
     Args:
       overwrite: first delete the run files and directories (`RUN_FILES`, `RUN_DIRS`) of whatever run the
@@ -153,7 +155,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = Fal
     if check(workdir, config):
         return True
     os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+    write_json_atomic(os.path.join(workdir, "config.json"), config)
     return False
 
 

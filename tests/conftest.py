@@ -26,6 +26,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 from jaxens import config as config_lib  # noqa: E402
 from jaxens import data as data_lib  # noqa: E402
+from jaxens.trainer import validation  # noqa: E402
 
 
 def small_config(**overrides):
@@ -45,7 +46,7 @@ def small_config(**overrides):
         for g in groups:
             node = node[g]
         node[field] = value
-    config_lib.validate(c)
+    validation.validate(c)
     return c
 
 

@@ -9,13 +9,14 @@ import pytest
 from conftest import REPO, load_config_file, small_config
 
 from jaxens import config as config_lib
+from jaxens.trainer import validation
 
 SHIPPED = sorted(n for n in map(os.path.basename, glob.glob(os.path.join(REPO, "configs", "*.py"))) if n[0] != "_")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_validate_and_document_themselves(name):
-    config_lib.validate(load_config_file(name))
+    validation.validate(load_config_file(name))
     doc = open(os.path.join(REPO, "configs", name)).read()
     assert "python -m jaxens.train --config=configs/" in doc and "Expected run time" in doc and "Expected result" in doc
 

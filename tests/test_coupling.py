@@ -17,9 +17,12 @@ from conftest import REPO, load_config_file, small_config
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
-from jaxens import coupling, models, optim, run
 from jaxens import ensemble as ensemble_lib
+from jaxens import models, optim, run, train_step
 from jaxens import rng as rng_lib
+from jaxens import spawn as spawn_lib
+from jaxens.trainer import spec as spec_lib
+from jaxens.trainer import validation
 
 SPE = 8  # small_config: 4,000 MNIST-1D training examples in batches of 500.
 
@@ -98,9 +101,8 @@ def test_coupled_to_t_at_zero_shares_only_the_initialization(tmp_path):
     seqs = [_indices(children.rngs.order[m], range(2 * SPE)) for m in range(3)]
     assert not np.array_equal(seqs[0], seqs[1]) and not np.array_equal(seqs[1], seqs[2])
     # The children start from that one initialization (spawn copies it) and part ways after.
-    p = coupling.plan(config, SPE)
-    tx = optim.make_optimizer(config.optimizer, p.total_steps)
-    start = coupling.spawn_groups({0: parent}, p, config.seed, tx)
+    spec = spec_lib.resolve(config)
+    start = spawn_lib.spawn_children({0: parent}, spec.plan.k, spec.seed, spec.plan.shared_streams, tx=spec.tx)
     assert _same_rows(start.params["dense0"]["kernel"])
     np.testing.assert_array_equal(start.rngs.order, children.rngs.order)
     assert _distinct_rows(children.params["dense0"]["kernel"])
@@ -274,7 +276,7 @@ def test_resnet20_spawn_config():
     )
     assert config.data.augment == "crop_flip" and len(config.coupling.t) > 1
     config.dataset = "fashion_mnist"
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_resnet20_spawn_without_cifar_stops_fast_with_the_data_message(tmp_path):
@@ -339,8 +341,8 @@ def _trace_and_compile_once_per_phase(tmp_path, monkeypatch, step_loop, lowered)
 
     step = "jit(chunk)" if step_loop == "device" else "jit(counted_step)"
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(ensemble_lib.member_gradients, n=2)
-    monkeypatch.setattr(ensemble_lib, "member_gradients", counted)
+    counted = chex.assert_max_traces(train_step.member_gradients, n=2)
+    monkeypatch.setattr(train_step, "member_gradients", counted)
     config = _config(
         **{
             "coupling.condition": "coupled_to_t",
@@ -354,7 +356,7 @@ def _trace_and_compile_once_per_phase(tmp_path, monkeypatch, step_loop, lowered)
     assert (lowered[step], lowered["jit(predict_batch)"]) == (2, 2), dict(lowered)
     lowered.clear()
     chex.clear_trace_counter()
-    strict = chex.assert_max_traces(ensemble_lib.member_gradients, n=1)
-    monkeypatch.setattr(ensemble_lib, "member_gradients", strict)
+    strict = chex.assert_max_traces(train_step.member_gradients, n=1)
+    monkeypatch.setattr(train_step, "member_gradients", strict)
     run.train_and_evaluate(_config(**{"ensemble.k": 2, "train.step_loop": step_loop}), str(tmp_path / "plain"))
     assert (lowered[step], lowered["jit(predict_batch)"]) == (1, 1), dict(lowered)

@@ -149,4 +149,4 @@ def test_tiny_imagenet_through_the_registry(tmp_path):
     )
     ds = data_lib.load(config)
     assert ds.train_x.shape == (3, 64, 64, 3) and ds.test_x.shape == (1, 64, 64, 3) and ds.num_classes == 200
-    assert data_lib.resolve_augment(config) == "crop_flip"
+    assert data_lib.resolve_augment(config.dataset, config.data.augment) == "crop_flip"

@@ -11,7 +11,7 @@ from conftest import small_config, train_steps
 
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim
+from jaxens import models, optim, train_chunk, train_step
 from jaxens import rng as rng_lib
 
 
@@ -27,7 +27,7 @@ def _setup(config, dataset):
 
 def _trained(config, dataset, num_steps, strategy):
     model, tx, state = _setup(config, dataset)
-    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
+    chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
     return train_steps(chunk, state, dataset, num_steps, config.train.batch_size)
 
 
@@ -118,7 +118,7 @@ def test_one_trace_for_every_chunk_length(mnist1d, step_loop):
     config = small_config()
     dataset = mnist1d.to_device()
     model, tx, state = _setup(config, dataset)
-    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
+    chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
     state = train_steps(chunk, state, dataset, 13, config.train.batch_size, steps_per_call=3)  # Lengths 3,3,2,3,2.
     assert int(state.step[0]) == 13
     assert chunk.trace_count == 1
@@ -130,7 +130,7 @@ def test_device_and_host_step_loops_agree(mnist1d):
     results = []
     for step_loop in ("device", "host"):
         model, tx, state = _setup(config, dataset)
-        chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
+        chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, "vmap", step_loop)
         orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros(3, jnp.int32), dataset.num_train)
         results.append(jax.device_get(chunk(state, orders, dataset, 5)))
     (a, sums_a), (b, sums_b) = results
@@ -143,7 +143,7 @@ def test_predictor_equals_loop_over_members(mnist1d, strategy):
     config = small_config(**{"model.name": "cnn1d", "model.widths": (8,)})
     dataset = mnist1d.to_device()
     model, tx, state = _setup(config, dataset)
-    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
+    chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, strategy, "host")
     state = train_steps(chunk, state, dataset, 4, config.train.batch_size)  # Non-trivial BN statistics.
     logits = ensemble_lib.Predictor(model, 300, strategy)(state, dataset.test_x, dataset)  # 1000 = 3·300 + 100.
     assert logits.shape == (3, 1000, 10)
@@ -167,12 +167,12 @@ def test_batchnorm_statistics_are_per_member(mnist1d):
 
 
 def test_auto_step_loop_choice():
-    assert ensemble_lib.resolve_step_loop("auto", convolutional=True, backend="cpu") == "host"
-    assert ensemble_lib.resolve_step_loop("auto", convolutional=False, backend="cpu") == "device"
-    assert ensemble_lib.resolve_step_loop("auto", convolutional=True, backend="gpu") == "device"
-    assert ensemble_lib.resolve_step_loop("host", convolutional=False) == "host"
+    assert train_chunk.resolve_step_loop("auto", convolutional=True, backend="cpu") == "host"
+    assert train_chunk.resolve_step_loop("auto", convolutional=False, backend="cpu") == "device"
+    assert train_chunk.resolve_step_loop("auto", convolutional=True, backend="gpu") == "device"
+    assert train_chunk.resolve_step_loop("host", convolutional=False) == "host"
     with pytest.raises(ValueError, match="step_loop='scan'"):
-        ensemble_lib.resolve_step_loop("scan", convolutional=False)
+        train_chunk.resolve_step_loop("scan", convolutional=False)
 
 
 @pytest.mark.parametrize("strategy, step_loop", [("vmap", "device"), ("loop", "host")])
@@ -182,7 +182,7 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_bitwise_unchanged(mn
     config = small_config()
     dataset = mnist1d.to_device()
     model, tx, state = _setup(config, dataset)
-    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, step_loop)
+    chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, strategy, step_loop)
     orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((3,), jnp.int32), dataset.num_train)
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731  (the chunk donates its input)
     calm, calm_sums = chunk(copy(state), orders, dataset, 8, None, jnp.array([1.0, 1.0, 1.0]))
@@ -211,13 +211,13 @@ def test_a_shared_batch_gathered_once_trains_like_per_member_batches(mnist1d, st
     dataset = mnist1d.to_device()
     model, tx, _ = _setup(config, dataset)
     streams = rng_lib.member_streams(config.seed, 3, ("order",))
-    assert ensemble_lib.shared_batch_of(("order",), "none", spawning=False)
-    assert not ensemble_lib.shared_batch_of(("order",), "crop", spawning=False)
-    assert not ensemble_lib.shared_batch_of((), "none", spawning=False)
+    assert train_step.shared_batch_of(("order",), "none", spawning=False)
+    assert not train_step.shared_batch_of(("order",), "crop", spawning=False)
+    assert not train_step.shared_batch_of((), "none", spawning=False)
     out = {}
     for shared in (False, True):
         state = ensemble_lib.init_ensemble(model, tx, jax.tree.map(jnp.copy, streams), dataset.input_shape)
-        chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host", shared_batch=shared)
+        chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, strategy, "host", shared_batch=shared)
         out[shared] = train_steps(chunk, state, dataset, 10, config.train.batch_size)
     np.testing.assert_array_equal(out[True].step, out[False].step)
     for a, b in zip(jax.tree.leaves(out[True].params), jax.tree.leaves(out[False].params)):

@@ -1,4 +1,5 @@
-"""Calibration kernels against NumPy re-derivations from the formulas of DESIGN §4, hand-worked cases, properties."""
+"""Calibration kernels against NumPy re-derivations from the formulas of
+docs/definitions.md#calibration-ece-mce-mace, hand-worked cases, properties."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from hypothesis.extra import numpy as hnp
 from jaxens.metrics import diversity, weights
 
 # ---------------------------------------------------------------------------------------------------------
-# Independent NumPy re-derivations (float64, straight from the formulas of DESIGN §4).
+# Independent NumPy re-derivations (float64, straight from the formulas of docs/definitions.md:
+# #kl-divergences-and-member-diversity, #jensen-shannon-divergence, #disagreement-and-normalized-disagreement,
+# #weight-cosine-similarity).
 
 
 def _np_kl(p, q):

@@ -1,4 +1,5 @@
-"""Forgetting events against a pure-Python re-implementation of the definition (DESIGN §4, Toneva et al.)."""
+"""Forgetting events against a pure-Python re-implementation of the definition (docs/definitions.md#forgetting-events,
+Toneva et al.)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from jaxens.metrics import calibration, classification, streaming
 NAMES = ("error", "nll", "brier", "entropy", "ece", "mce", "mace")
 
 
-# ----- NumPy reference, written from the definitions of DESIGN §4 -----
+# ----- NumPy reference, written from the definitions of docs/definitions.md -----
 
 
 def _np_metrics_1(logits, labels, num_bins):

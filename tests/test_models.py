@@ -14,7 +14,7 @@ from conftest import small_config
 
 from jaxens import config as config_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models
+from jaxens import models, train_step
 
 
 def _count(model, input_shape):
@@ -128,7 +128,7 @@ def test_forward_backward_under_the_ensemble_vmap(name, shape, fields):
     y = jnp.array([[1, 2], [3, 4]])
 
     def member(p, s, xb, yb, key):
-        grad_fn = jax.value_and_grad(ensemble_lib.member_loss, argnums=1, has_aux=True)
+        grad_fn = jax.value_and_grad(train_step.member_loss, argnums=1, has_aux=True)
         (loss, (logits, new_stats)), grads = grad_fn(model, p, s, xb, yb, key)
         return loss, grads, new_stats, ensemble_lib.member_logits(model, p, new_stats, xb)
 

@@ -17,7 +17,7 @@ from conftest import REPO, load_config_file, small_config
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim, run
+from jaxens import models, optim, run, train_chunk
 from jaxens import rng as rng_lib
 
 
@@ -118,7 +118,7 @@ def test_checkpoint_restore_gives_identical_arrays(tmp_path, mnist1d):
     tx = optim.make_optimizer(config.optimizer, 100)
     state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(5, 3), dataset.input_shape)
     orders = data_lib.epoch_orders(state.rngs.order, np.zeros(3, np.int32), dataset.num_train)
-    state, _ = ensemble_lib.TrainChunk(model, tx, 500, "vmap", "host")(state, orders, dataset, 2)
+    state, _ = train_chunk.TrainChunk(model, tx, 500, "vmap", "host")(state, orders, dataset, 2)
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"))
     ckpt.save(2, state)
     fresh = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(9, 3), dataset.input_shape)

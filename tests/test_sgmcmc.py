@@ -17,9 +17,10 @@ from conftest import REPO, load_config_file, small_config, train_steps
 from jaxens import config as config_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim
+from jaxens import models, optim, train_chunk, train_step
 from jaxens import rng as rng_lib
-from jaxens import spawn as spawn_lib
+from jaxens import steps as steps_lib
+from jaxens.trainer import validation
 
 
 def np_alpha(k, alpha0, total, cycles):
@@ -237,7 +238,7 @@ def _chunk_run(config, dataset, streams, num_steps, strategy="vmap", **overrides
     tx = optim.make_optimizer(config.optimizer, spe * config.train.num_epochs, num_train=dataset.num_train)
     state = ensemble_lib.init_ensemble(model, tx, jax.tree.map(jnp.copy, streams), dataset.input_shape)
     init = jax.tree.map(jnp.copy, state)  # The trainer donates its input state.
-    chunk = ensemble_lib.TrainChunk(model, tx, config.train.batch_size, strategy, "host", **overrides)
+    chunk = train_chunk.TrainChunk(model, tx, config.train.batch_size, strategy, "host", **overrides)
     return model, tx, init, train_steps(chunk, state, dataset, num_steps, config.train.batch_size)
 
 
@@ -266,7 +267,7 @@ def test_noise_key_contract_and_per_member_noise(mnist1d):
         dropout_stream = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), m), 3)
         key = jax.random.fold_in(jax.random.fold_in(dropout_stream, 0), 1)
         assert not np.array_equal(key, jax.random.fold_in(dropout_stream, 0))  # Not the dropout key.
-        np.testing.assert_array_equal(ensemble_lib.noise_key(streams.dropout[m], jnp.int32(0)), key)
+        np.testing.assert_array_equal(train_step.noise_key(streams.dropout[m], jnp.int32(0)), key)
         params_m = jax.tree.map(lambda a: a[m], init.params)
         xi = optim.langevin_noise(key, params_m)
         jax.tree.map(
@@ -302,7 +303,7 @@ def test_ensemble_path_equals_loop_over_members(mnist1d):
     _, _, _, looped = _chunk_run(config, dataset, streams, num_steps, strategy="loop")
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)  # noqa: E731
     jax.tree.map(close, ens.params, looped.params)
-    step = jax.jit(lambda s, o: ensemble_lib.member_train_step(model, tx, s, o, dataset, config.train.batch_size))
+    step = jax.jit(lambda s, o: train_step.member_train_step(model, tx, s, o, dataset, config.train.batch_size))
     spe = data_lib.steps_per_epoch(dataset.num_train, config.train.batch_size)
     for m in range(2):
         state = jax.tree.map(lambda a: a[m], init)
@@ -364,10 +365,10 @@ def test_shipped_config_snapshots_every_cycle_end():
         load_config_file("mnist1d_csgmcmc.py"),
         config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py", "cold"),
     ):
-        config_lib.validate(config)
+        validation.validate(config)
         spe = 4000 // config.train.batch_size
         total = spe * config.train.num_epochs
-        every = spawn_lib.parse_steps(config.trajectory.every, spe)
+        every = steps_lib.parse(config.trajectory.every, spe)
         assert every == optim.cycle_length(total, config.optimizer.cycles)
         ends = optim.cycle_ends(total, config.optimizer.cycles)
         assert len(ends) == config.optimizer.cycles and set(ends) == set(range(every, total + 1, every))

@@ -20,6 +20,7 @@ from conftest import REPO, small_config
 
 from jaxens import config as config_lib
 from jaxens import run, sharding
+from jaxens.trainer import spec as spec_lib
 
 PRELUDE = textwrap.dedent(
     """
@@ -27,7 +28,8 @@ PRELUDE = textwrap.dedent(
     sys.path.insert(0, os.path.join(__REPO__, "tests"))
     import jax, jax.numpy as jnp, numpy as np
     from conftest import small_config
-    from jaxens import data as data_lib, ensemble as E, run, sharding
+    from jaxens import data as data_lib, ensemble as E, members, models, run, sharding
+    from jaxens.trainer import spec as spec_lib
 
     assert jax.device_count() == 8, jax.devices()
 
@@ -41,13 +43,17 @@ PRELUDE = textwrap.dedent(
         dataset = sharding.put_dataset(data_lib.load(config), mesh, split_train)
         if split_train:  # 4000 examples, 500 on each device.
             assert {s.data.shape[0] for s in dataset.train_x.addressable_shards} == {4000 // (shape[0] * shape[1])}
-        spe, plan, model, tx = run._build(config, dataset)
-        state = E.init_ensemble(model, tx, plan.member_streams(config.seed), dataset.input_shape)
+        spec = spec_lib.resolve(config)
+        state = E.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)
         state = sharding.put_members(state, mesh)
-        epochs = sharding.put_members(np.zeros(plan.num_members, np.int32), mesh)
+        epochs = sharding.put_members(np.zeros(spec.plan.num_members, np.int32), mesh)
         orders = data_lib.epoch_orders(state.rngs.order, epochs, dataset.num_train)
-        chunk = run.make_train_chunk(config, plan, model, tx, strategy=strategy)
-        return mesh, dataset, model, state, orders, chunk
+        chunk = spec_lib.make_train_chunk(spec, strategy=strategy)
+        return mesh, dataset, spec.model, state, orders, chunk
+
+    def strategy_for(config, member_rows):
+        convolutional = models.MODELS[config.model.name].convolutional
+        return members.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=member_rows)
     """
 )
 
@@ -80,13 +86,13 @@ TRAIN = PRELUDE + textwrap.dedent(
         config = small_config(**overrides)
         reference = train(config, (1, 1), within)
         for shape in ((8, 1), (4, 2), (1, 8)):
-            strategy = run.resolved_strategy(config, member_rows=shape[0])
+            strategy = strategy_for(config, shape[0])
             assert strategy == (f"shard_map/{within}" if shape[0] > 1 else within), strategy
             close(reference, train(config, shape, strategy), f"{name} on {shape}")
             if shape[0] > 1 and within == "vmap":  # GSPMD's own partitioning of the vmapped members.
                 close(reference, train(config, shape, "vmap"), f"{name} on {shape}, plain vmap")
         # The training set split over the 8 devices (config.mesh.shard_train): batches gathered across them.
-        close(reference, train(config, (4, 2), run.resolved_strategy(config, 4), split_train=True), f"{name}, split")
+        close(reference, train(config, (4, 2), strategy_for(config, 4), split_train=True), f"{name}, split")
         print("ok", name, flush=True)
 
     # Whole runs (a spawning condition: a one-member parent, then two groups of children; checkpoints,
@@ -118,7 +124,7 @@ HLO = PRELUDE + textwrap.dedent(
                               "loss.lam": (0.5,), "coupling.condition": "coupled_order"})
     report = {}
     for shape in ((8, 1), (1, 8)):  # Members over devices; then one member's batch over devices.
-        strategy = run.resolved_strategy(config, member_rows=shape[0])
+        strategy = strategy_for(config, shape[0])
         mesh, dataset, model, state, orders, chunk = setup(config, shape, strategy)
         compiled = chunk.lower_step(state, orders, dataset).compile()
         report[str(shape)] = sharding.collectives(compiled.as_text())
@@ -181,9 +187,10 @@ def test_lambda_loss_step_exchanges_the_mean_logits_not_gradients():
     elements = sum(e for _, e, _ in members)
     moved = sum(n for _, _, n in members)
     print(f"λ-loss step, K=8 members on 8 devices: {len(members)} collectives, {elements} elements, {moved} bytes")
-    # The group's mean logits [1, B, C], member 0's batch indices [B], scalars (largest step, all-finite).
-    assert sorted(e for _, e, _ in members) == [1, 1, b, b * c], members
-    assert moved == 4 + 1 + 4 * b + 4 * b * c, members
+    # The group's mean logits [1, B, C], member 0's batch indices [B] and the largest step (a scalar). Each
+    # member's divergence check selects its own state: no flag crosses devices.
+    assert sorted(e for _, e, _ in members) == [1, b, b * c], members
+    assert moved == 4 + 4 * b + 4 * b * c, members
     assert elements < params / 50
     data_parallel = report["collectives"]["(1, 8)"]
     assert max(e for _, e, _ in data_parallel) >= k * params, data_parallel  # Every member's gradients.
@@ -220,14 +227,15 @@ def test_config_mesh_fields_are_validated_and_do_not_make_another_run(tmp_path):
     assert not (tmp_path / "a").exists()  # Refused before anything was written.
     with pytest.raises(config_lib.ConfigError, match=r"the 3999 training examples do not divide over the mesh's 8"):
         # (On a (4, 2) mesh: this process has one device.) 3999 = 8·499 + 7: hold out 7 more.
-        run._check_split_train(small_config(**{"mesh.shard_train": True, "data.val_size": 1}), (4, 2))
+        spec_lib.check_split_train(3999, 1, (4, 2))
     with pytest.raises(config_lib.ConfigError, match=r"hold out config.data.val_size=8"):
-        run._check_split_train(small_config(**{"mesh.shard_train": True, "data.val_size": 1}), (4, 2))
+        spec_lib.check_split_train(3999, 1, (4, 2))
     from jaxens import workdir
 
     config = small_config()
-    workdir.claim(str(tmp_path / "b"), config)
-    assert workdir.check(str(tmp_path / "b"), small_config(**{"mesh.member": 3, "mesh.data": 2}))
+    workdir.claim(str(tmp_path / "b"), workdir.config_to_dict(config))
+    other_mesh = workdir.config_to_dict(small_config(**{"mesh.member": 3, "mesh.data": 2}))
+    assert workdir.check(str(tmp_path / "b"), other_mesh)
 
 
 def test_collectives_counts_result_arrays():

@@ -10,7 +10,7 @@ from conftest import small_config, train_steps
 
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import models, optim
+from jaxens import models, optim, train_chunk
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import spawn as spawn_lib
@@ -34,7 +34,7 @@ def parent_setup():
     ds = data_lib.load(config).to_device()
     model = models.build(config.model, ds.num_classes)
     tx = optim.make_optimizer(config.optimizer, 200)
-    chunk = ensemble_lib.TrainChunk(model, tx, 64, "vmap", "host", augment="crop_flip", padding=1)
+    chunk = train_chunk.TrainChunk(model, tx, 64, "vmap", "host", augment="crop_flip", padding=1)
     state = ensemble_lib.init_ensemble(model, tx, rng_lib.member_streams(0, 1), ds.input_shape)
     state = train_steps(chunk, state, ds, 30, 64, steps_per_call=10)
     return config, model, tx, chunk, ds, state
@@ -86,19 +86,6 @@ def test_a_child_with_the_parents_streams_continues_the_parent_bitwise(parent_se
     assert _tree_equal(child.opt_state, continued.opt_state)
 
 
-@pytest.mark.parametrize(
-    "text, expected", [("500it", 500), ("2ep", 40), ("2ep10it", 50), ("0it", 0), ("0ep", 0), (" 3ep ", 60)]
-)
-def test_parse_steps(text, expected):
-    assert spawn_lib.parse_steps(text, 20) == expected
-
-
-@pytest.mark.parametrize("text", ["", "10", "2it3ep", "ep", "1.5ep", "-2it"])
-def test_parse_steps_rejects(text):
-    with pytest.raises(ValueError, match="'500it', '2ep' or '2ep10it'"):
-        spawn_lib.parse_steps(text, 20)
-
-
 @pytest.fixture(scope="module")
 def resnet20():
     model = models.build(small_config(**{"dataset": "cifar10", "model.name": "resnet20"}).model, 10)
@@ -137,20 +124,19 @@ def test_reinit_at_spawn_draws_fresh_tensors_per_child():
     parent = parent.replace(opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.5), parent.opt_state))
     params0 = jax.tree.map(lambda x: x[0], parent.params)
     order = models.forward_order(model, (40, 1))
-    init_params = lambda key: model.init({"params": key}, jnp.zeros((1, 40, 1)), train=False)["params"]
 
     none = spawn_lib.spawn(
         parent,
         2,
         jax.random.PRNGKey(0),
         tx=tx,
-        reinit=spawn_lib.Reinit(reinit_lib.mask(params0, order, 0.0, "low"), init_params),
+        reinit=spawn_lib.Reinit(reinit_lib.mask(params0, order, 0.0, "low"), model, (40, 1)),
     )
     assert _tree_equal(none.params, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.params))
     assert _tree_equal(none.opt_state, jax.tree.map(lambda x: jnp.concatenate([x, x]), parent.opt_state))
 
     m = reinit_lib.mask(params0, order, 0.3, "high")  # head and dense1: 442 of 1,098 parameters.
-    children = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), tx=tx, reinit=spawn_lib.Reinit(m, init_params))
+    children = spawn_lib.spawn(parent, 2, jax.random.PRNGKey(0), tx=tx, reinit=spawn_lib.Reinit(m, model, (40, 1)))
     # SGD's momentum of a re-initialized tensor restarts at zero; the others keep the parent's.
     trace = children.opt_state[1][0].trace
     for path in order:

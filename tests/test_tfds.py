@@ -103,7 +103,7 @@ def test_svhn_as_training_set_and_cifar10_corrupted_as_shifted_set(tmp_path):
         svhn = data_lib.load(_cifar_config(tmp_path, dataset="svhn_cropped"))
         shifted = data_lib.load_eval_sets(_cifar_config(tmp_path, **{"eval.shifted": (name,)}))[name]
     assert svhn.train_x.shape == (NUM_EXAMPLES, 32, 32, 3) and svhn.num_classes == 10
-    assert data_lib.resolve_augment(_cifar_config(tmp_path, dataset="svhn_cropped")) == "crop"  # No flips of digits.
+    assert data_lib.resolve_augment("svhn_cropped", "auto") == "crop"  # No flips of digits.
     assert shifted.kind == "shifted" and shifted.x.shape == (NUM_EXAMPLES, 32, 32, 3)
 
 

@@ -9,7 +9,7 @@
 """
 
 from jaxens.data.augment import AUGMENTATIONS, augment_images
-from jaxens.data.batch import batch_at_step, member_batch
+from jaxens.data.batch import batch_at_step, batch_examples, batch_indices_at, member_batch
 from jaxens.data.dataset import Dataset, EvalSet, channel_stats, from_arrays, validation_indices
 from jaxens.data.errors import DatasetError
 from jaxens.data.order import batch_indices, epoch_orders, steps_per_epoch
@@ -17,6 +17,7 @@ from jaxens.data.registry import (
     CIFAR10_CORRUPTIONS,
     NAMES,
     DatasetInfo,
+    Source,
     dataset_info,
     load,
     load_eval_sets,
@@ -27,13 +28,16 @@ __all__ = [
     "AUGMENTATIONS",
     "CIFAR10_CORRUPTIONS",
     "NAMES",
+    "Source",
     "Dataset",
     "DatasetError",
     "DatasetInfo",
     "EvalSet",
     "augment_images",
     "batch_at_step",
+    "batch_examples",
     "batch_indices",
+    "batch_indices_at",
     "channel_stats",
     "dataset_info",
     "epoch_orders",

@@ -42,7 +42,20 @@ def member_batch(
     Returns:
       (x [B, *input_shape] float32 normalized, y [B] int32).
     """
-    idx = batch_indices(order, step, batch_size, steps_per_epoch(dataset.num_train, batch_size))  # [B]
+    idx = batch_indices_at(order, step, batch_size, dataset.num_train)  # [B]
+    return batch_examples(dataset, idx, augment_key, step, augment, padding)
+
+
+def batch_indices_at(order: jax.Array, step: jax.Array, batch_size: int, num_train: int) -> jax.Array:
+    """The [B] example indices of `step` in its epoch's permutation `order` [N] (S = N // B steps per epoch)."""
+    return batch_indices(order, step, batch_size, steps_per_epoch(num_train, batch_size))
+
+
+def batch_examples(
+    dataset: Dataset, idx: jax.Array, augment_key: jax.Array, step: jax.Array, augment: str = "none", padding: int = 4
+) -> tuple[jax.Array, jax.Array]:
+    """The examples `idx` [B] gathered on the device, augmented with fold_in(augment_key, step) and
+    normalized: (x [B, ...] float32, y [B])."""
     x = dataset.train_x[idx]  # [B, ...] raw
     if augment != "none":
         x = augment_lib.augment_images(augment, jax.random.fold_in(augment_key, step), x, padding)

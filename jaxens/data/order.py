@@ -13,6 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxens.members import map_members
+
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return num_train // batch_size
@@ -30,9 +32,8 @@ def epoch_orders(order_keys: jax.Array, epochs: jax.Array, num_train: int) -> ja
     Returns:
       [K, N] int32, row m a permutation of 0..N-1.
     """
-    return jax.vmap(lambda key, e: jax.random.permutation(jax.random.fold_in(key, e), num_train))(
-        order_keys, epochs
-    ).astype(jnp.int32)
+    permutation = lambda key, e: jax.random.permutation(jax.random.fold_in(key, e), num_train)  # noqa: E731
+    return map_members(permutation, "vmap", (0, 0))(order_keys, epochs).astype(jnp.int32)
 
 
 def batch_indices(order: jax.Array, step: jax.Array, batch_size: int, num_steps_per_epoch: int) -> jax.Array:

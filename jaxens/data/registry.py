@@ -55,7 +55,52 @@ CIFAR10_CORRUPTIONS = (
 )
 CORRUPTED_PREFIX = "cifar10_corrupted/"
 
-Loader = Callable[[str, ml_collections.ConfigDict, tuple[str, ...]], dict[str, np.ndarray]]
+Loader = Callable[[str, "Source", tuple[str, ...]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a run's data comes from: the dataset, its files and cache, the validation hold-out, and the
+    extra evaluation sets (config.dataset, config.data and config.eval.shifted / .ood, resolved once).
+
+    Attributes:
+      name: the dataset (a name of `NAMES`).
+      dir: local dataset files ('' = the default location).
+      tfds_dir: TFDS data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      download: let TFDS download and prepare a missing dataset.
+      cache_dir: where decoded or generated arrays are cached ('' = $XDG_CACHE_HOME/jaxens).
+      image_size: imagenet2012's side after the center crop.
+      val_size, val_seed: training examples held out as the validation split, and the choice of them.
+      shifted, ood: extra test sets by name (same classes; other classes).
+    """
+
+    name: str
+    dir: str = ""
+    tfds_dir: str = ""
+    download: bool = True
+    cache_dir: str = ""
+    image_size: int = 64
+    val_size: int = 0
+    val_seed: int = 0
+    shifted: tuple[str, ...] = ()
+    ood: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Source:
+        """The source a (validated) config names."""
+        d = config.data
+        return cls(
+            name=config.dataset,
+            dir=d.dir,
+            tfds_dir=d.tfds_dir,
+            download=d.download,
+            cache_dir=d.cache_dir,
+            image_size=d.image_size,
+            val_size=d.val_size,
+            val_seed=d.val_seed,
+            shifted=tuple(config.eval.shifted),
+            ood=tuple(config.eval.ood),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +114,7 @@ class DatasetInfo:
       num_test: test examples.
       labels: the label space; datasets sharing it share classes (a shifted evaluation set must).
       augment: default augmentation for training on it ('auto' resolves to this).
-      loader: (name, config, splits ⊆ ('train', 'test')) → {'<split>_x', '<split>_y'} host arrays.
+      loader: (name, source, splits ⊆ ('train', 'test')) → {'<split>_x', '<split>_y'} host arrays.
     """
 
     input_shape: tuple[int, ...]
@@ -84,16 +129,16 @@ class DatasetInfo:
 def _tfds_loader(test_split: str = "test", transform_factory=None) -> Loader:
     """Reads the requested splits from TFDS (cached), our 'test' being TFDS's `test_split`."""
 
-    def load(name: str, config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
-        transform, transform_id = transform_factory(config) if transform_factory else (None, None)
+    def load(name: str, source: Source, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+        transform, transform_id = transform_factory(source) if transform_factory else (None, None)
         tfds_splits = {s: (test_split if s == "test" else s) for s in splits}
-        key = {"tfds": name, "splits": tfds_splits, "data_dir": _abs(config.data.tfds_dir), "transform": transform_id}
+        key = {"tfds": name, "splits": tfds_splits, "data_dir": _abs(source.tfds_dir), "transform": transform_id}
         return cache.cached(
-            config.data.cache_dir,
+            source.cache_dir,
             name,
             key,
             lambda: tfds_source.read_splits(
-                name, tfds_splits, config.data.tfds_dir, download=config.data.download, transform=transform
+                name, tfds_splits, source.tfds_dir, download=source.download, transform=transform
             ),
         )
 
@@ -104,11 +149,11 @@ def _abs(path: str) -> str:
     return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def _center_crop_resize(config: ml_collections.ConfigDict):
+def _center_crop_resize(source: Source):
     """ImageNet images have varying sizes: keep the central square, resized to S×S (bicubic)."""
     from PIL import Image, ImageOps
 
-    size = config.data.image_size
+    size = source.image_size
 
     def transform(image: np.ndarray) -> np.ndarray:
         pil = Image.fromarray(image).convert("RGB")
@@ -117,12 +162,12 @@ def _center_crop_resize(config: ml_collections.ConfigDict):
     return transform, f"center_crop_resize_{size}_bicubic"
 
 
-def _load_mnist1d(name, config, splits):
-    arrays = mnist1d_lib.load(config.data.cache_dir or None)
+def _load_mnist1d(name, source, splits):
+    arrays = mnist1d_lib.load(source.cache_dir or None)
     return {k: (v[..., None] if k.endswith("_x") else v) for k, v in arrays.items()}  # x: [N, 40, 1]
 
 
-def _load_digits(name, config, splits):
+def _load_digits(name, source, splits):
     """sklearn's 1,797 8×8 digits (values 0-16 as uint8), split by a fixed permutation (seed 0)."""
     from sklearn import datasets as sk_datasets
 
@@ -134,14 +179,14 @@ def _load_digits(name, config, splits):
     return {"train_x": x[~test], "train_y": y[~test], "test_x": x[test], "test_y": y[test]}
 
 
-def _load_fashion_mnist(name, config, splits):
+def _load_fashion_mnist(name, source, splits):
     """IDX files from config.data.dir, else Debian's package directory, else TFDS."""
-    directory = config.data.dir
+    directory = source.dir
     if directory or idx.has_mnist_format(idx.FASHION_MNIST_DIR):
         (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(directory or idx.FASHION_MNIST_DIR, name)
         return {"train_x": train_x[..., None], "train_y": train_y, "test_x": test_x[..., None], "test_y": test_y}
     try:
-        return _tfds_loader()(name, config, splits)
+        return _tfds_loader()(name, source, splits)
     except DatasetError as e:
         raise DatasetError(
             f"{e}\nOr use local IDX files: apt-get install dataset-fashion-mnist, or set --config.data.dir to a "
@@ -149,16 +194,16 @@ def _load_fashion_mnist(name, config, splits):
         ) from None
 
 
-def _load_tiny_imagenet(name, config, splits):
+def _load_tiny_imagenet(name, source, splits):
     from jaxens.data import tiny_imagenet
 
-    directory = config.data.dir  # Required by config validation.
+    directory = source.dir  # Required by config validation.
 
     def read():
         (train_x, train_y), (val_x, val_y) = tiny_imagenet.load(directory)
         return {"train_x": train_x, "train_y": train_y, "test_x": val_x, "test_y": val_y}
 
-    return cache.cached(config.data.cache_dir, name, {"folder": _abs(directory)}, read)
+    return cache.cached(source.cache_dir, name, {"folder": _abs(directory)}, read)
 
 
 _FIXED: dict[str, DatasetInfo] = {
@@ -176,11 +221,8 @@ _FIXED: dict[str, DatasetInfo] = {
 NAMES = (*_FIXED, f"{CORRUPTED_PREFIX}<corruption>_<severity 1-5>", "imagenet2012")
 
 
-def dataset_info(name: str, data_config: ml_collections.ConfigDict | None = None) -> DatasetInfo | None:
-    """The `DatasetInfo` of a registered name (None when unknown).
-
-    `data_config` (the config's `data` group) fixes the image size of `imagenet2012`.
-    """
+def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
+    """The `DatasetInfo` of a registered name (None when unknown); `image_size` is imagenet2012's side."""
     if name in _FIXED:
         return _FIXED[name]
     if name.startswith(CORRUPTED_PREFIX):
@@ -189,9 +231,8 @@ def dataset_info(name: str, data_config: ml_collections.ConfigDict | None = None
             return DatasetInfo((32, 32, 3), 10, 0, 10000, "cifar10", "none", _tfds_loader())
         return None
     if name == "imagenet2012":
-        size = data_config.image_size if data_config is not None else 64
         return DatasetInfo(
-            (size, size, 3),
+            (image_size, image_size, 3),
             1000,
             1281167,
             50000,
@@ -209,11 +250,11 @@ def unknown_name_message(field: str, name: str) -> str:
     )
 
 
-def resolve_augment(config: ml_collections.ConfigDict) -> str:
-    """`config.data.augment`, with 'auto' replaced by the dataset's default."""
-    if config.data.augment != "auto":
-        return config.data.augment
-    info = dataset_info(config.dataset, config.data)
+def resolve_augment(name: str, augment: str, image_size: int = 64) -> str:
+    """config.data.augment for dataset `name`, with 'auto' replaced by the dataset's default."""
+    if augment != "auto":
+        return augment
+    info = dataset_info(name, image_size)
     assert info is not None  # a validated config names a registered dataset
     return info.augment
 
@@ -228,27 +269,28 @@ def _checked(name: str, info: DatasetInfo, arrays: dict[str, np.ndarray], splits
     return arrays
 
 
-def load(config: ml_collections.ConfigDict) -> Dataset:
-    """Loads `config.dataset` as host arrays, holding out `config.data.val_size` training examples.
-
-    Validate the config first (`jaxens.config.validate`).
+def load(source: Source | ml_collections.ConfigDict) -> Dataset:
+    """Loads the dataset of `source` (a `Source`, or a validated config) as host arrays, holding out
+    `source.val_size` training examples.
 
     Raises:
       DatasetError: the data cannot be read; the message says what to do.
     """
-    info = dataset_info(config.dataset, config.data)
+    source = source if isinstance(source, Source) else Source.from_config(source)
+    info = dataset_info(source.name, source.image_size)
     assert info is not None  # a validated config names a registered dataset
-    arrays = _checked(config.dataset, info, info.loader(config.dataset, config, ("train", "test")), ("train", "test"))
-    return from_arrays(config.dataset, arrays, info.num_classes, config.data.val_size, config.data.val_seed)
+    arrays = _checked(source.name, info, info.loader(source.name, source, ("train", "test")), ("train", "test"))
+    return from_arrays(source.name, arrays, info.num_classes, source.val_size, source.val_seed)
 
 
-def load_eval_sets(config: ml_collections.ConfigDict) -> dict[str, EvalSet]:
-    """The test splits of `config.eval.shifted` and `config.eval.ood`, by name (host arrays)."""
+def load_eval_sets(source: Source | ml_collections.ConfigDict) -> dict[str, EvalSet]:
+    """The test splits of `source.shifted` and `source.ood` (config.eval.shifted / .ood), by name (host arrays)."""
+    source = source if isinstance(source, Source) else Source.from_config(source)
     sets = {}
-    for kind, names in (("shifted", config.eval.shifted), ("ood", config.eval.ood)):
+    for kind, names in (("shifted", source.shifted), ("ood", source.ood)):
         for name in names:
-            info = dataset_info(name, config.data)
+            info = dataset_info(name, source.image_size)
             assert info is not None  # a validated config names registered datasets
-            arrays = _checked(name, info, info.loader(name, config, ("test",)), ("test",))
+            arrays = _checked(name, info, info.loader(name, source, ("test",)), ("test",))
             sets[name] = EvalSet(x=arrays["test_x"], y=np.asarray(arrays["test_y"], np.int32), kind=kind)
     return sets

@@ -1,4 +1,4 @@
-"""Pure metric kernels (definitions: DESIGN §4). Inputs are logits [..., N, C] and integer labels [N].
+"""Pure metric kernels (definitions: docs/definitions.md). Inputs are logits [..., N, C] and integer labels [N].
 
 "Logits" are unnormalized log-probabilities, so an ensemble's log-probabilities (`ensemble_log_probs`) are
 valid logits too. Every function works on one member's logits and under `jax.jit`; a leading member axis is

@@ -1,7 +1,8 @@
 """Calibration metrics: Brier score, binned top-label calibration errors (ECE, MCE, MACE), confusion matrix.
 
-Definitions (DESIGN §4): top-label confidence max_c p_c, `num_bins` equal-width bins on [0, 1] (15 by
-default), bin index min(floor(conf · B), B − 1) so that confidence exactly 1.0 falls in the last bin.
+Definitions (docs/definitions.md#calibration-ece-mce-mace): top-label confidence max_c p_c, `num_bins`
+equal-width bins on [0, 1] (15 by default), bin index min(floor(conf · B), B − 1) so that confidence exactly 1.0
+falls in the last bin.
 
 The binned metrics are computed in two steps: `calibration_bins` reduces the examples to per-bin sufficient
 statistics (`Bins`), and `ece_from_bins` / `mce_from_bins` / `mace_from_bins` turn those into the metric.

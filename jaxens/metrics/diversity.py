@@ -1,4 +1,7 @@
-"""Function-space diversity of ensemble members: KL, Jensen-Shannon and disagreement (definitions: DESIGN §4).
+"""Function-space diversity of ensemble members: KL, Jensen-Shannon and disagreement.
+
+Definitions: docs/definitions.md#kl-divergences-and-member-diversity, #jensen-shannon-divergence and
+#disagreement-and-normalized-disagreement.
 
 Inputs are logits (unnormalized log-probabilities) [..., N, C]; every function normalizes them with
 `log_softmax` and works on log-probabilities, so nothing overflows or takes the log of an underflowed
@@ -62,7 +65,8 @@ def _jeffreys_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 def kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
     """Per-example Kullback-Leibler divergence KL(p‖q) = Σ_c p_c (log p_c − log q_c).
 
-    p = softmax(logits_p), q = softmax(logits_q); computed from log_softmax (DESIGN §4). Used for
+    p = softmax(logits_p), q = softmax(logits_q); computed from log_softmax
+    (docs/definitions.md#kl-divergences-and-member-diversity). Used for
     function-space similarity by Fort et al., "Deep Ensembles: A Loss Landscape Perspective", §4.3 and §5.
 
     Args:
@@ -129,7 +133,8 @@ def pairwise_symmetric_kl(member_logits: jax.Array) -> jax.Array:
 
 
 def member_diversity(member_logits: jax.Array) -> jax.Array:
-    """Member diversity: mean symmetric KL over the K(K−1)/2 member pairs i < j (DESIGN §4).
+    """Member diversity: mean symmetric KL over the K(K−1)/2 member pairs i < j
+    (docs/definitions.md#kl-divergences-and-member-diversity).
 
     (2 / (K(K−1))) Σ_{i<j} mean_n [KL(p_i‖p_j) + KL(p_j‖p_i)].
 
@@ -158,7 +163,8 @@ def member_diversity(member_logits: jax.Array) -> jax.Array:
 
 
 def ensemble_kl(member_logits_a: jax.Array, member_logits_b: jax.Array, method: str = "mean_prob") -> jax.Array:
-    """KL between two ensembles: the symmetric KL between their ensemble predictions (DESIGN §4).
+    """KL between two ensembles: the symmetric KL between their ensemble predictions
+    (docs/definitions.md#kl-divergences-and-member-diversity).
 
     mean_n [KL(p̄_a‖p̄_b) + KL(p̄_b‖p̄_a)], where p̄ is the ensemble prediction of
     `classification.ensemble_log_probs` (`mean_prob`: mean of member probabilities; `mean_logit`:
@@ -187,7 +193,8 @@ def js_divergence(member_logits: jax.Array) -> jax.Array:
     """Jensen-Shannon divergence of K members as Fort et al. define it, mean over examples.
 
     JS = mean_n Σ_m KL(p_m‖p̄),  p̄ = (1/K) Σ_m p_m  — the formula of Fort et al., "Deep Ensembles: A Loss
-    Landscape Perspective", §5 (the quantity of their Fig. 9, right), averaged over examples (DESIGN §4).
+    Landscape Perspective", §5 (the quantity of their Fig. 9, right), averaged over examples
+    (docs/definitions.md#jensen-shannon-divergence).
 
     Note the sum over members: this is K times the usual equal-weight generalized Jensen-Shannon
     divergence (1/K) Σ_m KL(p_m‖p̄) = H(p̄) − (1/K) Σ_m H(p_m), which is bounded by log K; the value here

@@ -1,9 +1,10 @@
 """Forgetting events (Toneva et al.), tracked per example for one member, as Zamparo et al. use them.
 
-Definition (DESIGN §4; Toneva et al., "An Empirical Study of Example Forgetting during Deep Neural Network
-Learning", 2019): a *forgetting event* of an example happens when its 0-1 correctness (argmax prediction
-equals the label) goes from correct to incorrect between two consecutive presentations of that example.
-An example's *forgetting count* (Toneva's forgetting statistic) is its number of forgetting events.
+Definition (docs/definitions.md#forgetting-events; Toneva et al., "An Empirical Study of Example Forgetting
+during Deep Neural Network Learning", 2019): a *forgetting event* of an example happens when its 0-1 correctness
+(argmax prediction equals the label) goes from correct to incorrect between two consecutive presentations of
+that example. An example's *forgetting count* (Toneva's forgetting statistic) is its number of forgetting
+events.
 
 - Train-side (Toneva): the presentations of an example are the minibatches in which it appears, and its
   correctness is the one the training forward pass gave for that minibatch (`update`). Since an example is

@@ -1,9 +1,10 @@
 """Streaming metric accumulators: sufficient statistics summed batch by batch, metrics computed at the end.
 
 For a large eval set, `update` adds the sums of one batch to a `State` (inside `jax.jit`), `merge` adds two
-states (e.g. from different hosts or shards), and `compute` turns the sums into the metrics of DESIGN §4.
-Every statistic is a sum over examples, so the result equals the full-array metric however the examples are
-split into batches (up to floating-point summation order).
+states (e.g. from different hosts or shards), and `compute` turns the sums into the metrics
+(docs/definitions.md#error-nll-and-brier-score, #calibration-ece-mce-mace). Every statistic is a sum over
+examples, so the result equals the full-array metric however the examples are split into batches (up to
+floating-point summation order).
 
     state = streaming.init(batch_shape=(k,))
     update = jax.jit(streaming.update)
@@ -161,7 +162,9 @@ def merge(a: State, b: State) -> State:
 
 @jax.jit
 def compute(state: State) -> dict[str, jax.Array]:
-    """Metrics of all examples added so far (DESIGN §4), each [...]; NaN when no example was added. Jitted.
+    """Metrics of all examples added so far, each [...]; NaN when no example was added. Jitted.
+
+    Definitions: docs/definitions.md#error-nll-and-brier-score and #calibration-ece-mce-mace.
 
     Returns:
       dict with 'error' (1 − accuracy), 'nll' (mean −log p(y)), 'brier' (mean Brier score), 'entropy' (mean

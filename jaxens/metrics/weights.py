@@ -1,4 +1,4 @@
-"""Weight-space similarity of parameter pytrees (definition: DESIGN §4).
+"""Weight-space similarity of parameter pytrees (definition: docs/definitions.md#weight-cosine-similarity).
 
 Fort et al., "Deep Ensembles: A Loss Landscape Perspective", §4.1: cos(θ₁, θ₂) = θ₁ᵀθ₂ / (‖θ₁‖ ‖θ₂‖), with θ
 every parameter of the network flattened into one vector. Here θ is the concatenation of all leaves of a

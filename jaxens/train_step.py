@@ -1,0 +1,296 @@
+"""ONE member's training step, and the λ step that couples a group's members through their mean logits.
+
+`member_train_step` is the step the trainer runs: `jaxens.train_chunk.TrainChunk` maps it over the K
+stacked members with `jaxens.members.map_members` (one map, whatever the strategy) and loops it over the
+steps of a chunk. For one member (its state leaves carry no member axis) at its step s:
+
+    x, y        = its minibatch at s (`jaxens.data.member_batch`: order and augmentation streams)
+    dropout key = fold_in(dropout stream, s);  optimizer noise key = `noise_key(dropout stream, s)`
+    grads       = ∇ mean softmax cross-entropy (`member_gradients`)
+    state       = `member_update`: the optimizer's update, under the divergence check
+
+Divergence: every step checks, on the device, that the member's loss and gradients are finite. A member
+whose are not keeps its state from before that step from then on (frozen; a select between the new and
+the old state) and records the step in `EnsembleState.diverged`; the other members train on unaffected
+(their numbers do not depend on it). The host reads the flags when it pauses anyway, never per step.
+
+Optimizer noise (SG-MCMC, `jaxens.optim.sgmcmc`) is drawn per member and per step from the member's dropout
+stream; the derivation is a contract (`noise_key`). Every optimizer's `update` receives it as the extra
+argument `noise_key=` and all but `sgmcmc` ignore it.
+
+Webb et al.'s modular loss couples the members of a group, so it cannot be a one-member step:
+`joint_train_step` takes the gradients of the groups' loss over all K members' logits, then applies
+`member_update` to each member (mapped once).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxens import data as data_lib
+from jaxens import losses
+from jaxens import sharding as sharding_lib
+from jaxens.ensemble import EnsembleState
+from jaxens.members import map_members
+
+NOISE_FOLD = 1  # Folded into a member's per-step dropout key to give its optimizer-noise key.
+
+
+def noise_key(dropout_stream: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of a member's optimizer noise (SG-MCMC's ξ) at its step `step` (before the update).
+
+    Contract (tests re-derive it):
+
+        dropout_key(step) = fold_in(dropout_stream, step)            # what the model's dropout uses
+        noise_key(step)   = fold_in(dropout_key(step), NOISE_FOLD)   # NOISE_FOLD = 1
+
+    So the noise follows the dropout stream: members with independent dropout streams draw independent
+    noise, members sharing it (config.ensemble.shared_streams=('dropout',)) the same, and a resumed run
+    draws the same noise. It differs from the dropout key itself; Flax's dropout layers use
+    fold_in(dropout_key(step), h) with h a 32-bit SHA-1 hash of the layer path and call count, which equals
+    NOISE_FOLD only with probability 2^-32 per layer.
+
+    Args:
+      dropout_stream: one member's dropout stream key [2] (`state.rngs.dropout`).
+      step: the member's step (`state.step`), a scalar.
+    """
+    return jax.random.fold_in(jax.random.fold_in(dropout_stream, step), NOISE_FOLD)
+
+
+def member_loss(model, params, batch_stats, x, y, dropout_key):
+    """Mean softmax cross-entropy of one member on a batch x [B, ...], y [B] in training mode.
+
+    Returns:
+      (loss, (logits [B, C], new batch_stats)).
+    """
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+        logits, updates = model.apply(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        logits = model.apply(variables, x, train=True, rngs={"dropout": dropout_key})
+        new_stats = batch_stats
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, new_stats)
+
+
+def member_gradients(model, state: EnsembleState, x: jax.Array, y: jax.Array):
+    """ONE member's gradients of its loss on a normalized batch x [B, ...], y [B] (dropout from
+    fold_in(dropout, step)).
+
+    Returns:
+      (grads, new batch_stats, {'loss', 'error'} scalars).
+    """
+    dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
+    grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
+    (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
+    return grads, batch_stats, {"loss": loss, "error": jnp.mean(jnp.argmax(logits, -1) != y)}
+
+
+def _all_finite(tree) -> jax.Array:
+    """True iff every float in `tree` is finite (a scalar; integer leaves are skipped)."""
+    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def step_flags(state: EnsembleState, grads, metrics: dict, active=None, check_finite: bool = True):
+    """ONE member's (take, trying) booleans: whether it takes this step, and whether it tries to (active and
+    not diverged before); trying but not taking means its loss or gradients are not finite."""
+    trying = state.diverged < 0 if active is None else (state.diverged < 0) & active
+    if not check_finite:
+        return (jnp.bool_(True) if active is None else active), trying
+    return trying & _all_finite((metrics["loss"], grads)), trying
+
+
+def _apply_update(tx, state: EnsembleState, grads, batch_stats, metrics: dict, lr_scale, take, trying, select: bool):
+    """ONE member's update given its `step_flags`. `select=False` applies it as if `take` were true, skipping
+    the selects over the state (only when `take` is statically true)."""
+    tx = optax.with_extra_args_support(tx)  # A plain transform ignores the noise key.
+    key = noise_key(state.rngs.dropout, state.step)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, noise_key=key)
+    if lr_scale is not None:  # The member's learning-rate multiplier.
+        updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+    params = jax.tree.map(lambda p, u: jnp.asarray(p + u).astype(p.dtype), state.params, updates)
+    if select:  # The new values are computed as without the select, so a member that steps gets the same bits.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)  # noqa: E731
+        params, batch_stats = keep(params, state.params), keep(batch_stats, state.batch_stats)
+        opt_state = keep(opt_state, state.opt_state)
+    new_state = state.replace(  # type: ignore[attr-defined]  # flax struct.dataclass
+        step=state.step + take.astype(state.step.dtype),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        diverged=jnp.where(trying & ~take, state.step, state.diverged),
+    )
+    metrics = {**metrics, "steps": jnp.ones_like(metrics["loss"])}
+    return new_state, jax.tree.map(lambda v: jnp.where(take, v, jnp.zeros_like(v)), metrics)
+
+
+def member_update(
+    tx: optax.GradientTransformation,
+    state: EnsembleState,
+    grads,
+    batch_stats,
+    metrics: dict,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
+):
+    """ONE member's optimizer update, under the divergence check.
+
+    The member takes its step if it is `active` (default: yes), has not diverged before, and its loss
+    (`metrics['loss']`) and gradients are finite: then params += update (times `lr_scale`), and the new
+    optimizer state and BatchNorm statistics replace the old ones; the optimizer gets
+    `noise_key(dropout, step)` as its extra argument. Otherwise everything stays as it was; a member that
+    was active but whose loss or gradients were not finite records its step in `diverged` and is frozen
+    from then on. `check_finite=False` skips the check (every active member steps).
+
+    Returns:
+      (state, metrics): metrics zeroed for a member that did not step, plus 'steps' (1 or 0).
+    """
+    take, trying = step_flags(state, grads, metrics, active, check_finite)
+    select = check_finite or active is not None  # Whether some member may not step.
+    return _apply_update(tx, state, grads, batch_stats, metrics, lr_scale, take, trying, select)
+
+
+def member_step_on_batch(
+    model,
+    tx: optax.GradientTransformation,
+    state: EnsembleState,
+    x: jax.Array,
+    y: jax.Array,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
+):
+    """`member_train_step` on a given normalized batch x [B, ...], y [B] (ONE member)."""
+    grads, batch_stats, metrics = member_gradients(model, state, x, y)
+    return member_update(tx, state, grads, batch_stats, metrics, lr_scale, active, check_finite)
+
+
+def member_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    state: EnsembleState,
+    order: jax.Array,
+    dataset: data_lib.Dataset,
+    batch_size: int,
+    augment: str = "none",
+    padding: int = 4,
+    lr_scale: jax.Array | None = None,
+    active: jax.Array | None = None,
+    check_finite: bool = True,
+):
+    """One SGD step of ONE member (its `state` leaves carry no member axis): the step the trainer maps.
+
+    The batch is `jaxens.data.member_batch` of the member's order and augmentation streams at its current
+    step (an on-device gather, augmented on device), split over the 'data' axis of the mesh in context
+    (`jax.set_mesh`; nothing without one); dropout draws from fold_in(dropout, step); the update goes
+    through `member_update` (the divergence check, the optimizer's noise key).
+
+    Args:
+      state: one member's state.
+      order: [N] the member's permutation for its current epoch.
+      dataset: on-device dataset, shared by all members.
+      batch_size: B.
+      augment, padding: the training augmentation (see `jaxens.data.augment`).
+      lr_scale: a scalar multiplying the optimizer's update (the member's learning-rate multiplier for
+        sgd, adam and adamw), or None.
+      active: whether the member steps (False once it reached its end step), or None for yes.
+      check_finite: see `member_update`.
+
+    Returns:
+      (new state, {'loss', 'error', 'steps'} scalars) for the batch before the update.
+    """
+    x, y = data_lib.member_batch(
+        dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
+    )  # [B, ...], [B]
+    x, y = sharding_lib.constrain_member_batch((x, y))
+    return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite)
+
+
+def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment: str, padding: int):
+    """The minibatch all members share (coupled order with shared augmentation, or λ groups): member 0's
+    order and augmentation streams at the members' largest step (so that a frozen diverged member does
+    not hold the others back).
+
+    The [B] indices are sliced from every member's order row where it lives, then member 0's are taken:
+    with the members sharded over devices only B indices cross them, not member 0's [N] permutation. The
+    batch is split over the 'data' axis of the mesh in context.
+
+    Returns:
+      (x [B, ...] normalized, y [B]).
+    """
+    step = state.step.max()
+    idx = map_members(lambda order: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train), "vmap", (0,))
+    x, y = data_lib.batch_examples(dataset, idx(orders)[0], state.rngs.augment[0], step, augment, padding)
+    return sharding_lib.constrain_member_batch((x, y))
+
+
+def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:
+    """Whether all members of a run see the same minibatch at every step: a shared order, no augmentation
+    or a shared augmentation stream, and one group trained from initialization (not spawned children)."""
+    return not spawning and "order" in shared_streams and (augment == "none" or "augment" in shared_streams)
+
+
+def joint_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    strategy: str,
+    state: EnsembleState,
+    orders: jax.Array,
+    dataset: data_lib.Dataset,
+    batch_size: int,
+    lams: jax.Array,
+    augment: str = "none",
+    padding: int = 4,
+    lr_scales: jax.Array | None = None,
+    check_finite: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """One SGD step of all K members under Webb et al.'s modular loss, G groups of k = K/G members.
+
+    Every member sees the `shared_batch`; dropout stays per member. The step minimizes Σ_g k·L_λg over the
+    groups' logits [G, k, B, C] (`jaxens.losses`), so the gradient reaching member j of group g is
+    k·∂L_λg/∂η_j = ŷ_j − y − λ_g(ŷ_j − ȳ_g) (eq. 8 times k; docs/definitions.md#modular-loss): λ = 0 is
+    independent training at the optimizer's learning rate. Each member is then updated by `member_update`
+    with its own NLL and gradients. A group shares one loss, so a member whose logits turn non-finite
+    takes its group's gradients with it.
+
+    Args:
+      state: the K members' state (leaves [K, ...]).
+      orders: [K, N] the members' epoch permutations (row 0 is used).
+      lams: [G] each group's λ.
+      lr_scales: [K] multipliers of each member's update, or None.
+      mesh: the ('member', 'data') mesh the step runs on, or None (see `map_members`). With the members
+        sharded over devices, what crosses them is the batch's B indices, the groups' mean logits
+        [G, B, C] and [K]-sized flags: no parameter-sized gradient (Webb et al. §3.3).
+
+    Returns:
+      (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K], 'steps': [K]}).
+    """
+    x, y = shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...], [B]
+
+    def member_forward(params, batch_stats, dropout, step, x, y):
+        return member_loss(model, params, batch_stats, x, y, jax.random.fold_in(dropout, step))[1]
+
+    forward = map_members(member_forward, strategy, (0, 0, 0, 0, None, None), mesh)
+    k = state.k // lams.shape[0]
+
+    def total(params):
+        logits, stats = forward(params, state.batch_stats, state.rngs.dropout, state.step, x, y)  # [K, B, C]
+        grouped = logits.reshape(lams.shape[0], k, *logits.shape[1:])  # [G, k, B, C]
+        per_group = jax.vmap(lambda o, lam: losses.modular_loss(o, y, lam, "categorical"))(grouped, lams)  # [G]
+        return k * per_group.sum(), (logits, stats)
+
+    (_, (logits, batch_stats)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    metrics = {
+        "loss": losses.member_nll(logits, y, "categorical"),  # [K]
+        "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1),
+    }
+    update = lambda st, g, bs, m, scale: member_update(tx, st, g, bs, m, scale, None, check_finite)  # noqa: E731
+    lr_axis = None if lr_scales is None else 0
+    return map_members(update, strategy, (0, 0, 0, 0, lr_axis), mesh)(state, grads, batch_stats, metrics, lr_scales)

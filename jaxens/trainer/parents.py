@@ -1,0 +1,186 @@
+"""The parent of a spawning condition: found, restored or trained up to every spawn time, then spawned.
+
+Under coupled_to_t and coupled_to_t_reset a one-member parent trains first, up to the largest spawn time
+t, saving a checkpoint at every t in DIR/parent/ (kept: later runs may spawn from them with
+config.coupling.parent_dir). Training starts from the latest intact checkpoint (this run's, or the
+parent_dir run's) at or before the first spawn step that no checkpoint holds, or from initialization.
+`children` then spawns the k children of every spawn time (`jaxens.spawn.spawn_children`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxens import checkpoint as checkpoint_lib
+from jaxens import coupling as coupling_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import rng as rng_lib
+from jaxens import sharding as sharding_lib
+from jaxens import spawn as spawn_lib
+from jaxens import steps as steps_lib
+from jaxens.config import ConfigError
+from jaxens.trainer import callbacks as callbacks_lib
+from jaxens.trainer import evaluation, loop, summary
+from jaxens.trainer.context import RunContext
+from jaxens.trainer.spec import RunSpec
+
+
+def parent_dir_source(spec: RunSpec) -> str | None:
+    """Checks `config.coupling.parent_dir` names a run with the same parent; returns its checkpoint dir.
+
+    Raises:
+      ConfigError: the directory holds no run, a run with a different parent, or no parent checkpoints.
+    """
+    parent_dir = spec.parent_dir
+    if not parent_dir:
+        return None
+    field = f"config.coupling.parent_dir={parent_dir!r}"
+    path = os.path.join(parent_dir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{field}: no run there (no config.json)")
+    with open(path) as f:
+        theirs = coupling_lib.parent_fields(json.load(f))
+    ours = coupling_lib.parent_fields(spec.config)
+    differ = [f"config.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise ConfigError(f"{field}: that run trained a different parent ({'; '.join(differ)})")
+    directory = os.path.join(parent_dir, "parent")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{field}: that run saved no parent checkpoints ({directory} is missing)")
+    return directory
+
+
+def _restore_parents(sources: list, spawn_steps: tuple[int, ...], template):
+    """The parent checkpoint to resume from, and those of the spawn steps before it, all restored intact.
+
+    Sources are searched in order (this run's own first). Resumes from the latest checkpoint at or before
+    the first spawn step that no source holds. A checkpoint that fails to restore is passed over (the
+    choice is made again without it) and, once another one restored, set aside.
+
+    Returns:
+      (start step or None for none, {step: checkpoint_lib.Restored} for the start and the spawn steps ≤ it).
+
+    Raises:
+      CorruptCheckpoint: checkpoints exist but none restores (nothing is moved).
+    """
+    bad = {}  # (source index, step) → why it failed.
+    while True:
+        available = {}  # step → index of the first source holding it.
+        for i in reversed(range(len(sources))):
+            available.update({s: i for s in sources[i].all_steps() if (i, s) not in bad})
+        missing = [t for t in spawn_steps if t not in available]
+        start = max((s for s in available if not missing or s <= missing[0]), default=None)
+        if start is None:
+            break
+        restored = {}
+        try:
+            for s in sorted({start} | {t for t in spawn_steps if t <= start}):
+                restored[s] = sources[available[s]].restore_progress(s, template)
+            break
+        except checkpoint_lib.CorruptCheckpoint as e:
+            failing = next(s for s in sorted({start} | {t for t in spawn_steps if t <= start}) if s not in restored)
+            bad[(available[failing], failing)] = str(e)
+    if bad and start is None:
+        (i, step), reason = next(iter(bad.items()))
+        raise checkpoint_lib.CorruptCheckpoint(
+            f"no parent checkpoint restores (checkpoint {step} in {sources[i].directory} {reason}); nothing was moved"
+        )
+    for (i, step), reason in bad.items():
+        sources[i].set_aside(step, reason)
+    return start, restored if start is not None else {}
+
+
+class _ParentRecord(loop.Callback):
+    """The parent's evaluations (at the evaluation ticks and every spawn time, once per step), and a copy
+    of its state at every spawn time."""
+
+    def __init__(self, ctx: RunContext, ticks, parents: dict, logged: set[int]):
+        self.ticks = frozenset(ticks)
+        self._ctx, self._parents, self._logged = ctx, parents, logged
+
+    def __call__(self, pause: loop.Pause) -> None:
+        if pause.tick in self._ctx.spec.plan.spawn_steps:
+            self._parents[pause.tick] = jax.tree.map(jnp.copy, pause.state)  # Training donates its state.
+        record(self._ctx, pause.tick, pause.state, pause.train, self._logged)
+
+
+def record(ctx: RunContext, step: int, parent, train: dict | None, logged: set[int]) -> None:
+    """Evaluates the parent at `step` and records it, unless that step is recorded already."""
+    if step in logged:
+        return
+    spec = ctx.spec
+    evals = evaluation.evaluate(ctx.predictor, parent, ctx.dataset, ctx.eval_sets, spec.method)[0]
+    ctx.record(summary.records("parent", step, spec.steps_per_epoch, (None, None), train or {}, evals))
+    logged.add(step)
+
+
+def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_lib.EnsembleState]:
+    """The one-member parent's state at every spawn step {t: state}, trained, restored or both; every spawn
+    step is saved in this run's DIR/parent/ (see the module docstring)."""
+    spec, plan = ctx.spec, ctx.spec.plan
+    own = checkpoint_lib.Checkpointer(
+        os.path.join(ctx.workdir, "parent"), spec.max_checkpoints, keep_steps=plan.spawn_steps
+    )
+    sources = [own]
+    if parent_source is not None:
+        sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True))
+    start, restored = _restore_parents(sources, plan.spawn_steps, ctx.template(1))
+    progress = {}
+    if start is None:
+        state = ensemble_lib.init_ensemble(spec.model, spec.tx, rng_lib.member_streams(spec.seed, 1), spec.input_shape)
+        state = sharding_lib.put_members(state, ctx.mesh(1))
+        start = 0
+    else:
+        state, progress = restored[start].state, restored[start].progress
+        ctx.say(f"parent: restored the checkpoint at step {start}")
+    ctx.log.retain(lambda r: r["phase"] == "parent" and r["step"] <= start)  # Children restart from spawn.
+    logged = {r["step"] for r in ctx.log.read()}
+    found = {}
+    for t in plan.spawn_steps:
+        if t <= start:  # Restored, or (t = 0) the initialization.
+            parent, saved = (restored[t].state, restored[t].progress) if t in restored else (state, {})
+            found[t] = jax.tree.map(jnp.copy, parent)  # Training donates `state`.
+            if t not in own.all_steps():  # The initialization, or from parent_dir: kept with this run.
+                own.save(t, parent, saved)
+            record(ctx, t, found[t], {}, logged)
+    if plan.spawn_steps[-1] > start:
+        _train(ctx, state, start, progress, own, found, logged)
+    for source in sources:
+        source.close()
+    return found
+
+
+def _train(ctx: RunContext, state, start: int, progress: dict, own, found: dict, logged: set[int]) -> None:
+    """Trains the parent from `start` to the last spawn step, adding its state at each spawn step to `found`."""
+    spec, plan = ctx.spec, ctx.spec.plan
+    last = plan.spawn_steps[-1]
+    evals_at = steps_lib.every(spec.eval_every, last)
+    later_spawns = {t for t in plan.spawn_steps if t > start}
+    phase = loop.Phase("parent", np.zeros(1, np.int64), np.full(1, last), spec.steps_per_epoch, spec.steps_per_call)
+    callbacks = [
+        callbacks_lib.TrainWindow(set(evals_at) | later_spawns, ctx.board, "parent", spec.batch_size),
+        _ParentRecord(ctx, set(evals_at) | set(plan.spawn_steps), found, logged),
+        callbacks_lib.DivergenceCheck(state, "parent", ["the parent"], spec.on_divergence == "stop", own.directory),
+        callbacks_lib.Checkpoint(own, set(steps_lib.every(spec.checkpoint_every, last)) | later_spawns),
+    ]
+    loop.train(ctx.chunk, ctx.dataset, state, phase, callbacks, start, callbacks_lib.window_sums(progress))
+
+
+def children(ctx: RunContext, parents: dict[int, ensemble_lib.EnsembleState]) -> ensemble_lib.EnsembleState:
+    """The k children of every spawn time, stacked in spawn-step order, re-initialized as configured, and
+    sharded over the members' mesh."""
+    spec, plan = ctx.spec, ctx.spec.plan
+    # Spawned on the host from the parents' values (one member each): the same on every process, then
+    # sharded over the members' mesh wherever the parent's mesh put them.
+    parents = {t: sharding_lib.host(parent) for t, parent in parents.items()}
+    one = jax.tree.map(lambda x: x[0], next(iter(parents.values())).params)
+    reinit = spawn_lib.reinit_for(spec.model, spec.input_shape, one, spec.reinit_fraction, spec.reinit_side)
+    stacked = spawn_lib.spawn_children(
+        parents, plan.k, spec.seed, plan.shared_streams, reset_optimizer=plan.reset, tx=spec.tx, reinit=reinit
+    )
+    return sharding_lib.put_members(stacked, ctx.mesh(plan.num_members))

@@ -1,0 +1,74 @@
+"""A finished (or interrupted) run's members, restored for analyses after training."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+import flax.linen as nn
+import ml_collections
+
+from jaxens import checkpoint as checkpoint_lib
+from jaxens import coupling as coupling_lib
+from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
+from jaxens import sharding as sharding_lib
+from jaxens.config import ConfigError
+from jaxens.trainer import spec as spec_lib
+from jaxens.trainer.context import state_template
+
+
+class Restored(NamedTuple):
+    """A run's members as its latest checkpoint holds them (see `restore`).
+
+    Attributes:
+      config: the run's config (from its config.json).
+      spec: that config resolved for this machine's devices (an automatic mesh).
+      plan: `spec.plan`: the groups of members are consecutive blocks of `plan.k`.
+      dataset: the run's data, on this machine's devices.
+      model: one member's module.
+      state: the members (every leaf [K, ...]), sharded over the automatic mesh.
+      step: the checkpoint's tick of the members' phase.
+    """
+
+    config: ml_collections.ConfigDict
+    spec: spec_lib.RunSpec
+    plan: coupling_lib.Plan
+    dataset: data_lib.Dataset
+    model: nn.Module
+    state: ensemble_lib.EnsembleState
+    step: int
+
+    @property
+    def strategy(self) -> str:
+        """The member strategy for the restored state ('auto' resolved on this backend and its mesh)."""
+        return self.spec.strategy
+
+
+def restore(workdir: str) -> Restored:
+    """The members of the run in `workdir` at its latest intact checkpoint, with its config, data and model.
+
+    For analyses after training (e.g. `experiments/webb_removal.py`): predict with
+    `ensemble.Predictor(r.model, ...)(r.state, x, r.dataset)`. The run restores onto this machine's devices
+    (the automatic mesh), whatever mesh trained it. Nothing in `workdir` is written.
+
+    Raises:
+      ConfigError: `workdir` holds no run or no intact members' checkpoint.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{workdir}: no run there (no config.json)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    spec = spec_lib.resolve(config, automatic_mesh=True)
+    mesh = sharding_lib.make_mesh(spec.mesh_shape)
+    dataset = data_lib.load(spec.source)
+    spec_lib.check_loaded(spec, dataset)
+    dataset = sharding_lib.put_replicated(dataset, mesh)
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    restored = checkpointer.restore_latest(state_template(spec, spec.plan.num_members, mesh))
+    checkpointer.close()
+    if restored is None:
+        raise ConfigError(f"{workdir}: no intact checkpoint of the members yet")
+    return Restored(config, spec, spec.plan, dataset, spec.model, restored.state, restored.step)

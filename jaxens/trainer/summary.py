@@ -1,0 +1,146 @@
+"""A run's records and summary: the tidy rows of metrics.jsonl, summary.json, and the printed report."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxens.trainer.spec import RunSpec
+
+
+def records(phase: str, step: int, spe: int, group: tuple, train: dict, evals: dict[str, dict]) -> list[dict]:
+    """Tidy rows of one group (t, λ) for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
+    rows = []
+    t, lam = group
+    base = dict(phase=phase, step=step, epoch=round(step / spe, 4), t=t, lam=lam)
+
+    def add(split, scope, member, metric, value):
+        rows.append(dict(base, split=split, scope=scope, member=member, metric=metric, value=float(value)))
+
+    for metric, values in train.items():
+        for m, v in enumerate(values):
+            add("train", "member", m, metric, v)
+    for split, values in evals.items():
+        for key, value in values.items():
+            scope, metric = key.split("_", 1)
+            if scope == "member":
+                for m, v in enumerate(value):
+                    add(split, "member", m, metric, v)
+            else:
+                add(split, "ensemble", None, metric, value)
+    return rows
+
+
+def at_best_val(records: list[dict], group: tuple) -> dict | None:
+    """Early stopping after the fact (Webb et al.): the group's ensemble test metrics at the evaluation with
+    the lowest ensemble validation error (the first such), or None without a validation split."""
+    t, lam = group
+    mine = [
+        r
+        for r in records
+        if r["phase"] == "members" and r["t"] == t and r.get("lam") == lam and r["scope"] == "ensemble"
+    ]
+    val = sorted((r["value"], r["step"]) for r in mine if r["split"] == "val" and r["metric"] == "error")
+    if not val:
+        return None
+    val_error, step = val[0]
+    test = {r["metric"]: r["value"] for r in mine if r["split"] == "test" and r["step"] == step}
+    epoch = next(r["epoch"] for r in mine if r["step"] == step)
+    return {"step": step, "epoch": epoch, "val_error": val_error, "test_error": test["error"], "test_nll": test["nll"]}
+
+
+def report(summary: dict) -> str:
+    """The text report of a summary, printed at the end of a run (one block per group)."""
+    lines = []
+    for group in summary["groups"]:
+        test = group["test"]
+        if group.get("lam") is not None:
+            lines.append(
+                f"modular loss λ={group['lam']:g}, test error after {group['steps']} steps ({summary['epochs']} epochs):"
+            )
+        elif group["t"] is None:
+            lines.append(f"test error after {group['steps']} steps ({summary['epochs']} epochs):")
+        else:
+            lines.append(
+                f"children spawned at t={group['t_label']} (step {group['t']}), test error at step {group['steps']}:"
+            )
+        diverged = group.get("diverged") or [None] * len(test["member_error"])
+        for m, (e, n, d) in enumerate(zip(test["member_error"], test["member_nll"], diverged)):
+            note = "" if d is None else f"  (diverged at step {d}; frozen there)"
+            lines.append(f"  member {m}:  error {e:.4f}  nll {n:.4f}{note}")
+        lines.append(f"  mean member: error {test['mean_member_error']:.4f}")
+        healthy = sum(d is None for d in diverged)
+        of = "" if healthy == len(diverged) or not healthy else f", of the {healthy} members that did not diverge"
+        lines.append(
+            f"  ensemble ({summary['ensemble_method']}{of}): error {test['ensemble_error']:.4f}  nll {test['ensemble_nll']:.4f}"
+            f"  MACE {test['ensemble_mace']:.4f}"
+        )
+        if "ensemble_sym_kl" in test:
+            lines.append(
+                f"  diversity: symmetric KL {test['ensemble_sym_kl']:.4f}  disagreement {test['ensemble_disagreement']:.4f}"
+            )
+        best = group.get("at_best_val")
+        if best:
+            lines.append(
+                f"  at the best validation epoch ({best['epoch']:g}): ensemble test error {best['test_error']:.4f}"
+                f"  (val {best['val_error']:.4f})"
+            )
+        for name, values in group.get("eval", {}).items():
+            if "ensemble_error" in values:
+                mean_member = sum(values["member_error"]) / len(values["member_error"])
+                lines.append(
+                    f"  {name}: ensemble error {values['ensemble_error']:.4f}  nll {values['ensemble_nll']:.4f}  "
+                    f"(mean member error {mean_member:.4f})"
+                )
+            else:
+                lines.append(
+                    f"  {name} (out of distribution): ensemble entropy {values['ensemble_entropy']:.4f}  "
+                    f"confidence {values['ensemble_confidence']:.4f}"
+                )
+    return "\n".join(lines)
+
+
+def build(spec: RunSpec, final: dict[int, dict], diverged: np.ndarray, logged: list[dict], **extra) -> dict:
+    """The run's summary (summary.json): per group of members (the children of one spawn time, one λ; a single
+    group otherwise) its test and evaluation-set metrics, the early-stopping view, and which members diverged.
+
+    Args:
+      final: group → its evaluation at the last tick (`evaluation.evaluate`).
+      diverged: [K] the step each member diverged at, or -1.
+      logged: the records of metrics.jsonl.
+      extra: further top-level entries (wall time, backend, mesh), after the fixed ones.
+    """
+    plan = spec.plan
+    groups = []
+    for g, (t, lam) in enumerate(zip(plan.group_spawn_steps(), plan.group_lams())):
+        evals = dict(final[g])
+        test = evals.pop("test")
+        test["mean_member_error"] = sum(test["member_error"]) / plan.k
+        group_diverged = [int(d) if d >= 0 else None for d in diverged[g * plan.k : (g + 1) * plan.k]]
+        groups.append(
+            {
+                "t": t,
+                "lam": lam,
+                "t_label": plan.spawn_labels[g] if plan.spawning else None,
+                "steps": int(plan.end_steps()[g * plan.k]),
+                "test": test,
+                "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
+                "at_best_val": at_best_val(logged, (t, lam)),
+                # Per member: the step it diverged at (it is frozen since; the ensemble metrics leave it out), or None.
+                "diverged": group_diverged,
+            }
+        )
+    summary = {
+        "dataset": spec.source.name,
+        "model": spec.model_name,
+        "condition": plan.condition,
+        "k": plan.k,
+        "ensemble_method": spec.method,
+        "steps": plan.total_steps,
+        "epochs": spec.num_epochs,
+        "groups": groups,
+        **extra,
+    }
+    if len(groups) == 1:  # The common case, at the top level too.
+        summary["test"], summary["eval"] = groups[0]["test"], groups[0]["eval"]
+        summary["diverged"] = groups[0]["diverged"]
+    return summary
