@@ -1,7 +1,10 @@
 """Orbax checkpoints of the ensemble state: atomic saves, verified restores, fallback past a bad checkpoint.
 
 A checkpoint of step s holds two items: `state` (the pytree, Orbax's standard format) and `meta` (JSON: the
-caller's `progress`, e.g. running training-metric sums, and a fingerprint of the state's bytes). Orbax writes
+caller's `progress`, e.g. running training-metric sums, a fingerprint of the state's bytes, and the `owner`:
+the fingerprint of the run's config). A checkpoint belongs to the run that wrote it: a Checkpointer opened
+for one owner refuses to restore another owner's checkpoint (`ForeignCheckpoint`, a config error), and a
+save is either made or an error, never silently skipped (`CheckpointError`). Orbax writes
 a checkpoint into a temporary directory and renames it when complete, so a process killed during a save
 leaves no checkpoint that looks finished. A checkpoint that is finished but damaged afterwards (a file
 missing or truncated, bytes changed on disk) fails to restore or fails its fingerprint: `restore_latest`
@@ -25,10 +28,19 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from jaxens import faults
+from jaxens.config import ConfigError
 
 
 class CorruptCheckpoint(Exception):
     """A finished checkpoint that cannot be restored, or whose bytes differ from what was saved."""
+
+
+class ForeignCheckpoint(ConfigError):
+    """A checkpoint written by another run (another config): never restored, never moved."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that should have been saved was not (Orbax declined it)."""
 
 
 def fingerprint(tree) -> str | None:
@@ -58,13 +70,24 @@ class Checkpointer:
       max_to_keep: how many of the latest checkpoints to keep.
       keep_steps: steps kept besides the latest (e.g. a parent's spawn times).
       read_only: only read (another run's checkpoints): saving raises, nothing is created, moved or deleted.
+      owner: the fingerprint of the run these checkpoints belong to (`jaxens.workdir.run_fingerprint`), written
+        into every checkpoint saved; a checkpoint of another owner is refused on restore. None: no check.
+        Checkpoints saved before owners were recorded carry none and are accepted.
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 2, keep_steps: Sequence[int] = (), read_only: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        max_to_keep: int = 2,
+        keep_steps: Sequence[int] = (),
+        read_only: bool = False,
+        owner: str | None = None,
+    ):
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(max_to_keep), checkpoint_managers.CustomSteps(list(keep_steps))]
         )
         self.directory = os.path.abspath(directory)
+        self.owner = owner
         self._read_only = read_only
         self._skipped: set[int] = set()  # Bad checkpoints of a read-only directory, ignored from now on.
         # A read-only manager is one that never saves (so never deletes either); Orbax's own read_only
@@ -84,27 +107,65 @@ class Checkpointer:
     def save(self, step: int, state, progress: dict | None = None) -> None:
         """Saves `state` (and the JSON-able `progress`) as checkpoint `step`; returns once it is on disk.
 
-        A step that is already saved is kept as it is (training is deterministic: a rerun reaching the step
-        again has the same state).
+        A step already saved by this owner is kept as it is (training is deterministic: a rerun reaching the
+        step again has the same state; a differing one is logged). A step may be saved below later ones
+        (a parent's spawn time whose checkpoint was set aside).
+
+        Raises:
+          ForeignCheckpoint: the step holds another run's checkpoint.
+          CheckpointError: Orbax declined to write the checkpoint.
         """
         if self._read_only:
             raise PermissionError("this Checkpointer was opened read_only: it never writes")
+        meta = {"progress": progress or {}, "fingerprint": fingerprint(state), "owner": self.owner}
         if step in self._manager.all_steps():
-            return
-        meta = {"progress": progress or {}, "fingerprint": fingerprint(state)}
-        self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+            try:
+                saved = self._meta(step)
+            except Exception as e:  # Damaged: set aside, then saved anew below.
+                self.set_aside(step, f"cannot be read ({type(e).__name__})")
+            else:
+                self._check_owner(step, saved)
+                if saved.get("fingerprint") != meta["fingerprint"]:
+                    logging.warning("checkpoint %d in %s differs from this run's state; kept", step, self.directory)
+                return
+        # force: Orbax would otherwise decline a step below its latest one, silently.
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if not self._manager.save(step, args=args, force=True):
+            raise CheckpointError(
+                f"Orbax declined to save checkpoint {step} in {self.directory} (it holds {self._manager.all_steps()})"
+            )
         faults.kill_point(os.path.basename(self.directory), step)  # Tests: SIGKILL while the write runs.
         self._manager.wait_until_finished()
 
+    def _meta(self, step: int) -> dict:
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def _check_owner(self, step: int, meta: dict) -> None:
+        """Raises `ForeignCheckpoint` when checkpoint `step` records an owner other than this one."""
+        theirs = meta.get("owner")
+        if self.owner is not None and theirs is not None and theirs != self.owner:
+            raise ForeignCheckpoint(
+                f"checkpoint {step} in {self.directory} belongs to another run (its config fingerprint {theirs}, "
+                f"this run's {self.owner}); nothing was restored or moved. Move that directory away, or pass "
+                "--overwrite to replace the run the workdir holds"
+            )
+
     def restore_progress(self, step: int, like) -> Restored:
-        """(step, state, progress) of checkpoint `step`, verified like `restore`."""
+        """(step, state, progress) of checkpoint `step`, verified like `restore`.
+
+        Raises:
+          ForeignCheckpoint: the checkpoint belongs to another owner.
+          CorruptCheckpoint: see `restore`.
+        """
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-            state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+            meta = self._meta(step)
         except Exception as e:  # Orbax and TensorStore raise many kinds for missing or damaged files.
+            raise CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        self._check_owner(step, meta)
+        try:
+            state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+        except Exception as e:
             raise CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
         expected = meta.get("fingerprint")
         if expected is not None and fingerprint(state) != expected:

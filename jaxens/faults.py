@@ -1,7 +1,8 @@
 """Fault injection for tests: SIGKILL this process at a named point of a run.
 
 `JAXENS_KILL_AT` holds comma-separated points `name` or `name@step`. Points: `spawn` (the children of a
-spawning condition exist, before their first step) and a checkpoint directory's base name, e.g.
+spawning condition exist, before their first step), `overwrite` (an --overwrite has deleted the old run's
+directories, not yet its files) and a checkpoint directory's base name, e.g.
 `checkpoints@16` or `parent@8` (the Orbax write of that step has started and is still running). The
 kill is a real SIGKILL of the process: nothing runs after it, as when a machine is preempted without
 warning. Unset (the normal case), `kill_point` does nothing.

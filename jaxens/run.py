@@ -87,17 +87,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
     if config.mesh.distributed:  # Before anything asks JAX for its devices.
         sharding_lib.initialize_distributed()
     spec = spec_lib.resolve(config)  # The ConfigDict is not read below this line.
-    dataset = data_lib.load(spec.source)
-    spec_lib.check_loaded(spec, dataset)
-    extra_sets = data_lib.load_eval_sets(spec.source)
     parent_source = parents.parent_dir_source(spec)
-    primary = sharding_lib.is_primary()  # Only process 0 writes; every process trains its devices' share.
-    if not overwrite and workdir_lib.check(workdir, spec.config):  # Refuses another run's directory.
+    # Refuses another run's directory, and one holding a run's files without its config.json.
+    if not overwrite and workdir_lib.check(workdir, spec.config):
         finished = workdir_lib.read_summary(workdir)
         if finished is not None:  # Nothing to do, and nothing is written.
             logging.info("%s already holds a finished run; nothing to do.", workdir)
             say(summary_lib.report(finished))
             return finished
+    dataset = data_lib.load(spec.source)
+    spec_lib.check_loaded(spec, dataset)
+    extra_sets = data_lib.load_eval_sets(spec.source)
+    primary = sharding_lib.is_primary()  # Only process 0 writes; every process trains its devices' share.
     if primary:
         os.makedirs(workdir, exist_ok=True)
     with _workdir_lock(workdir, primary), preemption.stop_on_signals():
@@ -137,7 +138,8 @@ def _train_and_evaluate(ctx: RunContext, parent_source: str | None, resuming: bo
     """The members' starting state (resumed, spawned or initialized), their phase, and the summary."""
     started = time.time()
     try:
-        checkpointer = checkpoint_lib.Checkpointer(os.path.join(ctx.workdir, "checkpoints"), ctx.spec.max_checkpoints)
+        directory = os.path.join(ctx.workdir, "checkpoints")
+        checkpointer = checkpoint_lib.Checkpointer(directory, ctx.spec.max_checkpoints, owner=ctx.spec.run_id)
         state, tick, progress = _starting_state(ctx, checkpointer, parent_source, resuming)
         state, final = _members_phase(ctx, checkpointer, state, tick, progress)
         checkpointer.close()

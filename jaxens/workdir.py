@@ -15,6 +15,7 @@ Layout of DIR:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxens import faults
 from jaxens.config import ConfigError
 
 
@@ -106,6 +108,27 @@ def _run_fields(config: dict) -> dict:
     return {key: value for key, value in config.items() if key not in PLACEMENT_GROUPS}
 
 
+def fingerprint(values: dict) -> str:
+    """A short digest of JSON values (sorted keys): equal values, equal fingerprint."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(config: dict) -> str:
+    """The fingerprint of what a run computes: its config without the `PLACEMENT_GROUPS`. Its checkpoints
+    record it (`jaxens.checkpoint.Checkpointer(owner=...)`), so no other run restores them."""
+    return fingerprint(_run_fields(config))
+
+
+def leftovers(workdir: str) -> list[str]:
+    """The run files and directories (`RUN_FILES`, `RUN_DIRS`, non-empty) `workdir` holds besides config.json."""
+    found = []
+    for name in (*RUN_FILES[1:], *RUN_DIRS):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+            found.append(name)
+    return found
+
+
 def check(workdir: str, config: dict) -> bool:
     """Whether `workdir` holds the run of `config` (True) or no run (False); reads only. The
     `PLACEMENT_GROUPS` (config.mesh) may differ: the same run on other devices.
@@ -114,10 +137,18 @@ def check(workdir: str, config: dict) -> bool:
       config: the run's config as plain JSON values (`config_to_dict`, or `RunSpec.config`).
 
     Raises:
-      ConfigError: the directory holds a run with a different config.
+      ConfigError: the directory holds a run with a different config, or a run's files (checkpoints,
+        metrics, ...) without the config.json that would say whose they are.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
+        found = leftovers(workdir)
+        if found:
+            raise ConfigError(
+                f"--workdir={workdir} holds {', '.join(found)} but no config.json: the files of a run this "
+                "command cannot tell is its own. Results are never adopted: choose a new --workdir, move them "
+                "away, or pass --overwrite to delete them."
+            )
         return False
     with open(path) as f:
         old = json.load(f)
@@ -138,7 +169,9 @@ def claim(workdir: str, config: dict, overwrite: bool = False) -> bool:
     Args:
       overwrite: first delete the run files and directories (`RUN_FILES`, `RUN_DIRS`) of whatever run the
         directory holds, finished or not, with this config or another (the command-line flag --overwrite).
-        Other files are left alone.
+        Other files are left alone. The summary and status go first and config.json last: an overwrite
+        stopped midway leaves an unfinished run whose config.json still names what is left (a rerun of
+        another config is refused, one of that config starts afresh; nothing is ever adopted).
 
     Returns:
       True if the directory already holds this run (resume or finished), False if newly claimed.
@@ -147,16 +180,22 @@ def claim(workdir: str, config: dict, overwrite: bool = False) -> bool:
       ConfigError: without `overwrite`, the directory holds a run with a different config; nothing is touched.
     """
     if overwrite and os.path.isdir(workdir):
-        for name in RUN_FILES:
-            if os.path.exists(os.path.join(workdir, name)):
-                os.remove(os.path.join(workdir, name))
+        _remove(workdir, ("summary.json", "status.json"))  # First, so that no step of it looks finished.
         for name in RUN_DIRS:
             shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+        faults.kill_point("overwrite")  # Tests: SIGKILL with the run's directories gone, its config not yet.
+        _remove(workdir, ("metrics.jsonl", "config.json"))  # config.json last.
     if check(workdir, config):
         return True
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), config)
     return False
+
+
+def _remove(workdir: str, names) -> None:
+    for name in names:
+        if os.path.exists(os.path.join(workdir, name)):
+            os.remove(os.path.join(workdir, name))
 
 
 class MetricsLog:

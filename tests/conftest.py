@@ -134,3 +134,22 @@ def tensorboard_scalars(workdir) -> dict:
         for tag in acc.Tags()["scalars"]:
             out[(os.path.basename(path), tag)] = [(e.step, e.value) for e in acc.Scalars(tag)]
     return out
+
+
+def cli(workdir, *args, config="configs/mnist1d_spawn.py", kill_at=None):
+    """`python -m jaxens.train --config=CONFIG --workdir=WORKDIR ARGS` as a real process (Popen), with
+    `JAXENS_KILL_AT` (`jaxens.faults`) when `kill_at` is given."""
+    import subprocess
+
+    env = dict(os.environ, CI="true")
+    env.pop("JAXENS_KILL_AT", None)
+    if kill_at:
+        env["JAXENS_KILL_AT"] = kill_at
+    cmd = [sys.executable, "-m", "jaxens.train", f"--config={config}", f"--workdir={workdir}", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300):
+    """(exit code, stdout, stderr) of a `cli` process once it ends."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err

@@ -3,10 +3,11 @@
 Both phases of a run (a spawning condition's parent, then the members) run `train`. At tick τ member m
 is at step min(starts[m] + τ, ends[m]); a member at its end step stops updating. Between pauses the loop
 dispatches chunks of steps (`jaxens.train_chunk.TrainChunk`), cut at every member's epoch end (where its
-permutation changes), at every pause and after `steps_per_call` steps; the host does not wait for the
-device between them. At a pause the callbacks whose `ticks` hold it run in order, each seeing the same
-`Pause` (a later one sees what an earlier one set). After every chunk a stop request
-(`jaxens.preemption`) calls every callback's `on_stop` (the checkpoint saves) and raises `Preempted`.
+permutation changes), at every pause and after `steps_per_call` steps, and waits for each chunk to finish
+(inside a chunk the host never waits for the device). At a pause the callbacks whose `ticks` hold it run
+in order, each seeing the same `Pause` (a later one sees what an earlier one set). After every chunk a
+stop request (`jaxens.preemption`) calls every callback's `on_stop` (the checkpoint saves) and raises
+`Preempted`: a SIGTERM stops the run at most `steps_per_call` steps after it arrives.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ def train(
         next_pause = next(p for p in pauses if p > tick)
         n = int(min(to_epoch_end.min(), next_pause - tick, phase.steps_per_call))
         state, chunk_sums = chunk(state, orders, dataset, n, ends, lr_scales)
+        # The host waits for each chunk, so a stop request is seen at most one chunk after it arrives (the
+        # host never runs ahead of the device by more; the next chunk's dispatch is the only gap).
+        jax.block_until_ready(chunk_sums)
         sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
         tick += n
         bar.update(n)

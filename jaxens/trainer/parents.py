@@ -60,13 +60,15 @@ def _restore_parents(sources: list, spawn_steps: tuple[int, ...], template):
 
     Sources are searched in order (this run's own first). Resumes from the latest checkpoint at or before
     the first spawn step that no source holds. A checkpoint that fails to restore is passed over (the
-    choice is made again without it) and, once another one restored, set aside.
+    choice is made again without it) and set aside (`Checkpointer.set_aside`; a read-only source's is only
+    skipped). When none restores, the parent trains from initialization (start None), which rebuilds them.
 
     Returns:
-      (start step or None for none, {step: checkpoint_lib.Restored} for the start and the spawn steps ≤ it).
+      (start step or None for none, {step: checkpoint_lib.Restored} for the start and the spawn steps ≤ it,
+      {(source index, step): why it failed} for the checkpoints set aside).
 
     Raises:
-      CorruptCheckpoint: checkpoints exist but none restores (nothing is moved).
+      ForeignCheckpoint: a checkpoint belongs to another parent.
     """
     bad = {}  # (source index, step) → why it failed.
     while True:
@@ -77,22 +79,18 @@ def _restore_parents(sources: list, spawn_steps: tuple[int, ...], template):
         start = max((s for s in available if not missing or s <= missing[0]), default=None)
         if start is None:
             break
+        needed = sorted({start} | {t for t in spawn_steps if t <= start})
         restored = {}
         try:
-            for s in sorted({start} | {t for t in spawn_steps if t <= start}):
+            for s in needed:
                 restored[s] = sources[available[s]].restore_progress(s, template)
             break
         except checkpoint_lib.CorruptCheckpoint as e:
-            failing = next(s for s in sorted({start} | {t for t in spawn_steps if t <= start}) if s not in restored)
+            failing = next(s for s in needed if s not in restored)
             bad[(available[failing], failing)] = str(e)
-    if bad and start is None:
-        (i, step), reason = next(iter(bad.items()))
-        raise checkpoint_lib.CorruptCheckpoint(
-            f"no parent checkpoint restores (checkpoint {step} in {sources[i].directory} {reason}); nothing was moved"
-        )
     for (i, step), reason in bad.items():
         sources[i].set_aside(step, reason)
-    return start, restored if start is not None else {}
+    return start, restored if start is not None else {}, bad
 
 
 class _ParentRecord(loop.Callback):
@@ -123,15 +121,18 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
     """The one-member parent's state at every spawn step {t: state}, trained, restored or both; every spawn
     step is saved in this run's DIR/parent/ (see the module docstring)."""
     spec, plan = ctx.spec, ctx.spec.plan
+    directory = os.path.join(ctx.workdir, "parent")
     own = checkpoint_lib.Checkpointer(
-        os.path.join(ctx.workdir, "parent"), spec.max_checkpoints, keep_steps=plan.spawn_steps
+        directory, spec.max_checkpoints, keep_steps=plan.spawn_steps, owner=spec.parent_id
     )
     sources = [own]
     if parent_source is not None:
-        sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True))
-    start, restored = _restore_parents(sources, plan.spawn_steps, ctx.template(1))
+        sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True, owner=spec.parent_id))
+    start, restored, bad = _restore_parents(sources, plan.spawn_steps, ctx.template(1))
     progress = {}
     if start is None:
+        if bad:
+            ctx.say(f"parent: none of its {len(bad)} checkpoint(s) restores; training it from initialization")
         state = ensemble_lib.init_ensemble(spec.model, spec.tx, rng_lib.member_streams(spec.seed, 1), spec.input_shape)
         state = sharding_lib.put_members(state, ctx.mesh(1))
         start = 0
@@ -150,8 +151,12 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
             record(ctx, t, found[t], {}, logged)
     if plan.spawn_steps[-1] > start:
         _train(ctx, state, start, progress, own, found, logged)
+    kept = set(own.all_steps())
     for source in sources:
         source.close()
+    if not set(plan.spawn_steps) <= kept:  # parent/ holds every spawn time (the README's promise).
+        missing = sorted(set(plan.spawn_steps) - kept)
+        raise checkpoint_lib.CheckpointError(f"parent checkpoints {missing} are missing from {directory}")
     return found
 
 

@@ -54,7 +54,8 @@ def restore(workdir: str) -> Restored:
     (the automatic mesh), whatever mesh trained it. Nothing in `workdir` is written.
 
     Raises:
-      ConfigError: `workdir` holds no run or no intact members' checkpoint.
+      ConfigError: `workdir` holds no run or no intact members' checkpoint, or a checkpoint of another run
+        (`ForeignCheckpoint`).
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -66,7 +67,8 @@ def restore(workdir: str) -> Restored:
     dataset = data_lib.load(spec.source)
     spec_lib.check_loaded(spec, dataset)
     dataset = sharding_lib.put_replicated(dataset, mesh)
-    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    directory = os.path.join(workdir, "checkpoints")
+    checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True, owner=spec.run_id)
     restored = checkpointer.restore_latest(state_template(spec, spec.plan.num_members, mesh))
     checkpointer.close()
     if restored is None:

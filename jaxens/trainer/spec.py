@@ -29,6 +29,7 @@ from jaxens import models, optim, train_step
 from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import train_chunk as train_chunk_lib
+from jaxens import workdir as workdir_lib
 from jaxens.config import ConfigError
 from jaxens.trainer import validation
 
@@ -100,6 +101,16 @@ class RunSpec:
     def config(self) -> dict:
         """The config as plain JSON values (a fresh copy)."""
         return json.loads(self.config_json)
+
+    @property
+    def run_id(self) -> str:
+        """The fingerprint of what this run computes (its members' checkpoints record it)."""
+        return workdir_lib.run_fingerprint(self.config)
+
+    @property
+    def parent_id(self) -> str:
+        """The fingerprint of its parent (its parent checkpoints record it; runs sharing a parent share it)."""
+        return workdir_lib.fingerprint(coupling_lib.parent_fields(self.config))
 
     def phase_mesh_shape(self, k: int) -> tuple[int, int]:
         """The mesh of a phase with k members (a spawning condition's one-member parent: fewer rows)."""
