@@ -7,14 +7,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, small_config, tensorboard_scalars
+from conftest import REPO, cli, finish, small_config, tensorboard_scalars
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import run, sweep
@@ -34,20 +33,6 @@ SPAWN_ARGS = (
     "--config.train.max_checkpoints=3",
     "--config.eval.every_epochs=1",
 )
-
-
-def _cli(workdir, *args, kill_at=None, config="configs/mnist1d_spawn.py"):
-    env = dict(os.environ, CI="true")
-    env.pop("JAXENS_KILL_AT", None)
-    if kill_at:
-        env["JAXENS_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "jaxens.train", f"--config={config}", f"--workdir={workdir}", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def _summary(workdir):
@@ -87,27 +72,27 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
     write, each followed by the same command; and SIGTERM, which saves and exits 143: every one ends
     with the summary, metrics log and parameters of the uninterrupted run."""
     reference = tmp_path / "reference"
-    rc, out, err = _finish(_cli(reference, *SPAWN_ARGS))
+    rc, out, err = finish(cli(reference, *SPAWN_ARGS))
     assert rc == 0, err
 
     killed = tmp_path / "killed"
-    rc, _, err = _finish(_cli(killed, *SPAWN_ARGS, kill_at="parent@8"))
+    rc, _, err = finish(cli(killed, *SPAWN_ARGS, kill_at="parent@8"))
     assert rc == -signal.SIGKILL, err
     assert _tmp_dirs(killed / "parent"), "the kill should land while checkpoint 8 is being written"
     assert checkpoint_lib.Checkpointer(str(killed / "parent"), read_only=True).all_steps() == []
 
-    rc, _, err = _finish(_cli(killed, *SPAWN_ARGS, kill_at="spawn"))
+    rc, _, err = finish(cli(killed, *SPAWN_ARGS, kill_at="spawn"))
     assert rc == -signal.SIGKILL, err
     assert {16, 24} <= set(checkpoint_lib.Checkpointer(str(killed / "parent"), read_only=True).all_steps())
     assert not (killed / "checkpoints").exists() or not os.listdir(killed / "checkpoints")
 
-    rc, out, err = _finish(_cli(killed, *SPAWN_ARGS, kill_at="checkpoints@16"))
+    rc, out, err = finish(cli(killed, *SPAWN_ARGS, kill_at="checkpoints@16"))
     assert rc == -signal.SIGKILL, err
     assert _tmp_dirs(killed / "checkpoints")
     assert checkpoint_lib.Checkpointer(str(killed / "checkpoints"), read_only=True).all_steps() == [8]
     assert json.load(open(killed / "status.json"))["status"] == "running"  # Killed: nothing could say otherwise.
 
-    rc, out, err = _finish(_cli(killed, *SPAWN_ARGS))
+    rc, out, err = finish(cli(killed, *SPAWN_ARGS))
     assert rc == 0, err
     assert "resuming" in out and "from step 8" in out
     _assert_same_run(killed, reference)
@@ -115,7 +100,7 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
 
     # SIGTERM once the parent's first checkpoint exists: saved, exit 128 + 15, then resumed.
     stopped = tmp_path / "stopped"
-    proc = _cli(stopped, *SPAWN_ARGS)
+    proc = cli(stopped, *SPAWN_ARGS)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (stopped / "parent").is_dir() and checkpoint_lib.Checkpointer(
@@ -124,12 +109,12 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    rc, out, err = _finish(proc)
+    rc, out, err = finish(proc)
     assert rc == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM at step" in err and "Rerun the same command to resume" in err
     status = json.load(open(stopped / "status.json"))
     assert status["status"] == "preempted"
-    rc, out, err = _finish(_cli(stopped, *SPAWN_ARGS))
+    rc, out, err = finish(cli(stopped, *SPAWN_ARGS))
     assert rc == 0, err
     _assert_same_run(stopped, reference)
 
@@ -147,7 +132,7 @@ def _files(directory):
 def test_a_finished_runs_command_changes_no_file_and_overwrite_replaces_it(tmp_path):
     workdir = tmp_path / "run"
     args = ("--config.train.num_epochs=2", "--config.ensemble.k=2")
-    rc, out, err = _finish(_cli(workdir, *args, config="configs/mnist1d_ensemble.py"))
+    rc, out, err = finish(cli(workdir, *args, config="configs/mnist1d_ensemble.py"))
     assert rc == 0, err
     summary = json.load(open(workdir / "summary.json"))
     assert summary["k"] == 2 and summary["steps"] == 80 and len(summary["test"]["member_error"]) == 2
@@ -155,19 +140,19 @@ def test_a_finished_runs_command_changes_no_file_and_overwrite_replaces_it(tmp_p
     before = _files(workdir)
     assert {"config.json", "metrics.jsonl", "summary.json", "status.json"} <= set(before)
 
-    rc, out, err = _finish(_cli(workdir, *args, config="configs/mnist1d_ensemble.py"))
+    rc, out, err = finish(cli(workdir, *args, config="configs/mnist1d_ensemble.py"))
     assert rc == 0 and "ensemble (mean_prob): error" in out, err
     assert _files(workdir) == before
 
     # Another config: refused, nothing changes; with --overwrite it replaces the run.
-    rc, _, err = _finish(
-        _cli(workdir, "--config.train.num_epochs=1", "--config.ensemble.k=2", config="configs/mnist1d_ensemble.py")
+    rc, _, err = finish(
+        cli(workdir, "--config.train.num_epochs=1", "--config.ensemble.k=2", config="configs/mnist1d_ensemble.py")
     )
     assert rc == 2 and "config.train.num_epochs: 2 there, 1 now" in err and "--overwrite" in err
     assert _files(workdir) == before
     (workdir / "notes.txt").write_text("mine")
-    rc, _, err = _finish(
-        _cli(
+    rc, _, err = finish(
+        cli(
             workdir,
             "--overwrite",
             "--config.train.num_epochs=1",
