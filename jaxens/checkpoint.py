@@ -56,6 +56,10 @@ def fingerprint(tree) -> str | None:
     return digest.hexdigest()
 
 
+def _unrestorable(e: Exception) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+
 class Restored(NamedTuple):
     step: int
     state: Any
@@ -161,12 +165,12 @@ class Checkpointer:
         try:
             meta = self._meta(step)
         except Exception as e:  # Orbax and TensorStore raise many kinds for missing or damaged files.
-            raise CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-        self._check_owner(step, meta)
+            raise _unrestorable(e) from e
+        self._check_owner(step, meta)  # Before the arrays: another run's are never read.
         try:
             state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
         except Exception as e:
-            raise CorruptCheckpoint(f"cannot be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise _unrestorable(e) from e
         expected = meta.get("fingerprint")
         if expected is not None and fingerprint(state) != expected:
             raise CorruptCheckpoint("its arrays differ from what was saved (fingerprint mismatch)")

@@ -112,7 +112,7 @@ class Predictor:
         def predict_batch(params, batch_stats, x_all, dataset, start, mesh):
             # The last batch repeats the final example to keep the shape; callers drop the extras.
             idx = jnp.minimum(start + jnp.arange(batch_size), x_all.shape[0] - 1)
-            x = sharding_lib.constrain_batch(dataset.normalize(x_all[idx]), mesh, member_axis=False)
+            x = sharding_lib.constrain_batch(dataset.normalize(x_all[idx]), mesh)
             apply_all = map_members(lambda p, s, x: member_logits(model, p, s, x), strategy, (0, 0, None), mesh)
             return apply_all(params, batch_stats, x)  # [K, B, C]
 

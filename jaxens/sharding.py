@@ -232,21 +232,18 @@ def abstract_members(tree, mesh: Mesh):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=members(mesh)), tree)
 
 
-def constrain_batch(x, mesh: Mesh, member_axis: bool):
-    """A minibatch constrained to be split over 'data': x [K, B, ...] (member_axis) on ('member', 'data'),
-    or x [B, ...] shared by all members on 'data'."""
-    spec = PartitionSpec(MEMBER, DATA) if member_axis else PartitionSpec(DATA)
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec)), x)
-
-
-def constrain_member_batch(tree):
-    """One member's minibatch [B, ...] split over the 'data' axis of the mesh in context (`jax.set_mesh`,
-    as `TrainChunk` sets it); unchanged without one. Mapped over the members (vmap with 'member' as its
-    SPMD axis, or `shard_map` manual over 'member'), the member axis goes on 'member'."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or DATA not in mesh.axis_names:
-        return tree
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, PartitionSpec(DATA)), tree)
+def constrain_batch(tree, mesh: Mesh | None = None):
+    """A minibatch [B, ...] split over the 'data' axis: of `mesh`, or of the mesh in context (`jax.set_mesh`,
+    as `TrainChunk` sets it; unchanged without one). Mapped over the members (vmap with 'member' as its SPMD
+    axis, or `shard_map` manual over 'member'), the member axis goes on 'member'."""
+    if mesh is not None:
+        spec: NamedSharding | PartitionSpec = NamedSharding(mesh, PartitionSpec(DATA))
+    else:
+        context = jax.sharding.get_abstract_mesh()
+        if context.empty or DATA not in context.axis_names:
+            return tree
+        spec = PartitionSpec(DATA)
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec), tree)
 
 
 def host(tree):

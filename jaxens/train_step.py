@@ -208,7 +208,7 @@ def member_train_step(
     x, y = data_lib.member_batch(
         dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
     )  # [B, ...], [B]
-    x, y = sharding_lib.constrain_member_batch((x, y))
+    x, y = sharding_lib.constrain_batch((x, y))
     return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite)
 
 
@@ -227,7 +227,7 @@ def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment
     step = state.step.max()
     idx = map_members(lambda order: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train), "vmap", (0,))
     x, y = data_lib.batch_examples(dataset, idx(orders)[0], state.rngs.augment[0], step, augment, padding)
-    return sharding_lib.constrain_member_batch((x, y))
+    return sharding_lib.constrain_batch((x, y))
 
 
 def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:

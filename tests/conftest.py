@@ -136,6 +136,21 @@ def tensorboard_scalars(workdir) -> dict:
     return out
 
 
+# A spawn run small enough for a test, on configs/mnist1d_spawn.py (add --config.coupling.t): the parent and
+# the children train 6 epochs of 8 steps (batch 500), k = 2 children per spawn time, a checkpoint every
+# epoch, the latest 3 kept.
+SMALL_SPAWN_ARGS = (
+    "--config.coupling.condition=coupled_to_t",
+    "--config.ensemble.k=2",
+    "--config.model.widths=(32,)",
+    "--config.train.batch_size=500",
+    "--config.train.num_epochs=6",
+    "--config.train.steps_per_call=3",
+    "--config.train.checkpoint_every=1ep",
+    "--config.train.max_checkpoints=3",
+)
+
+
 def cli(workdir, *args, config="configs/mnist1d_spawn.py", kill_at=None):
     """`python -m jaxens.train --config=CONFIG --workdir=WORKDIR ARGS` as a real process (Popen), with
     `JAXENS_KILL_AT` (`jaxens.faults`) when `kill_at` is given."""

@@ -21,7 +21,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, cli, finish
+from conftest import REPO, SMALL_SPAWN_ARGS, cli, finish
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
@@ -31,16 +31,7 @@ ENSEMBLE = "configs/mnist1d_ensemble.py"
 ENSEMBLE_ARGS = ("--config.train.num_epochs=2", "--config.ensemble.k=2", "--config.model.widths=(32,)")
 # The parent trains 3 epochs of 8 steps, saving at 8, 16 and 24 (spawn times 16 and 24 kept); the
 # children (k = 2 per spawn time) train to step 48.
-SPAWN_ARGS = (
-    "--config.coupling.condition=coupled_to_t",
-    "--config.ensemble.k=2",
-    "--config.model.widths=(32,)",
-    "--config.train.batch_size=500",
-    "--config.train.num_epochs=6",
-    "--config.train.steps_per_call=3",
-    "--config.train.checkpoint_every=1ep",
-    "--config.train.max_checkpoints=3",
-)
+SPAWN_ARGS = SMALL_SPAWN_ARGS
 
 
 def _steps(directory) -> list[int]:

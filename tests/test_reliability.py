@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli, finish, small_config, tensorboard_scalars
+from conftest import REPO, SMALL_SPAWN_ARGS, cli, finish, small_config, tensorboard_scalars
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import run, sweep
@@ -21,18 +21,7 @@ from jaxens import workdir as workdir_lib
 
 # A spawn sweep small enough for a test: the parent trains 3 epochs of 8 steps, saving at 8, 16 and 24;
 # children spawned at steps 16 and 24 (k = 2 each) train to step 48 together, saving at ticks 8, 16, 24, 32.
-SPAWN_ARGS = (
-    "--config.coupling.condition=coupled_to_t",
-    "--config.coupling.t=('2ep','3ep')",
-    "--config.ensemble.k=2",
-    "--config.model.widths=(32,)",
-    "--config.train.batch_size=500",
-    "--config.train.num_epochs=6",
-    "--config.train.steps_per_call=3",
-    "--config.train.checkpoint_every=1ep",
-    "--config.train.max_checkpoints=3",
-    "--config.eval.every_epochs=1",
-)
+SPAWN_ARGS = (*SMALL_SPAWN_ARGS, "--config.coupling.t=('2ep','3ep')", "--config.eval.every_epochs=1")
 
 
 def _summary(workdir):
