@@ -74,8 +74,7 @@ def main() -> None:
 
     dataset, state, orders, chunk = trainer_setup(config, step_loop="device")  # orders [K, N]
     k = state.k
-    sums = {name: jnp.zeros((k,)) for name in ("loss", "error", "steps")}  # [K] each
-    step_flops = _xla_flops(chunk._step.lower(state, sums, orders, dataset, None, None).compile())
+    step_flops = _xla_flops(chunk.lower_step(state, orders, dataset).compile())
     analytic, tight = (k * f for f in _analytic_flops(state.params, config.train.batch_size))
 
     holder = [state]  # The chunk donates its input state: each call trains on from the last one's output.

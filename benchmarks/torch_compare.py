@@ -10,7 +10,7 @@ Needs the `benchmark` extra (torch 2.13.0, CPU wheel). Each case trains the same
      joint step at λ=0 = independent training). torch: a loop over 256 modules, torch.func (vmap of grad
      over stacked parameters) and a hand-batched einsum/bmm model.
   b. One big MLP, K=1 784-1024-10. torch: one module and torch.optim.SGD.
-  In a and b jaxens also runs without its per-step divergence check (`check_finite=False`).
+  In a and b jaxens also runs without its per-step divergence check (`divergence_check="off"`).
   c. K=16 StridedCNNs (`cnn2d`, widths (32, 64): 3x3 stride-2 SAME convs, train-mode BatchNorm, ReLU,
      global average pool, dense head), each member on its own batch. jaxens: 'vmap' and 'loop' strategies,
      host step loop. torch: a loop over 16 modules (NCHW and channels_last) and torch.func.
@@ -216,7 +216,7 @@ def case_a(dataset, args):
     runner, loop = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True), dataset)
     # Webb's modular loss at λ=0 is independent training through the joint step (also one shared batch).
     joint, _ = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True, lam=(0.0,)), dataset)
-    unchecked, _ = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True), dataset, check_finite=False)
+    unchecked, _ = _jaxens_runner(_config("mlp", (4,), k, shared_batch=True), dataset, divergence_check="off")
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
     modules = [_mlp((4,)) for _ in range(k)]
     runners = {
@@ -238,7 +238,7 @@ def case_a(dataset, args):
 
 def case_b(dataset, args):
     runner, loop = _jaxens_runner(_config("mlp", (1024,), 1), dataset)
-    unchecked, _ = _jaxens_runner(_config("mlp", (1024,), 1), dataset, check_finite=False)
+    unchecked, _ = _jaxens_runner(_config("mlp", (1024,), 1), dataset, divergence_check="off")
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
     runners = {
         f"jaxens K=1, {loop} loop": runner,

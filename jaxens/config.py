@@ -170,7 +170,8 @@ def _train_fields() -> ml_collections.ConfigDict:
     # Steps between progress updates (capped at epoch ends); also the most steps a SIGTERM waits for.
     g.steps_per_call = 100
     # Where the loop over steps runs: 'device' (a while loop in one jitted call), 'host' (one jitted
-    # call per step, dispatched without waiting), 'auto' (host on CPU, device elsewhere).
+    # call per step, dispatched without waiting), 'auto' (host on CPU for models with stride-1
+    # convolutions, device otherwise).
     g.step_loop = "auto"
     # Checkpoints of the members (and of the parent, which is also saved at every spawn time), as a step
     # string: '1ep', '5ep', '500it'. SIGTERM or SIGINT also saves at once and exits (code 128 + signal).

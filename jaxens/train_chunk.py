@@ -20,18 +20,24 @@ from jaxens.config import STEP_LOOPS
 from jaxens.ensemble import EnsembleState, placement_mesh
 from jaxens.members import map_members
 
+DIVERGENCE_CHECKS = ("chunk", "step", "off")  # TrainChunk's ways of checking divergence.
 
-def resolve_step_loop(step_loop: str, convolutional: bool, backend: str | None = None) -> str:
-    """'auto' → 'host' for convolutional models on CPU, 'device' otherwise.
 
-    Measured on a 2-core CPU (jax 0.10.2): a conv member step inside a `while` loop body ran 4.7x (1-D CNN)
-    to 11x (2-D CNN) slower than the same step as its own jitted call, while an MLP ran 1.3x faster.
+def resolve_step_loop(step_loop: str, host_loop_on_cpu: bool, backend: str | None = None) -> str:
+    """'auto' → 'host' on CPU for models whose `jaxens.models.ModelSpec.host_loop_on_cpu` says so, 'device'
+    otherwise.
+
+    Measured on a 2-core CPU (jax 0.10.2): with XLA's own convolution, a conv member step inside a `while`
+    loop body ran 4.7x (1-D CNN) to 11x (2-D CNN) slower than the same step as its own jitted call, while an
+    MLP ran 1.3x faster. Since the strided CNNs' convolutions are im2col GEMMs on CPU, their step inside the
+    loop runs as fast or faster: `cnn2d` (32, 64), K = 4, batch 128: 92 ms per step on the device loop against
+    109 ms on the host loop; `cnn1d`: 12.4 against 12.3 ms (benchmarks/vs_handwritten.py, 2026-12).
     """
     if step_loop not in STEP_LOOPS:
         raise ValueError(f"step_loop={step_loop!r}: allowed: {', '.join(STEP_LOOPS)}")
     if step_loop == "auto":
         on_cpu = (backend or jax.default_backend()) == "cpu"
-        return "host" if on_cpu and convolutional else "device"
+        return "host" if on_cpu and host_loop_on_cpu else "device"
     return step_loop
 
 
@@ -49,9 +55,16 @@ class TrainChunk:
 
     `lr_scales` (optional, [K] float32 on device): each member's learning-rate multiplier (default 1).
 
-    Every step runs the divergence check (`train_step.member_update`): a member whose loss or new state is
-    non-finite is frozen and its step recorded in `state.diverged`. `check_finite=False` leaves it out (for
-    `benchmarks/divergence_check.py`, which measures what it costs).
+    Divergence (`divergence_check`): a member whose loss or gradients turn non-finite is frozen at its state
+    before that step and the step recorded in `state.diverged` (`train_step.member_update`). 'chunk' (the
+    trainer's) runs the chunk's steps without the per-step check and verifies its end instead: the members'
+    loss sums and states must be finite, which they are not if some step's loss or gradients were not (a
+    non-finite gradient makes the parameter it reaches non-finite for good under every `jaxens.optim`
+    optimizer: p + u with u = ±inf or NaN, and a non-finite p stays so). Only if the verification fails, or a member had
+    diverged before the chunk, is the chunk run (again, from a copy of its input) with 'step': the check at
+    every step, a reduction over the gradients and a select between the new and the old state. The results
+    are the same bits either way; 'chunk' costs one copy of the state per chunk instead of a select per step
+    (see README, "Performance"). 'off' runs no check (benchmarks).
 
     `step_loop`: 'device' runs the steps in a `while` loop inside one jitted call, `num_steps` traced, so
     every chunk length shares one compilation; 'host' dispatches one jitted call per step from Python
@@ -86,17 +99,25 @@ class TrainChunk:
         augment: str = "none",
         padding: int = 4,
         lams: tuple[float, ...] = (),
-        check_finite: bool = True,
+        divergence_check: str = "chunk",
         shared_batch: bool = False,
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
+        if divergence_check not in DIVERGENCE_CHECKS:
+            raise ValueError(f"divergence_check={divergence_check!r}: allowed: {', '.join(DIVERGENCE_CHECKS)}")
         self.trace_count = 0
         self.step_loop = step_loop
+        self.divergence_check = divergence_check
         self._replicas = sharding_lib.Replicas()
-        step_all = _all_members_step(
-            model, tx, batch_size, strategy, augment, padding, lams, check_finite, shared_batch
-        )
+        args = (model, tx, batch_size, strategy, augment, padding, lams)
+        # The steps without the per-step check (the 'chunk' check's first try, or 'off'), and with it.
+        self._runs = {
+            checked: self._compile(_all_members_step(*args, checked, shared_batch)) for checked in (False, True)
+        }
+
+    def _compile(self, step_all):
+        """(the jitted chunk, the jitted single step) of one way of stepping all members."""
 
         def step(state: EnsembleState, sums: dict, orders, dataset, ends, lr_scales, mesh):
             state, metrics = step_all(state, orders, dataset, ends, lr_scales, mesh)
@@ -117,8 +138,10 @@ class TrainChunk:
             self.trace_count += 1
             return step(*args, mesh)
 
-        self._chunk = jax.jit(chunk, donate_argnums=0, static_argnames="mesh")
-        self._step = jax.jit(counted_step, donate_argnums=(0, 1), static_argnames="mesh")
+        return (
+            jax.jit(chunk, donate_argnums=0, static_argnames="mesh"),
+            jax.jit(counted_step, donate_argnums=(0, 1), static_argnames="mesh"),
+        )
 
     def place(self, state, orders, dataset, ends=None, lr_scales=None):
         """(mesh, and the arguments placed on it) for a call on `state` (see the class docstring)."""
@@ -128,16 +151,30 @@ class TrainChunk:
 
     def __call__(self, state, orders, dataset, num_steps: int, ends: jax.Array | None = None, lr_scales=None):
         mesh, state, orders, dataset, ends, lr_scales = self.place(state, orders, dataset, ends, lr_scales)
+        args = (orders, dataset, num_steps, ends, lr_scales, mesh)
         with jax.set_mesh(mesh):  # Each member's batch is split over its 'data' axis.
-            if self.step_loop == "device":
-                # One explicit scalar transfer per chunk; the steps themselves never touch the host.
-                steps = sharding_lib.put_replicated(np.int32(num_steps), mesh)
-                return self._chunk(state, orders, dataset, steps, ends, lr_scales, mesh=mesh)
-            # Made on the device (nothing crosses from the host per step), placed as the steps' sums will be.
-            sums = jax.device_put(_zero_sums_jit(state), sharding_lib.members(mesh))
-            for _ in range(num_steps):
-                state, sums = self._step(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
-            return state, sums
+            if self.divergence_check == "off":
+                return self._run(False, state, *args)
+            # A member frozen before the chunk must stay frozen: only the per-step check does that.
+            if self.divergence_check == "chunk" and not np.any(sharding_lib.host(state.diverged) >= 0):
+                backup = _copy(state)  # The chunk's input, for the rerun (the run donates `state`).
+                new_state, sums = self._run(False, state, *args)
+                if np.all(sharding_lib.host(_all_finite_members(new_state, sums))):
+                    return new_state, sums
+                state = backup  # Some member's loss or gradients were not finite at some step of the chunk.
+            return self._run(True, state, *args)
+
+    def _run(self, checked: bool, state, orders, dataset, num_steps: int, ends, lr_scales, mesh):
+        chunk, step = self._runs[checked]
+        if self.step_loop == "device":
+            # One explicit scalar transfer per chunk; the steps themselves never touch the host.
+            steps = sharding_lib.put_replicated(np.int32(num_steps), mesh)
+            return chunk(state, orders, dataset, steps, ends, lr_scales, mesh=mesh)
+        # Made on the device (nothing crosses from the host per step), placed as the steps' sums will be.
+        sums = jax.device_put(_zero_sums_jit(state), sharding_lib.members(mesh))
+        for _ in range(num_steps):
+            state, sums = step(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
+        return state, sums
 
     def lower_step(self, state, orders, dataset, ends=None, lr_scales=None) -> jax.stages.Lowered:
         """One training step lowered for these arguments' placement (to inspect its HLO: collectives,
@@ -147,7 +184,8 @@ class TrainChunk:
         sums = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_lib.members(mesh)), sums)
         count = self.trace_count
         with jax.set_mesh(mesh):
-            lowered = self._step.lower(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
+            step = self._runs[self.divergence_check == "step"][1]
+            lowered = step.lower(state, sums, orders, dataset, ends, lr_scales, mesh=mesh)
         self.trace_count = count  # Not a training trace.
         return lowered
 
@@ -192,3 +230,13 @@ def _zero_sums(state: EnsembleState) -> dict:
 
 
 _zero_sums_jit = jax.jit(_zero_sums)
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+@jax.jit
+def _all_finite_members(state: EnsembleState, sums: dict) -> jax.Array:
+    """[K] whether each member's loss sum and state (parameters, optimizer state, BatchNorm statistics) are
+    finite: false if its loss or gradients were not finite at some step of the chunk (see `TrainChunk`)."""
+    leaves = [x for x in jax.tree.leaves((sums["loss"], state.params, state.opt_state, state.batch_stats))]
+    finite = [jnp.isfinite(x).reshape(x.shape[0], -1).all(-1) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(finite).all(0)

@@ -9,10 +9,11 @@ steps of a chunk. For one member (its state leaves carry no member axis) at its 
     grads       = ∇ mean softmax cross-entropy (`member_gradients`)
     state       = `member_update`: the optimizer's update, under the divergence check
 
-Divergence: every step checks, on the device, that the member's loss and gradients are finite. A member
-whose are not keeps its state from before that step from then on (frozen; a select between the new and
-the old state) and records the step in `EnsembleState.diverged`; the other members train on unaffected
-(their numbers do not depend on it). The host reads the flags when it pauses anyway, never per step.
+Divergence: with `check_finite`, the step checks, on the device, that the member's loss and gradients are
+finite. A member whose are not keeps its state from before that step from then on (frozen; a select between
+the new and the old state) and records the step in `EnsembleState.diverged`; the other members train on
+unaffected (their numbers do not depend on it). The trainer runs this checked step only for chunks whose end
+failed the cheaper verification (`jaxens.train_chunk.TrainChunk`, divergence_check='chunk').
 
 Optimizer noise (SG-MCMC, `jaxens.optim.sgmcmc`) is drawn per member and per step from the member's dropout
 stream; the derivation is a contract (`noise_key`). Every optimizer's `update` receives it as the extra

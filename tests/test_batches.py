@@ -151,15 +151,17 @@ def test_training_steps_make_no_host_transfers(digits, step_loop):
     assert np.all(np.asarray(sums["loss"]) > 0)
 
     mesh = ensemble_lib.placement_mesh(state)
-    jitted, args = (
-        (chunk._chunk, (state, orders, ds, np.int32(1), None, None))
-        if step_loop == "device"
-        else (chunk._step, (state, sums, orders, ds, None, None))
-    )
-    hlo = jitted.lower(*args, mesh=mesh).compile().as_text()
-    assert "gather" in hlo
-    for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):
-        assert host_op not in hlo, host_op
+    for checked in (False, True):  # The steps without and with the per-step divergence check.
+        many, one = chunk._runs[checked]
+        jitted, args = (
+            (many, (state, orders, ds, np.int32(1), None, None))
+            if step_loop == "device"
+            else (one, (state, sums, orders, ds, None, None))
+        )
+        hlo = jitted.lower(*args, mesh=mesh).compile().as_text()
+        assert "gather" in hlo
+        for host_op in ("outfeed", "infeed", "callback", "send-done", "recv-done"):
+            assert host_op not in hlo, host_op
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])

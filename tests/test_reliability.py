@@ -355,9 +355,14 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_are_unchange
     logits = ensemble_lib.Predictor(a.model, 1000, "vmap")(b.state, b.dataset.test_x, b.dataset)[np.array([0, 2])]
     expected = metrics.error(metrics.ensemble_log_probs(logits, "mean_prob"), b.dataset.test_y)
     assert wild["test"]["ensemble_error"] == pytest.approx(float(expected), abs=1e-7)
-    # The members' training metrics in the log agree too, for the members that did not diverge.
+    # The members' training metrics in the log agree too, for the members that did not diverge: the loss to
+    # its last bits (after member 1 froze, the wild run's chunks run the per-step check, a program whose loss
+    # reduction XLA fuses differently; docs/definitions.md#invariants), the rest exactly.
     keep = lambda r: r["member"] in (0, 2)  # noqa: E731
-    assert [r for r in _records(tmp_path / "wild") if keep(r)] == [r for r in _records(tmp_path / "calm") if keep(r)]
+    wild_records, calm_records = ([r for r in _records(tmp_path / d) if keep(r)] for d in ("wild", "calm"))
+    assert [{**r, "value": None} for r in wild_records] == [{**r, "value": None} for r in calm_records]
+    for w, c in zip(wild_records, calm_records):
+        assert w["value"] == (pytest.approx(c["value"], rel=1e-6) if w["metric"] == "loss" else c["value"])
 
 
 def test_on_divergence_stop_ends_the_run_with_its_status(tmp_path):

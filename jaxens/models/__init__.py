@@ -63,7 +63,11 @@ class ModelSpec:
       make: (model config, num_classes, norm, dropout, dtype, input shape or None) → module, with norm
         and dropout already resolved.
       input_rank: rank of one example ([L, C] → 2, [H, W, C] → 3); None if any (flattens).
-      convolutional: whether it convolves (decides the step loop on CPU, see jaxens.ensemble).
+      convolutional: whether it convolves (decides the member strategy on CPU, see `jaxens.members`).
+      host_loop_on_cpu: whether its step runs faster as one jitted call per step than inside a `while`
+        loop on CPU (`jaxens.train_chunk.resolve_step_loop`): true for the convolutional models with
+        stride-1 convolutions (XLA's own convolution on CPU), false for the MLP and the strided CNNs, whose
+        convolutions are all im2col GEMMs there.
       norm: default normalization.
       norms: normalizations it accepts.
       dropout: default dropout rate, or None if the architecture has no dropout.
@@ -74,6 +78,7 @@ class ModelSpec:
     input_rank: int | None
     convolutional: bool
     norm: str = "batch"
+    host_loop_on_cpu: bool = True
     norms: tuple[str, ...] = NORMS
     dropout: float | None = None
     min_side: int = 1
@@ -111,10 +116,11 @@ MODELS: dict[str, ModelSpec] = {
         None,
         False,
         norm="none",
+        host_loop_on_cpu=False,
         dropout=0.0,
     ),
-    "cnn1d": ModelSpec(_strided((5,)), 2, True, dropout=0.0),
-    "cnn2d": ModelSpec(_strided((3, 3)), 3, True, dropout=0.0),
+    "cnn1d": ModelSpec(_strided((5,)), 2, True, dropout=0.0, host_loop_on_cpu=False),
+    "cnn2d": ModelSpec(_strided((3, 3)), 3, True, dropout=0.0, host_loop_on_cpu=False),
     "resnet20": ModelSpec(_resnet(20), 3, True),
     "resnet32": ModelSpec(_resnet(32), 3, True),
     "resnet56": ModelSpec(_resnet(56), 3, True),

@@ -174,7 +174,9 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         reinit_side=config.coupling.reinit_side,
         parent_dir=config.coupling.parent_dir,
         strategy=members_lib.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=mesh_shape[0]),
-        step_loop=train_chunk_lib.resolve_step_loop(config.train.step_loop, convolutional),
+        step_loop=train_chunk_lib.resolve_step_loop(
+            config.train.step_loop, models.MODELS[config.model.name].host_loop_on_cpu
+        ),
         mesh_shape=mesh_shape,
         shard_train=config.mesh.shard_train,
         steps_per_call=config.train.steps_per_call,
