@@ -60,9 +60,9 @@ class TrainChunk:
     trainer's) runs the chunk's steps without the per-step check and verifies its end instead: the members'
     loss sums and states must be finite, which they are not if some step's loss or gradients were not (a
     non-finite gradient makes the parameter it reaches non-finite for good under every `jaxens.optim`
-    optimizer: p + u with u = ±inf or NaN, and a non-finite p stays so). Only if the verification fails, or a member had
-    diverged before the chunk, is the chunk run (again, from a copy of its input) with 'step': the check at
-    every step, a reduction over the gradients and a select between the new and the old state. The results
+    optimizer: p + u with u = ±inf or NaN, and a non-finite p stays so). Only if the verification fails, or
+    a member had diverged before the chunk, is the chunk run (again, from a copy of its input) with 'step':
+    the check at every step, a reduction over the gradients and a select between the new and the old state. The results
     are the same bits either way; 'chunk' costs one copy of the state per chunk instead of a select per step
     (see README, "Performance"). 'off' runs no check (benchmarks).
 
@@ -237,6 +237,8 @@ _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 def _all_finite_members(state: EnsembleState, sums: dict) -> jax.Array:
     """[K] whether each member's loss sum and state (parameters, optimizer state, BatchNorm statistics) are
     finite: false if its loss or gradients were not finite at some step of the chunk (see `TrainChunk`)."""
-    leaves = [x for x in jax.tree.leaves((sums["loss"], state.params, state.opt_state, state.batch_stats))]
-    finite = [jnp.isfinite(x).reshape(x.shape[0], -1).all(-1) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.stack(finite).all(0)
+
+    def member(state: EnsembleState, loss: jax.Array) -> jax.Array:
+        return train_step.all_finite((loss, state.params, state.opt_state, state.batch_stats))
+
+    return map_members(member, "vmap", (0, 0))(state, sums["loss"])

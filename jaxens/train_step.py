@@ -91,7 +91,7 @@ def member_gradients(model, state: EnsembleState, x: jax.Array, y: jax.Array):
     return grads, batch_stats, {"loss": loss, "error": jnp.mean(jnp.argmax(logits, -1) != y)}
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
     """True iff every float in `tree` is finite (a scalar; integer leaves are skipped)."""
     checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
@@ -103,7 +103,7 @@ def step_flags(state: EnsembleState, grads, metrics: dict, active=None, check_fi
     trying = state.diverged < 0 if active is None else (state.diverged < 0) & active
     if not check_finite:
         return (jnp.bool_(True) if active is None else active), trying
-    return trying & _all_finite((metrics["loss"], grads)), trying
+    return trying & all_finite((metrics["loss"], grads)), trying
 
 
 def _apply_update(tx, state: EnsembleState, grads, batch_stats, metrics: dict, lr_scale, take, trying, select: bool):
