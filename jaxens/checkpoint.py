@@ -1,8 +1,9 @@
 """Orbax checkpoints of the ensemble state: atomic saves, verified restores, fallback past a bad checkpoint.
 
 A checkpoint of step s holds two items: `state` (the pytree, Orbax's standard format) and `meta` (JSON: the
-caller's `progress`, e.g. running training-metric sums, a fingerprint of the state's bytes, and the `owner`:
-the fingerprint of the run's config). A checkpoint belongs to the run that wrote it: a Checkpointer opened
+caller's `progress`, e.g. running training-metric sums, a fingerprint of the state's bytes, the `owner`:
+the fingerprint of the run's config, and the run's whole `config`, from which a damaged config.json can be
+rewritten). A checkpoint belongs to the run that wrote it: a Checkpointer opened
 for one owner refuses to restore another owner's checkpoint (`ForeignCheckpoint`, a config error), and a
 save is either made or an error, never silently skipped (`CheckpointError`). Orbax writes
 a checkpoint into a temporary directory and renames it when complete, so a process killed during a save
@@ -77,6 +78,7 @@ class Checkpointer:
       owner: the fingerprint of the run these checkpoints belong to (`jaxens.workdir.run_fingerprint`), written
         into every checkpoint saved; a checkpoint of another owner is refused on restore. None: no check.
         Checkpoints saved before owners were recorded carry none and are accepted.
+      config: the run's config (plain JSON values), recorded in every checkpoint saved (`recorded_configs`).
     """
 
     def __init__(
@@ -86,12 +88,14 @@ class Checkpointer:
         keep_steps: Sequence[int] = (),
         read_only: bool = False,
         owner: str | None = None,
+        config: dict | None = None,
     ):
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(max_to_keep), checkpoint_managers.CustomSteps(list(keep_steps))]
         )
         self.directory = os.path.abspath(directory)
         self.owner = owner
+        self._config = config
         self._read_only = read_only
         self._skipped: set[int] = set()  # Bad checkpoints of a read-only directory, ignored from now on.
         # A read-only manager is one that never saves (so never deletes either); Orbax's own read_only
@@ -122,6 +126,8 @@ class Checkpointer:
         if self._read_only:
             raise PermissionError("this Checkpointer was opened read_only: it never writes")
         meta = {"progress": progress or {}, "fingerprint": fingerprint(state), "owner": self.owner}
+        if self._config is not None:
+            meta["config"] = self._config
         if step in self._manager.all_steps():
             try:
                 saved = self._meta(step)
@@ -153,6 +159,18 @@ class Checkpointer:
                 f"this run's {self.owner}); nothing was restored or moved. Move that directory away, or pass "
                 "--overwrite to replace the run the workdir holds"
             )
+
+    def recorded_configs(self) -> dict[int, dict]:
+        """Step → the run config recorded in that checkpoint (those that record one and can be read)."""
+        out = {}
+        for step in self.all_steps():
+            try:
+                config = self._meta(step).get("config")
+            except Exception:  # A damaged checkpoint records nothing readable.
+                continue
+            if isinstance(config, dict):
+                out[step] = config
+        return out
 
     def restore_progress(self, step: int, like) -> Restored:
         """(step, state, progress) of checkpoint `step`, verified like `restore`.
@@ -193,8 +211,9 @@ class Checkpointer:
         `<directory>.corrupt/<step>-<time>`, so that later saves of their steps can proceed.
 
         Raises:
-          CorruptCheckpoint: no checkpoint restores. Then nothing is moved: every checkpoint failing at
-            once points to a mismatch of code or config rather than to damaged files.
+          CorruptCheckpoint: no checkpoint restores; the message lists each one tried and why it failed, and
+            what the user can do. Then nothing is moved: every checkpoint failing at once points to a
+            mismatch of code or config rather than to damaged files.
         """
         failed = []
         for step in reversed(self.all_steps()):
@@ -209,9 +228,13 @@ class Checkpointer:
                 self.set_aside(bad, reason)
             return restored
         if failed:
-            step, reason = failed[0]
+            tried = "; ".join(f"{step} {reason}" for step, reason in failed)
             raise CorruptCheckpoint(
-                f"no checkpoint in {self.directory} restores (the newest, {step}, {reason}); nothing was moved"
+                f"no checkpoint in {self.directory} restores. Tried: {tried}. Nothing was moved or deleted. "
+                "When every checkpoint fails at once, the code or its dependencies may differ from those that "
+                "wrote them: rerun with that jaxens version to resume. If the files are damaged, move the "
+                f"directory aside (mv {self.directory} {self.directory}.damaged) and rerun the same command: the "
+                "run starts that phase again from its beginning"
             )
         return None
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import os
+import traceback
 
 import ml_collections
 from ml_collections import config_dict
@@ -257,14 +259,44 @@ def resolve_path(path: str) -> str:
 
 def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config()` (or `get_config(arg)`) of a config file, loaded by path as `--config=path[:arg]` loads it
-    (`path` resolved by `resolve_path`)."""
+    (`path` resolved by `resolve_path`).
+
+    Raises:
+      ConfigError: the file does not exist, does not compile, has no `get_config`, takes `arg` when its
+        `get_config` has no parameter (or the reverse), or raises while loading: the message names the file
+        and line instead of a traceback.
+    """
     path = resolve_path(path)
+    flag = f"--config={path}" + (f":{arg}" if arg is not None else "")
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"--config={path}: not a Python file")
+        raise ConfigError(f"{flag}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{flag}: a syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:
+        raise ConfigError(f"{flag}: importing it raised {_raised(e, path)}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"{flag}: defines no get_config() returning the config")
+    params = inspect.signature(get_config).parameters
+    if arg is not None and not params:
+        raise ConfigError(f"{flag}: its get_config() takes no argument; drop ':{arg}'")
+    if arg is None and any(p.default is p.empty and p.kind != p.VAR_POSITIONAL for p in params.values()):
+        raise ConfigError(f"{flag}: its get_config({', '.join(params)}) needs an argument: --config={path}:VALUE")
+    try:
+        return get_config() if arg is None else get_config(arg)
+    except Exception as e:
+        raise ConfigError(f"{flag}: get_config() raised {_raised(e, path)}") from None
+
+
+def _raised(error: Exception, path: str) -> str:
+    """'ValueError: ... (line N of PATH)': the error and the innermost line of `path` it passed through."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == path]
+    where = f" (line {lines[-1]} of {path})" if lines else ""
+    return f"{type(error).__name__}: {error}{where}"
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:

@@ -52,7 +52,7 @@ from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import workdir as workdir_lib
 from jaxens.trainer import callbacks as callbacks_lib
-from jaxens.trainer import loop, parents, validation
+from jaxens.trainer import loop, memory, parents, preflight, validation
 from jaxens.trainer import spec as spec_lib
 from jaxens.trainer import summary as summary_lib
 from jaxens.trainer.callbacks import Diverged
@@ -62,7 +62,9 @@ from jaxens.trainer.restore import Restored, restore
 __all__ = ["Diverged", "Restored", "restore", "train_and_evaluate"]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False, ignore_memory_estimate: bool = False
+) -> dict:
     """Trains the configured members (and their parent, under a spawning condition); writes results to `workdir`.
 
     Rerunning on the same workdir with the same config resumes from the latest intact checkpoint (or, when
@@ -70,6 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
 
     Args:
       overwrite: replace whatever run `workdir` holds (`jaxens.workdir.claim`), once the config is valid.
+      ignore_memory_estimate: start even when the run's estimated memory exceeds what the devices (or, on
+        CPU, the host) have (`jaxens.trainer.memory`).
 
     Returns:
       The summary (also written to `workdir/summary.json`): per group of members (the children of one
@@ -77,8 +81,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
       diverged.
 
     Raises:
-      ConfigError: before any compute or any write, for an invalid config, a workdir holding a different
-        run (without `overwrite`) or one another process is training in.
+      ConfigError: before any compute or any write, for an invalid config, a workdir this user cannot use,
+        one holding a different run (without `overwrite`) or one another process is training in, or a run
+        estimated not to fit in memory.
       DatasetError: the data cannot be read, or does not have the dataset's registered sizes.
       preemption.Preempted: SIGTERM or SIGINT arrived; a checkpoint was saved.
       Diverged: see config.train.on_divergence.
@@ -89,22 +94,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrit
     spec = spec_lib.resolve(config)  # The ConfigDict is not read below this line.
     parent_source = parents.parent_dir_source(spec)
     # Refuses another run's directory, and one holding a run's files without its config.json.
-    if not overwrite and workdir_lib.check(workdir, spec.config):
-        finished = workdir_lib.read_summary(workdir)
-        if finished is not None:  # Nothing to do, and nothing is written.
-            logging.info("%s already holds a finished run; nothing to do.", workdir)
-            say(summary_lib.report(finished))
-            return finished
+    primary = sharding_lib.is_primary()  # Only process 0 writes; every process trains its devices' share.
+    finished = preflight.inspect_workdir(spec, workdir, overwrite, writes=primary)
+    if finished is not None:  # Nothing to do, and nothing is written (but a status the summary corrects).
+        logging.info("%s already holds a finished run; nothing to do.", workdir)
+        if primary:
+            preflight.mark_finished(workdir, finished)
+        say(summary_lib.report(finished))
+        return finished
+    if primary:
+        workdir_lib.check_writable(workdir)
+    memory.check(spec, ignore=ignore_memory_estimate)
     dataset = data_lib.load(spec.source)
     spec_lib.check_loaded(spec, dataset)
     extra_sets = data_lib.load_eval_sets(spec.source)
-    primary = sharding_lib.is_primary()  # Only process 0 writes; every process trains its devices' share.
     if primary:
-        os.makedirs(workdir, exist_ok=True)
+        preflight.make_directory(workdir)
     with _workdir_lock(workdir, primary), preemption.stop_on_signals():
-        resuming = workdir_lib.claim(workdir, spec.config, overwrite) if primary else True
-        if primary:
-            workdir_lib.write_status(workdir, "running")
+        resuming = preflight.claim(workdir, spec.config, overwrite) if primary else True
         _sync("jaxens: workdir claimed")  # The others read the workdir once process 0 has claimed it.
         status = functools.partial(workdir_lib.write_status, workdir) if primary else (lambda *args: None)
         try:
@@ -139,7 +146,9 @@ def _train_and_evaluate(ctx: RunContext, parent_source: str | None, resuming: bo
     started = time.time()
     try:
         directory = os.path.join(ctx.workdir, "checkpoints")
-        checkpointer = checkpoint_lib.Checkpointer(directory, ctx.spec.max_checkpoints, owner=ctx.spec.run_id)
+        checkpointer = checkpoint_lib.Checkpointer(
+            directory, ctx.spec.max_checkpoints, owner=ctx.spec.run_id, config=ctx.spec.config
+        )
         state, tick, progress = _starting_state(ctx, checkpointer, parent_source, resuming)
         state, final = _members_phase(ctx, checkpointer, state, tick, progress)
         checkpointer.close()

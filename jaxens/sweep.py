@@ -10,8 +10,12 @@
   config.train.on_divergence='stop') is recorded and the sweep goes on with the next run.
 - SIGTERM or SIGINT stops the sweep: the current run saves a checkpoint and `Preempted` propagates.
   Rerunning the sweep resumes there.
+- A run another process is running (another sweep over the same root) is left to it: 'busy'.
 - ROOT/sweep.json holds every run's status, rewritten atomically after each run; each run's own
-  DIR/status.json says the same (`jaxens.workdir.read_status`).
+  DIR/status.json says the same (`jaxens.workdir.read_status`), and where the two could disagree (a run
+  another sweep finished meanwhile) the run's own files win: a run with its summary is 'finished'.
+- A run whose status.json cannot be read is 'unknown' (the message names the file) and is run again: it
+  resumes from its checkpoints, or starts.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import ml_collections
 from absl import logging
 
 from jaxens import config as config_lib
-from jaxens import preemption, progress
+from jaxens import files, preemption, progress
 from jaxens import workdir as workdir_lib
 from jaxens.trainer import validation
 
@@ -35,8 +39,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
 @dataclasses.dataclass
 class Outcome:
-    """One run of a sweep: its status ('finished', 'failed', 'diverged' or 'preempted'), its summary when
-    finished, the error message otherwise, and whether this call ran it (False: it had finished before)."""
+    """One run of a sweep: its status ('finished', 'failed', 'diverged', 'preempted' or 'busy': another
+    process was running it), its summary when finished, the error message otherwise, and whether this call
+    ran it (False: it had finished before, or was busy)."""
 
     name: str
     workdir: str
@@ -60,6 +65,8 @@ def validate_all(runs: Mapping[str, ml_collections.ConfigDict], root: str) -> No
         try:
             validation.validate(config)
             workdir_lib.check(os.path.join(root, name), workdir_lib.config_to_dict(config))
+        except workdir_lib.UnreadableFile:
+            pass  # A damaged config.json: the run itself recovers it from its checkpoints, or says why not.
         except config_lib.ConfigError as e:
             problems.append(f"run {name!r}: " + str(e).replace("\n", "\n  "))
     if problems:
@@ -67,10 +74,13 @@ def validate_all(runs: Mapping[str, ml_collections.ConfigDict], root: str) -> No
 
 
 def _write_table(root: str, outcomes: dict[str, Outcome]) -> None:
-    table = {
-        name: {"status": o.status, "message": o.message, "workdir": o.workdir, "ran": o.ran}
-        for name, o in outcomes.items()
-    }
+    table = {}
+    for name, o in outcomes.items():
+        entry = {"status": o.status, "message": o.message, "workdir": o.workdir, "ran": o.ran}
+        on_disk = workdir_lib.read_status(o.workdir) if o.status != "finished" else None
+        if on_disk is not None and (on_disk["status"] == "finished" or o.status == "busy"):
+            entry.update(status=on_disk["status"], message=on_disk["message"])  # The run's own files win.
+        table[name] = entry
     workdir_lib.write_json_atomic(os.path.join(root, "sweep.json"), table)
 
 
@@ -97,6 +107,7 @@ def run_all(
         train = run.train_and_evaluate
     validate_all(runs, root)
     os.makedirs(root, exist_ok=True)
+    files.remove_temporaries(root, older_than_s=600)  # Another sweep may be writing sweep.json right now.
     outcomes = {}
     for name in runs:
         workdir = os.path.join(root, name)
@@ -120,6 +131,9 @@ def run_all(
                 outcomes[name] = Outcome(name, workdir, "preempted", message=str(e))
                 _write_table(root, outcomes)
                 raise
+            except workdir_lib.Busy as e:
+                outcomes[name] = Outcome(name, workdir, "busy", message=str(e), ran=False)
+                print(f"sweep: {name} is being run by another process; left to it", flush=True)
             except Exception as e:  # One failed run does not stop the others.
                 failure = str(getattr(e, "status", "failed"))  # run.Diverged says 'diverged'.
                 outcomes[name] = Outcome(name, workdir, failure, message=f"{type(e).__name__}: {e}")
@@ -134,9 +148,12 @@ def run_all(
 
 
 def statuses(root: str) -> dict[str, dict]:
-    """Each run directory under `root` → its status record (`jaxens.workdir.read_status`)."""
+    """Each run directory under `root` → its status record (`jaxens.workdir.read_status`; 'unknown', with
+    the file named, for a status.json that cannot be read)."""
     out = {}
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if not os.path.isdir(os.path.join(root, name)):
+            continue  # sweep.json
         record = workdir_lib.read_status(os.path.join(root, name))
         if record is not None:
             out[name] = record

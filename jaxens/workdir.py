@@ -19,36 +19,39 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
 import ml_collections
 
-from jaxens import faults
+from jaxens import faults, files
 from jaxens.config import ConfigError
+from jaxens.files import write_bytes_atomic, write_json_atomic
+
+__all__ = ["write_bytes_atomic", "write_json_atomic"]  # Re-exported: the run's files are written with them.
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Writes `data` to `path` via a temporary file in the same directory, fsync and a rename: readers see
-    the old file or the whole new one, never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+class UnreadableFile(ConfigError):
+    """A run file (config.json, status.json, summary.json) that exists but does not hold JSON."""
+
+    def __init__(self, path: str, error: Exception):
+        super().__init__(f"{path} cannot be read ({type(error).__name__}: {error})")
+        self.path = path
+
+
+def read_json(path: str) -> Any:
+    """The JSON value `path` holds; None when there is no such file.
+
+    Raises:
+      UnreadableFile: naming the file, when it is empty, cut short or not JSON.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes `obj` as JSON to `path` atomically (`write_bytes_atomic`)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise UnreadableFile(path, e) from None
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -70,6 +73,8 @@ def _diff(old: dict, new: dict, prefix: str = "config.") -> list[str]:
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "status.json")
 RUN_DIRS = ("checkpoints", "parent", "trajectory", "tensorboard", "checkpoints.corrupt", "parent.corrupt")
 STATUSES = ("running", "finished", "preempted", "diverged", "failed")
+# The top-level fields every jaxens config has: a config.json without them is not a jaxens run's.
+RUN_CONFIG_KEYS = ("seed", "dataset", "model", "ensemble", "optimizer", "train")
 
 
 def write_status(workdir: str, status: str, step: int | None = None, message: str = "") -> None:
@@ -81,23 +86,44 @@ def write_status(workdir: str, status: str, step: int | None = None, message: st
 
 
 def read_status(workdir: str) -> dict | None:
-    """DIR/status.json, with status 'finished' whenever a summary exists; None for no run."""
-    summary = os.path.exists(os.path.join(workdir, "summary.json"))
-    path = os.path.join(workdir, "status.json")
-    record = json.load(open(path)) if os.path.exists(path) else None
-    if summary and (record is None or record["status"] != "finished"):
+    """DIR/status.json, with status 'finished' whenever a readable summary exists (the summary is the
+    truth: a kill during the last status write leaves 'running'); None for no run.
+
+    A status.json that cannot be read gives status 'unknown' with a message naming it: such a run is
+    resumed or retried, never taken for finished.
+    """
+    try:
+        finished = read_summary(workdir) is not None
+    except UnreadableFile as e:
+        return _unknown(f"{e}; the run is not finished: rerunning it writes the summary again")
+    try:
+        record = read_json(os.path.join(workdir, "status.json"))
+    except UnreadableFile as e:
+        record = _unknown(str(e))
+    if record is not None and (not isinstance(record, dict) or record.get("status") not in (*STATUSES, "unknown")):
+        record = _unknown(f"{os.path.join(workdir, 'status.json')} holds no jaxens status: {record!r:.100}")
+    if finished and (record is None or record["status"] != "finished"):
         return {"status": "finished", "step": None, "message": "", "time": None}
     if record is None and os.path.exists(os.path.join(workdir, "config.json")):
         return {"status": "running", "step": None, "message": "no status recorded", "time": None}
     return record
 
 
+def _unknown(message: str) -> dict:
+    return {"status": "unknown", "step": None, "message": message, "time": None}
+
+
 def read_summary(workdir: str) -> dict | None:
+    """DIR/summary.json; None when the run has none (it has not finished).
+
+    Raises:
+      UnreadableFile: the file exists but does not hold a summary.
+    """
     path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    summary = read_json(path)
+    if summary is not None and not isinstance(summary, dict):
+        raise UnreadableFile(path, ValueError(f"not a summary: {summary!r:.100}"))
+    return summary
 
 
 # Config groups that only say where a run executes, not what it computes: a run resumes under other values.
@@ -150,8 +176,12 @@ def check(workdir: str, config: dict) -> bool:
                 "away, or pass --overwrite to delete them."
             )
         return False
-    with open(path) as f:
-        old = json.load(f)
+    old = read_json(path)  # UnreadableFile: the caller may recover it (`jaxens.trainer.restore.recover_config`).
+    if not is_run_config(old):
+        raise ConfigError(
+            f"--workdir={workdir}: its config.json is not a jaxens run's config (found {_describe(old)}). jaxens "
+            "never writes into or deletes another program's files, even with --overwrite: choose another --workdir"
+        )
     old, new = _run_fields(old), _run_fields(config)
     if old != new:
         raise ConfigError(
@@ -161,6 +191,89 @@ def check(workdir: str, config: dict) -> bool:
             "or pass --overwrite to replace that run."
         )
     return True
+
+
+def is_run_config(value: Any) -> bool:
+    """Whether `value` (a config.json's content) is a jaxens run's config."""
+    return isinstance(value, dict) and all(key in value for key in RUN_CONFIG_KEYS)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"a JSON object with the fields {', '.join(sorted(map(str, value))[:8]) or 'none'}"
+    return f"the JSON value {value!r:.60}"
+
+
+def check_overwritable(workdir: str) -> None:
+    """Refuses --overwrite of a directory whose config.json is not a jaxens config; reads only.
+
+    A config.json that does not parse is taken for a damaged jaxens one only when the run's status.json
+    says so; anything else may be another program's and is never deleted.
+
+    Raises:
+      ConfigError: naming the file and what it holds.
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        found = read_json(path)
+    except UnreadableFile as e:
+        try:
+            status = read_json(os.path.join(workdir, "status.json"))
+        except UnreadableFile:
+            status = None
+        if not isinstance(status, dict) or status.get("status") not in STATUSES:
+            raise ConfigError(
+                f"--overwrite: {e}, and no readable status.json shows it is a jaxens run's: nothing was deleted. "
+                "Remove the directory's files yourself if they are yours to lose, or choose another --workdir"
+            ) from None
+        return
+    if found is not None and not is_run_config(found):
+        raise ConfigError(
+            f"--overwrite: --workdir={workdir} holds a config.json that is not a jaxens run's config (found "
+            f"{_describe(found)}): nothing was deleted. Choose another --workdir"
+        )
+
+
+def check_path(workdir: str) -> None:
+    """Refuses a --workdir that can never be a directory: empty, a file, or a path under a file.
+
+    Raises:
+      ConfigError: naming the path.
+    """
+    if not workdir:
+        raise ConfigError("--workdir='': give the directory the run writes into (created when missing)")
+    existing = os.path.abspath(workdir)
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        raise ConfigError(f"--workdir={workdir}: is a file, not a directory; give a directory")
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--workdir={workdir}: cannot be created, as {existing} is a file, not a directory")
+
+
+def check_writable(workdir: str) -> None:
+    """Refuses a --workdir this user cannot create or write into (`check_path` passed), before anything is
+    loaded or written.
+
+    Raises:
+      ConfigError: naming the directory that is not writable.
+    """
+    path = existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise ConfigError(f"--workdir={workdir}: {what} by this user; give a directory you can write to")
+
+
+def same_run(a: dict, b: dict) -> bool:
+    """Whether two configs (plain JSON values) describe the same run (`PLACEMENT_GROUPS` aside)."""
+    return _run_fields(a) == _run_fields(b)
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """'config.x: A there, B now' for every field where two configs differ (`PLACEMENT_GROUPS` aside)."""
+    return _diff(_run_fields(old), _run_fields(new))
 
 
 def claim(workdir: str, config: dict, overwrite: bool = False) -> bool:
@@ -177,14 +290,17 @@ def claim(workdir: str, config: dict, overwrite: bool = False) -> bool:
       True if the directory already holds this run (resume or finished), False if newly claimed.
 
     Raises:
-      ConfigError: without `overwrite`, the directory holds a run with a different config; nothing is touched.
+      ConfigError: without `overwrite`, the directory holds a run with a different config; with it, the
+        directory's config.json is not a jaxens config (`check_overwritable`). Nothing is touched.
     """
     if overwrite and os.path.isdir(workdir):
+        check_overwritable(workdir)
         _remove(workdir, ("summary.json", "status.json"))  # First, so that no step of it looks finished.
         for name in RUN_DIRS:
             shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
         faults.kill_point("overwrite")  # Tests: SIGKILL with the run's directories gone, its config not yet.
         _remove(workdir, ("metrics.jsonl", "config.json"))  # config.json last.
+    files.remove_temporaries(workdir)  # Left by writes killed midway (the caller holds the workdir's lock).
     if check(workdir, config):
         return True
     os.makedirs(workdir, exist_ok=True)
@@ -226,12 +342,7 @@ class MetricsLog:
         if not os.path.exists(self.path):
             return
         kept = [json.dumps(r, sort_keys=True) + "\n" for r in self.read() if keep(r)]
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)), prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_bytes_atomic(self.path, "".join(kept).encode())
 
     def write(self, records: list[dict]) -> None:
         """Appends the records in one write (a process killed mid-write leaves at most one cut line, which
@@ -272,7 +383,13 @@ class Lock:
     def __init__(self, workdir: str):
         import fcntl
 
-        self._file = open(os.path.join(workdir, ".lock"), "a")
+        try:
+            self._file = open(os.path.join(workdir, ".lock"), "a")
+        except OSError as e:
+            raise ConfigError(
+                f"--workdir={workdir}: cannot take its lock file .lock ({e.strerror}); the directory must be "
+                "writable by this user"
+            ) from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -168,3 +168,51 @@ def finish(proc, timeout=300):
     """(exit code, stdout, stderr) of a `cli` process once it ends."""
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+def cli_in_process(monkeypatch, argv) -> int:
+    """`python -m jaxens.train ARGV` in this process (flag parsing, validation, exit code): the exit code.
+    Its messages go to this process's stderr (capsys)."""
+    from absl import flags
+
+    from jaxens import train
+
+    def reset():
+        flags.FLAGS.unparse_flags()
+        # config_flags registers one flag per overridden field, bound to the config it parsed first.
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+            delattr(flags.FLAGS, name)
+
+    monkeypatch.setattr(sys, "argv", ["jaxens.train", *argv])  # config_flags reads its overrides there.
+    reset()
+    try:
+        train._parse_flags(sys.argv)
+        train.main(["jaxens.train"])
+    except SystemExit as e:
+        return e.code
+    finally:
+        reset()
+    return 0
+
+
+# The smallest run of configs/mnist1d_ensemble.py: 2 epochs of 40 steps, k = 2, checkpoints at 40 and 80.
+ENSEMBLE_ARGS = ("--config.train.num_epochs=2", "--config.ensemble.k=2", "--config.model.widths=(32,)")
+
+
+@pytest.fixture(scope="session")
+def ensemble_run(tmp_path_factory):
+    """A finished `ENSEMBLE_ARGS` run made by the command line (copy it before changing it)."""
+    workdir = tmp_path_factory.mktemp("ensemble") / "run"
+    rc, _, err = finish(cli(workdir, *ENSEMBLE_ARGS, config="configs/mnist1d_ensemble.py"))
+    assert rc == 0, err
+    return workdir
+
+
+def file_tree(directory) -> dict:
+    """relative path → bytes of every file under `directory` (empty when it does not exist)."""
+    out = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, directory)] = open(path, "rb").read()
+    return out

@@ -21,14 +21,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_SPAWN_ARGS, cli, finish
+from conftest import ENSEMBLE_ARGS, REPO, SMALL_SPAWN_ARGS, cli, file_tree, finish
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
 from jaxens import run
 
 ENSEMBLE = "configs/mnist1d_ensemble.py"
-ENSEMBLE_ARGS = ("--config.train.num_epochs=2", "--config.ensemble.k=2", "--config.model.widths=(32,)")
 # The parent trains 3 epochs of 8 steps, saving at 8, 16 and 24 (spawn times 16 and 24 kept); the
 # children (k = 2 per spawn time) train to step 48.
 SPAWN_ARGS = SMALL_SPAWN_ARGS
@@ -42,16 +41,6 @@ def _summary(workdir) -> dict:
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     summary.pop("wall_time_s")
     return summary
-
-
-def _snapshot(directory) -> dict:
-    """path → bytes of every file under `directory`."""
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, directory)] = open(path, "rb").read()
-    return out
 
 
 def _damage(checkpoint_dir) -> None:
@@ -70,14 +59,6 @@ def _forget_the_run(workdir) -> None:
             os.remove(os.path.join(workdir, name))
 
 
-@pytest.fixture(scope="module")
-def ensemble_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("ensemble") / "run"
-    rc, _, err = finish(cli(workdir, *ENSEMBLE_ARGS, config=ENSEMBLE))
-    assert rc == 0, err
-    return workdir
-
-
 def test_a_fresh_run_over_leftover_checkpoints_is_refused_before_any_compute(tmp_path, ensemble_run):
     """The measured failure: with config.json and the logs removed, a run of seed 1 resumed from seed 0's
     checkpoints and reported them as its own. Now it is refused (exit 2, the directory and --overwrite
@@ -85,11 +66,11 @@ def test_a_fresh_run_over_leftover_checkpoints_is_refused_before_any_compute(tmp
     workdir = tmp_path / "run"
     shutil.copytree(ensemble_run, workdir)
     _forget_the_run(workdir)
-    before = _snapshot(workdir)
+    before = file_tree(workdir)
     rc, out, err = finish(cli(workdir, *ENSEMBLE_ARGS, "--config.seed=1", config=ENSEMBLE))
     assert rc == 2, err
     assert f"--workdir={workdir} holds checkpoints" in err and "no config.json" in err and "--overwrite" in err
-    assert "resuming" not in out and _snapshot(workdir) == before
+    assert "resuming" not in out and file_tree(workdir) == before
     rc, _, err = finish(cli(workdir, *ENSEMBLE_ARGS, "--config.seed=1", "--overwrite", config=ENSEMBLE))
     assert rc == 0, err
     assert json.load(open(workdir / "config.json"))["seed"] == 1

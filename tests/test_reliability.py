@@ -7,13 +7,12 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_SPAWN_ARGS, cli, finish, small_config, tensorboard_scalars
+from conftest import REPO, SMALL_SPAWN_ARGS, cli, cli_in_process, finish, small_config, tensorboard_scalars
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import run, sweep
@@ -154,30 +153,6 @@ def test_a_finished_runs_command_changes_no_file_and_overwrite_replaces_it(tmp_p
     assert (workdir / "notes.txt").read_text() == "mine"  # Only the run's own files are replaced.
 
 
-def _cli_in_process(monkeypatch, argv) -> int:
-    """`python -m jaxens.train ARGV` in this process (flag parsing, validation, exit code): the exit code."""
-    from absl import flags
-
-    from jaxens import train
-
-    def reset():
-        flags.FLAGS.unparse_flags()
-        # config_flags registers one flag per overridden field, bound to the config it parsed first.
-        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-            delattr(flags.FLAGS, name)
-
-    monkeypatch.setattr(sys, "argv", ["jaxens.train", *argv])  # config_flags reads its overrides there.
-    reset()
-    try:
-        train._parse_flags(sys.argv)
-        train.main(["jaxens.train"])
-    except SystemExit as e:
-        return e.code
-    finally:
-        reset()
-    return 0
-
-
 ENSEMBLE = "configs/mnist1d_ensemble.py"
 SPAWN = "configs/mnist1d_spawn.py"
 
@@ -255,7 +230,7 @@ def test_an_invalid_config_exits_2_naming_the_field_and_writes_nothing(
         workdir.mkdir()
         (workdir / "notes.txt").write_text("keep")
         before = _files(workdir)
-    code = _cli_in_process(monkeypatch, [f"--config={os.path.join(REPO, config)}", f"--workdir={workdir}", *overrides])
+    code = cli_in_process(monkeypatch, [f"--config={os.path.join(REPO, config)}", f"--workdir={workdir}", *overrides])
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err

@@ -60,13 +60,20 @@ def has_mnist_format(directory: str) -> bool:
     )
 
 
-def load_mnist_format(directory: str, name: str):
+def load_mnist_format(directory: str, name: str, sizes: tuple[int, int] | None = None):
     """Loads the four standard MNIST-format files from `directory` (.gz or uncompressed).
+
+    Args:
+      sizes: (train, test) example counts the files must hold (the dataset's known sizes), or None.
 
     Returns:
       ((train_x [N, H, W] uint8, train_y [N] uint8), (test_x, test_y)).
+
+    Raises:
+      DatasetError: a file is missing, unreadable, or holds another number of examples than `sizes`
+        (naming the file and both counts).
     """
-    arrays = {}
+    arrays, paths = {}, {}
     for key, stem in MNIST_FORMAT_FILES.items():
         candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
         path = next((p for p in candidates if os.path.exists(p)), None)
@@ -77,6 +84,16 @@ def load_mnist_format(directory: str, name: str):
                 f"{', '.join(s + '.gz' for s in MNIST_FORMAT_FILES.values())}"
             )
         arrays[key] = read_idx(path)
+        paths[key] = path
+    expected_counts = (
+        {} if sizes is None else {f"{split}_{xy}": n for split, n in zip(("train", "test"), sizes) for xy in "xy"}
+    )
+    for key, expected in expected_counts.items():
+        if len(arrays[key]) != expected:
+            raise DatasetError(
+                f"{name}: {paths[key]} holds {len(arrays[key])} examples, where {name} has {expected}; the file "
+                f"is incomplete or not {name}'s (set --config.data.dir to a directory holding the whole dataset)"
+            )
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise DatasetError(

@@ -183,7 +183,10 @@ def _load_fashion_mnist(name, source, splits):
     """IDX files from config.data.dir, else Debian's package directory, else TFDS."""
     directory = source.dir
     if directory or idx.has_mnist_format(idx.FASHION_MNIST_DIR):
-        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(directory or idx.FASHION_MNIST_DIR, name)
+        info = _FIXED[name]
+        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(
+            directory or idx.FASHION_MNIST_DIR, name, sizes=(info.num_train, info.num_test)
+        )
         return {"train_x": train_x[..., None], "train_y": train_y, "test_x": test_x[..., None], "test_y": test_y}
     try:
         return _tfds_loader()(name, source, splits)

@@ -123,7 +123,7 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
     spec, plan = ctx.spec, ctx.spec.plan
     directory = os.path.join(ctx.workdir, "parent")
     own = checkpoint_lib.Checkpointer(
-        directory, spec.max_checkpoints, keep_steps=plan.spawn_steps, owner=spec.parent_id
+        directory, spec.max_checkpoints, keep_steps=plan.spawn_steps, owner=spec.parent_id, config=spec.config
     )
     sources = [own]
     if parent_source is not None:

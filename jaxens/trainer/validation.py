@@ -7,6 +7,8 @@ shapes and sizes without loading anything. `jaxens.trainer.spec.resolve` calls i
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import ml_collections
@@ -47,6 +49,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _mesh_errors(errors, config)
     info = _data_errors(errors, config)
     _cycle_errors(errors, config, info)
+    _length_errors(errors, config, info)
     for name in config.ensemble.shared_streams:
         _choice(errors, "config.ensemble.shared_streams", name, tuple(rng_lib.STREAM_IDS))
     _coupling_errors(errors, config, info)
@@ -69,6 +72,8 @@ def _field_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
     _choice(errors, "config.optimizer.schedule", config.optimizer.schedule, SCHEDULES)
     _choice(errors, "config.train.on_divergence", config.train.on_divergence, ON_DIVERGENCE)
     _at_least(errors, "config.ensemble.k", config.ensemble.k, 1)
+    _at_least(errors, "config.seed", config.seed, 0)
+    _at_least(errors, "config.data.val_seed", config.data.val_seed, 0)
     _optimizer_errors(errors, config.optimizer)
     if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
         errors.append(f"config.model.dropout={config.model.dropout!r}: must lie in [0, 1)")
@@ -87,15 +92,21 @@ def _optimizer_errors(errors: list[str], o: ml_collections.ConfigDict) -> None:
     _at_least(errors, "config.optimizer.momentum", o.momentum, 0)
     _at_least(errors, "config.optimizer.weight_decay", o.weight_decay, 0)
     _at_least(errors, "config.optimizer.decay_factor", o.decay_factor, 0, strict=True)
-    if not all(0 < b < 1 for b in o.boundaries) or list(o.boundaries) != sorted(o.boundaries):
+    bounds = tuple(o.boundaries)
+    if not all(0 < b < 1 for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
         errors.append(
-            f"config.optimizer.boundaries={tuple(o.boundaries)!r}: "
-            "must be increasing fractions of the total steps, each in (0, 1)"
+            f"config.optimizer.boundaries={bounds!r}: must be strictly increasing fractions of the total steps, "
+            "each in (0, 1)"
         )
     _at_least(errors, "config.optimizer.cycles", o.cycles, 1)
     _at_least(errors, "config.optimizer.temperature", o.temperature, 0)
     if not 0 <= o.exploration < 1:
         errors.append(f"config.optimizer.exploration={o.exploration!r}: must lie in [0, 1)")
+    if o.name == "sgd" and not o.momentum < 1:
+        errors.append(
+            f"config.optimizer.momentum={o.momentum!r}: sgd needs momentum in [0, 1) (at 1 or more the "
+            "velocity never decays and the updates grow without bound)"
+        )
     if o.name == "sgmcmc":
         if not o.momentum < 1:
             errors.append(
@@ -155,6 +166,56 @@ def _schema_errors(config: Any, schema: ml_collections.ConfigDict, prefix: str) 
         elif isinstance(default, tuple):
             if not isinstance(value, (tuple, list)):
                 errors.append(f"{name}={value!r}: expected a tuple")
+            elif not all(_is(item, TUPLE_ITEMS.get(name, "any")) for item in value):
+                errors.append(f"{name}={tuple(value)!r}: expected a tuple of {TUPLE_ITEMS[name]}s")
+        errors.extend(_number_errors(name, value))
+    return errors
+
+
+# What the items of each tuple field are (config_flags takes `(0.5,nan)` for a number and a string).
+TUPLE_ITEMS = {
+    "config.model.widths": "integer",
+    "config.coupling.t": "step string or integer",
+    "config.loss.lam": "number",
+    "config.optimizer.boundaries": "number",
+    "config.optimizer.member_lr_scale": "number",
+    "config.ensemble.shared_streams": "string",
+    "config.eval.shifted": "string",
+    "config.eval.ood": "string",
+}
+
+
+def _is(item: Any, kind: str) -> bool:
+    if isinstance(item, bool):
+        return kind == "any"
+    return {
+        "integer": isinstance(item, int),
+        "number": isinstance(item, (int, float)),
+        "string": isinstance(item, str),
+        "step string or integer": isinstance(item, (int, str)),
+    }.get(kind, True)
+
+
+# Every integer field is a count, a size or a seed: none is negative, and all fit the int32 arrays and
+# schedules they end up in (seeds the 64-bit ones of the PRNG and of numpy).
+MAX_INT = 2**31 - 1
+MAX_SEED = 2**63 - 1
+SEED_FIELDS = ("config.seed", "config.data.val_seed")
+
+
+def _number_errors(name: str, value: Any) -> list[str]:
+    """A float that is not finite, or an integer out of range, in a field or among a tuple's items."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    high = MAX_SEED if name in SEED_FIELDS else MAX_INT
+    errors = []
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            errors.append(f"{name}={value!r}: every number must be finite")
+        elif isinstance(item, int) and not isinstance(item, bool) and not -high - 1 <= item <= high:
+            errors.append(f"{name}={value!r}: integers here must lie within ±{high} (2**{high.bit_length()} - 1)")
+        else:
+            continue
+        break
     return errors
 
 
@@ -193,13 +254,8 @@ def _step_string_errors(errors: list[str], name: str, value, config, info, examp
     if not isinstance(value, str) or not value:
         errors.append(f"{name}={value!r}: expected a step string such as {example}")
         return
-    if (
-        info is None
-        or not info.num_train
-        or not isinstance(config.train.batch_size, int)
-        or config.train.batch_size < 1
-    ):
-        return  # Steps per epoch unknown; the other errors say why.
+    if _unknown_steps_per_epoch(config, info):
+        return  # The other errors say why.
     try:
         steps = steps_lib.parse(value, steps_per_epoch(config, info))
     except ValueError as e:
@@ -209,12 +265,32 @@ def _step_string_errors(errors: list[str], name: str, value, config, info, examp
         errors.append(f"{name}={value!r}: must be at least one step, e.g. {example}")
 
 
+def _unknown_steps_per_epoch(config: ml_collections.ConfigDict, info) -> bool:
+    """Whether S cannot be computed (no dataset, no training split, or a batch size out of range)."""
+    if info is None or not info.num_train or not 1 <= config.train.batch_size:
+        return True
+    return not 0 <= config.data.val_size < info.num_train or steps_per_epoch(config, info) < 1
+
+
+def _length_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
+    """A member's T steps (2T for coupled_to_t_reset's children) fit the int32 step counters."""
+    if _unknown_steps_per_epoch(config, info) or config.train.num_epochs < 1:
+        return
+    spe = steps_per_epoch(config, info)
+    longest = spe * config.train.num_epochs * (2 if config.coupling.condition == "coupled_to_t_reset" else 1)
+    if longest > MAX_INT:
+        errors.append(
+            f"config.train.num_epochs={config.train.num_epochs}: {longest} steps ({spe} per epoch) do not fit the "
+            f"int32 step counters; allowed: at most {MAX_INT} steps"
+        )
+
+
 def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
     """config.optimizer.cycles against a member's T steps, and sgmcmc's sampling stage (needs T)."""
     o = config.optimizer
     if o.schedule != "cyclical" and o.name != "sgmcmc":
         return  # cycles is not read.
-    if info is None or not info.num_train or config.train.batch_size < 1 or config.train.num_epochs < 1:
+    if _unknown_steps_per_epoch(config, info) or config.train.num_epochs < 1:
         return  # T is unknown; the other errors say why.
     if not isinstance(o.cycles, int) or o.cycles < 1 or not 0 <= o.exploration < 1:
         return  # Reported above.
@@ -250,6 +326,7 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
     _at_least(errors, "config.data.crop_padding", d.crop_padding, 0)
     _at_least(errors, "config.data.image_size", d.image_size, 8)
     _choice(errors, "config.data.augment", d.augment, ("auto", *data_lib.AUGMENTATIONS))
+    _directory_errors(errors, "config.data.cache_dir", d.cache_dir)
     info = data_lib.dataset_info(config.dataset, d.image_size)
     if info is None:
         errors.append(data_lib.registry.unknown_name_message("config.dataset", config.dataset))
@@ -298,6 +375,20 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
                     "list it in config.eval.ood instead"
                 )
     return info
+
+
+def _directory_errors(errors: list[str], name: str, path: str) -> None:
+    """A directory field ('' = its default) that names a file, or a path under one."""
+    if not isinstance(path, str) or not path or "://" in path:
+        return
+    existing = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = (
+            "is a file" if existing == os.path.abspath(os.path.expanduser(path)) else f"lies under the file {existing}"
+        )
+        errors.append(f"{name}={path!r}: {where}; give a directory ('' for the default)")
 
 
 def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
