@@ -177,13 +177,10 @@ def test_describe_is_one_line_with_every_part():
         assert f"{part} " in text
 
 
-def test_a_resnet_estimate_is_fast():
+def test_a_resnet_estimate_needs_no_data():
     config = small_config(**{"ensemble.k": 64, "dataset": "cifar10", "model.name": "resnet20", "model.widths": (16,)})
-    spec = spec_lib.resolve(config)  # No data is loaded: the estimate needs the registered sizes only.
-    memory.estimate(spec)  # JAX's first traces of this process.
-    started = time.perf_counter()
+    spec = spec_lib.resolve(config)  # No data is loaded (CIFAR-10 is not here): the registered sizes suffice.
     est = memory.estimate(spec)
-    assert time.perf_counter() - started < 1.0
     assert est.state > 64 * 270_000 * F32 * 2  # ResNet-20 has about 0.27 M parameters, + momentum.
 
 
