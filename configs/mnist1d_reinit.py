@@ -5,11 +5,12 @@ Command:
   python -m jaxens.train --config=configs/mnist1d_reinit.py --workdir=runs/mnist1d_reinit \
       --config.coupling.reinit_fraction=0.3 --config.coupling.reinit_side=low   # one run
 A parent trains 5 epochs; its k = 4 children restart optimizer and step-decay schedule and train 40 more
-(coupled-to-t-reset). Six hidden layers of 64 units (24,074 parameters, no hidden tensor above 17% of them)
-give re-initialization fractions a fine grain: whole tensors are re-drawn, from the input side ('low') or
-the output side ('high'), until the fraction of the parameter count is covered.
+(coupled-to-t-reset). Six hidden layers of 64 units (24,074 parameters, no hidden layer above 18% of them)
+give re-initialization fractions a fine grain: whole layers (kernel and bias) are re-drawn, from the input
+side ('low') or the output side ('high'), until the fraction of the parameter count is covered.
 Expected run time: about 10-15 s per run on 2 CPU cores.
-Expected result (Zamparo et al. Fig. 1i, 3; measured over seeds 0-2, experiments/README.md): re-drawing the
+Expected result (Zamparo et al. Fig. 1i, 3; measured over seeds 0-2 when whole tensors were re-drawn, i.e.
+--config.coupling.reinit_unit=tensor; experiments/README.md): re-drawing the
 input side restores the children's diversity and the error barrier between them at once (10.6% of the
 parameters: members' symmetric KL 1.92 → 2.59, barrier 0.02 → 0.47), the output side only gradually (20%:
 2.03, 0.07); the ensemble error stays at 0.28-0.30 either way (no coupling: 0.272).

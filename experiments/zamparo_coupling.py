@@ -1,4 +1,5 @@
-"""Zamparo et al. Fig. 1a–d: ensemble error and MACE against the coupling time t, with and without reset.
+"""Zamparo et al. Fig. 1a–d: the ensemble's accuracy gain and its calibration (MACE, and ECE beside it) against
+the coupling time t, with and without reset.
 
   python experiments/zamparo_coupling.py --out=results/zamparo_coupling             # CPU scale (defaults)
   python experiments/zamparo_coupling.py --config=configs/resnet20_spawn.py \\
@@ -12,16 +13,24 @@ through config.coupling.parent_dir: the children restart optimizer and schedule 
 
 From the runs' summaries it writes, atomically:
 - OUT/results.csv: tidy, one row per run × group × metric: seed, condition, t (steps), t_epochs, t_label,
-  metric (ensemble_error, ensemble_mace, ensemble_nll, mean_member_error, ensemble_sym_kl), value;
-- OUT/results.json: the rows and the settings;
-- OUT/coupling.png: error (top) and MACE (bottom) against t for coupled-to-t (left) and coupled-to-t-reset
-  (right), mean ± standard deviation over seeds, the no-coupling ensemble as a dashed band.
+  metric (ensemble_error, ensemble_mace, ensemble_ece, ensemble_nll, mean_member_error, ensemble_sym_kl, and
+  accuracy_gain: the ensemble's test accuracy minus its mean member's, = mean_member_error − ensemble_error),
+  value;
+- OUT/results.json: the rows, the settings and the verdicts (`verdicts`);
+- OUT/coupling.png: accuracy gain (Fig. 1a/b: top), MACE (Fig. 1c/d) and ECE against t for coupled-to-t
+  (left) and coupled-to-t-reset (right), mean ± standard deviation over seeds, the no-coupling ensemble as a
+  dashed band.
 - OUT/members.csv: every member's own test error (seed, condition, t_label, member, error);
 - OUT/ensemble_kl.csv: Fig. 1f, the symmetric KL between the test predictions of two ensembles spawned at
   the same t from different parents (seeds a < b; cached in OUT/ensemble_kl.json);
 - OUT/diversity.png: the members' symmetric KL against t (Fig. 1e), the KL between ensembles of two
   parents (Fig. 1f) and every member's own test error by condition and t (Fig. 2).
 Each run also writes its own TensorBoard events and metrics (`OUT/runs/<run>/tensorboard`).
+
+Zamparo et al. name "mean average calibration error (MACE)" and cite Naeini et al., who define ECE and MCE;
+MACE here is our reading (docs/definitions.md), so every calibration trend is printed under both and stated
+as a conclusion only where the two agree. A trend between the first and the last t is "held" where the two
+means differ by more than the sum of their standard deviations over seeds, else "inconclusive".
 
 Rerunning the command trains nothing that finished (the sweep skips it) and rebuilds the table and the
 figure from the stored summaries. `--set field=value` overrides the trainer config (Python literals).
@@ -49,7 +58,9 @@ from jaxens.trainer import spec as spec_lib
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
-METRICS = ("ensemble_error", "ensemble_mace", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
+METRICS = ("ensemble_error", "ensemble_mace", "ensemble_ece", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
+# Zamparo et al. Fig. 1a/b/i plot the accuracy gain: ensemble accuracy minus the mean member's.
+GAIN = "accuracy_gain"
 COLUMNS = ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
 MEMBER_COLUMNS = ("seed", "condition", "t_label", "member", "error")
 KL_COLUMNS = ("condition", "t", "t_epochs", "t_label", "seed_a", "seed_b", "sym_kl")
@@ -82,20 +93,43 @@ def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
         for group in outcome.summary["groups"]:
             test = group["test"]
             t = group["t"]
-            for metric in METRICS:
-                if metric in test:
-                    rows.append(
-                        dict(
-                            seed=config.seed,
-                            condition=config.coupling.condition,
-                            t=t,
-                            t_epochs=None if t is None else t / steps_per_epoch,
-                            t_label=group["t_label"],
-                            metric=metric,
-                            value=float(test[metric]),
-                        )
+            values = {metric: float(test[metric]) for metric in METRICS if metric in test}
+            values[GAIN] = values["mean_member_error"] - values["ensemble_error"]
+            for metric, value in values.items():
+                rows.append(
+                    dict(
+                        seed=config.seed,
+                        condition=config.coupling.condition,
+                        t=t,
+                        t_epochs=None if t is None else t / steps_per_epoch,
+                        t_label=group["t_label"],
+                        metric=metric,
+                        value=value,
                     )
+                )
     return rows
+
+
+def trend(rows: list[dict], condition: str, metric: str) -> str:
+    """'decreases' / 'increases' from the first to the last t where the means differ by more than the sum of
+    their standard deviations over seeds, else 'inconclusive' (also with a single seed or t)."""
+    _, mean, std = summarize(rows, condition, metric)
+    if mean.size < 2 or len({r["seed"] for r in rows}) < 2:
+        return "inconclusive"
+    if abs(mean[-1] - mean[0]) <= std[-1] + std[0]:
+        return "inconclusive"
+    return "decreases" if mean[-1] < mean[0] else "increases"
+
+
+def verdicts(rows: list[dict]) -> dict:
+    """Per spawning condition: the trends with t of the accuracy gain, MACE and ECE, and the calibration
+    conclusion, stated only where MACE and ECE agree."""
+    out = {}
+    for condition in CONDITIONS:
+        gain, mace, ece = (trend(rows, condition, m) for m in (GAIN, "ensemble_mace", "ensemble_ece"))
+        calibration = mace if mace == ece else f"no conclusion (MACE {mace}, ECE {ece})"
+        out[condition] = dict(accuracy_gain=gain, mace=mace, ece=ece, calibration=calibration)
+    return out
 
 
 def summarize(rows: list[dict], condition: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,9 +147,10 @@ def figure(rows: list[dict], title: str) -> bytes:
     """Fig. 1a–d laid out as the paper's panels, as PNG bytes."""
     plt = artifacts.pyplot()
 
-    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True, sharey="row")
+    panels = ((GAIN, "accuracy gain over mean member"), ("ensemble_mace", "MACE"), ("ensemble_ece", "ECE"))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(8, 8), sharex=True, sharey="row")
     for col, condition in enumerate(CONDITIONS):
-        for row, (metric, label) in enumerate((("ensemble_error", "ensemble test error"), ("ensemble_mace", "MACE"))):
+        for row, (metric, label) in enumerate(panels):
             ax = axes[row, col]
             ts, mean, std = summarize(rows, condition, metric)
             ax.errorbar(ts, mean, yerr=std, marker="o", capsize=3, label=condition.replace("_", "-"))
@@ -125,7 +160,7 @@ def figure(rows: list[dict], title: str) -> bytes:
                 ax.axhspan(base_mean[0] - base_std[0], base_mean[0] + base_std[0], color="gray", alpha=0.15)
             if row == 0:
                 ax.set_title(condition.replace("_", "-"))
-            if row == 1:
+            if row == len(panels) - 1:
                 ax.set_xlabel("coupling time t (epochs)")
             if col == 0:
                 ax.set_ylabel(label)
@@ -271,7 +306,8 @@ def main(argv=None) -> None:
         failed=artifacts.failed(outcomes),
     )
     write_bytes_atomic(os.path.join(args.out, "results.csv"), artifacts.csv_bytes(rows, COLUMNS))
-    write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings))
+    found = verdicts(rows)
+    write_json_atomic(os.path.join(args.out, "results.json"), dict(rows=rows, settings=settings, verdicts=found))
     title = f"{first.dataset} {first.model.name}, k={first.ensemble.k}, {first.train.num_epochs} epochs, seeds {seeds}"
     write_bytes_atomic(os.path.join(args.out, "coupling.png"), figure(rows, title))
     members = member_rows(outcomes, runs)
@@ -288,9 +324,16 @@ def main(argv=None) -> None:
         flush=True,
     )
     for condition in (*CONDITIONS, "no_coupling"):
-        ts, mean, std = summarize(rows, condition, "ensemble_error")
-        points = ", ".join(f"t={t:g}ep {m:.4f}±{s:.4f}" for t, m, s in zip(ts, mean, std))
-        print(f"  {condition}: ensemble error {points}", flush=True)
+        for metric in ("ensemble_error", GAIN, "ensemble_mace", "ensemble_ece"):
+            ts, mean, std = summarize(rows, condition, metric)
+            points = ", ".join(f"t={t:g}ep {m:.4f}±{s:.4f}" for t, m, s in zip(ts, mean, std))
+            print(f"  {condition}: {metric} {points}", flush=True)
+    for condition, found_here in found.items():
+        print(
+            f"  {condition}: as t grows the accuracy gain {found_here['accuracy_gain']}; calibration error "
+            f"{found_here['calibration']}",
+            flush=True,
+        )
     if settings["failed"]:
         sys.exit(1)
 

@@ -1,6 +1,6 @@
 """Zamparo et al. Fig. 1i–j and Fig. 3: re-initializing a fraction of the parent's parameters at spawn,
-from the input side ('low') or the output side ('high'): ensemble error, MACE and the error barrier
-between two children, against the fraction.
+from the input side ('low') or the output side ('high'): the ensemble's accuracy gain over its mean member,
+MACE and ECE beside it, and the error barrier between two children, against the fraction.
 
   python experiments/zamparo_reinit.py --out=results/zamparo_reinit                # CPU scale (defaults)
   python experiments/zamparo_reinit.py --config=configs/resnet20_spawn.py --time=20ep \\
@@ -8,17 +8,18 @@ between two children, against the fraction.
 
 For every seed a resumable `jaxens.sweep` under OUT/runs/ trains `s<seed>_f0` (the parent up to --time,
 then k children without re-initialization, under the config's spawning condition: coupled_to_t_reset for
-the default configs/mnist1d_reinit.py, six-layer MLPs whose tensors give the fractions a fine grain), one run per side and fraction f > 0, `s<seed>_<side><f>`, spawning
+the default configs/mnist1d_reinit.py, six-layer MLPs whose layers give the fractions a fine grain), one run per side and fraction f > 0, `s<seed>_<side><f>`, spawning
 from the same parent's checkpoint (config.coupling.parent_dir) with config.coupling.reinit_fraction=f and
-reinit_side=side (whole tensors in forward order until f of the parameter count, fresh draws per child;
+reinit_side=side (whole layers in forward order until f of the parameter count, fresh draws per child;
 docs/definitions.md#re-initialization), and `s<seed>_no_coupling`, the baseline. Then, per run, the error
 barrier on the test set along the straight line between children 2i and 2i+1 (`jaxens.landscape.barrier`,
 --alphas points, BatchNorm statistics recomputed), averaged over the k/2 pairs.
 
 Writes atomically OUT/results.csv (tidy: seed, side, fraction, metric, value; metrics ensemble_error,
-ensemble_mace, ensemble_nll, mean_member_error, ensemble_sym_kl, error_barrier, and reinitialized: the share
-of the parameter count actually re-drawn, at least f since whole tensors are; side 'none' for f = 0 and
-'no_coupling' for the baseline), OUT/results.json (rows, settings) and OUT/reinit.png (the three panels against
+ensemble_mace, ensemble_ece, ensemble_nll, mean_member_error, ensemble_sym_kl, accuracy_gain (= mean_member_error −
+ensemble_error, what Fig. 1i plots), error_barrier, and reinitialized: the share
+of the parameter count actually re-drawn, at least f since whole layers are; side 'none' for f = 0 and
+'no_coupling' for the baseline), OUT/results.json (rows, settings) and OUT/reinit.png (the four panels against
 the share actually re-initialized, mean ± standard deviation over seeds). Rerunning trains nothing that finished, and the barriers are kept in
 OUT/barriers.json, so the table and the figure are rebuilt from stored results.
 """
@@ -44,7 +45,7 @@ from jaxens import sweep
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 SIDES = ("low", "high")
-METRICS = ("ensemble_error", "ensemble_mace", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
+METRICS = ("ensemble_error", "ensemble_mace", "ensemble_ece", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
 COLUMNS = ("seed", "side", "fraction", "metric", "value")
 
 
@@ -116,8 +117,9 @@ def _mean_pair_barrier(restored, num_alphas: int) -> float:
 
 
 def _reinitialized_share(restored) -> float:
-    """The share of the parameter count the run's re-initialization mask covers (whole tensors: at least
-    config.coupling.reinit_fraction, more where a tensor boundary falls past it)."""
+    """The share of the parameter count the run's re-initialization re-drew (whole layers, or tensors under
+    config.coupling.reinit_unit='tensor': at least config.coupling.reinit_fraction, more where a unit's
+    boundary falls past it)."""
     import jax
 
     from jaxens import spawn
@@ -126,10 +128,9 @@ def _reinitialized_share(restored) -> float:
     if c.reinit_fraction == 0:
         return 0.0
     params = jax.tree.map(lambda a: a[0], restored.state.params)
-    # The mask the trainer drew at the spawn.
-    mask = spawn.reinit_for(restored.model, restored.dataset.input_shape, params, c.reinit_fraction, c.reinit_side).mask
-    sizes = [x.size for x in jax.tree.leaves(params)]
-    return sum(n for n, re_drawn in zip(sizes, jax.tree.leaves(mask)) if re_drawn) / sum(sizes)
+    # The units the trainer chose at the spawn.
+    shape = restored.dataset.input_shape
+    return spawn.reinit_for(restored.model, shape, params, c.reinit_fraction, c.reinit_side, c.reinit_unit).covered
 
 
 def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
@@ -140,6 +141,7 @@ def table(outcomes: dict, runs: dict, barriers: dict) -> list[dict]:
         seed, side, fraction, _ = runs[name]
         test = outcome.summary["test"]
         values = {m: test[m] for m in METRICS if m in test}
+        values["accuracy_gain"] = values["mean_member_error"] - values["ensemble_error"]  # Zamparo Fig. 1i.
         if name in barriers:
             values["error_barrier"] = barriers[name]["barrier"]
             values["reinitialized"] = barriers[name]["reinitialized"]
@@ -166,11 +168,12 @@ def figure(rows: list[dict], title: str) -> bytes:
     plt = artifacts.pyplot()
 
     panels = (
-        ("ensemble_error", "ensemble test error (Fig. 1i)"),
+        ("accuracy_gain", "accuracy gain over mean member (Fig. 1i)"),
         ("ensemble_mace", "MACE (Fig. 1j)"),
+        ("ensemble_ece", "ECE (beside MACE)"),
         ("error_barrier", "error barrier between children (Fig. 3)"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.6))
     for ax, (metric, label) in zip(axes, panels):
         for side, color in zip(SIDES, ("tab:blue", "tab:orange")):
             fs, mean, std = curve(rows, side, metric, x="reinitialized")

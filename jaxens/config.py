@@ -100,8 +100,10 @@ def _ensemble_fields() -> ml_collections.ConfigDict:
     # 2-4.5x slower, see benchmarks/member_strategies.py), vmap otherwise.
     g.strategy = "auto"
     g.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
-    # Extra PRNG streams all members share (see jaxens.rng), e.g. ('augment',) on top of coupled_order's
-    # shared order. 'order' itself is shared by config.coupling.condition='coupled_order' only.
+    # PRNG streams all members share (see jaxens.rng): 'init', 'order', 'augment', 'dropout'. () = the
+    # condition's: none, or under config.coupling.condition='coupled_order' ('order', 'augment'), the same
+    # minibatches. Set, it names them all (coupled_order adds 'order'; only coupled_order shares 'order'),
+    # e.g. ('order',) for coupled_order's examples augmented per member, or ('init',) for one initialization.
     g.shared_streams = ()
     return g
 
@@ -119,6 +121,9 @@ def _coupling_fields() -> ml_collections.ConfigDict:
     g.t = ()
     g.reinit_fraction = 0.0  # Share of the parameter count re-initialized at spawn (§3).
     g.reinit_side = "low"  # 'low': tensors from the input side; 'high': from the output side.
+    # What is re-initialized whole: 'layer' (a weight-bearing module with its normalization, Zamparo §3) or
+    # 'tensor' (each parameter tensor on its own, the behaviour before layers). See jaxens.reinit.
+    g.reinit_unit = "layer"
     # An earlier run's workdir whose parent checkpoints to spawn from (it must have the same parent: seed,
     # data, model, optimizer, batch size and epochs). '' = train the parent in this run.
     g.parent_dir = ""

@@ -3,8 +3,10 @@
 T is the number of training steps of a run (`train.num_epochs` epochs). With k = `ensemble.k`:
 
 - `no_coupling`: k members from independent initializations, each with its own data order, T steps.
-- `coupled_order`: as no_coupling, but all members see the same minibatches (the `order` stream is
-  shared; augmentation and dropout stay per member unless `ensemble.shared_streams` shares them).
+- `coupled_order`: as no_coupling, but all members see the same minibatches ("share the same
+  mini-batches"): the same examples (the `order` stream) with the same augmentation (the `augment`
+  stream); dropout stays per member. A non-empty `ensemble.shared_streams` names the shared streams
+  instead (with `order` always among them), e.g. ('order',) for the same examples augmented per member.
 - `coupled_to_t`: one parent trains t steps; k children spawned from it (`jaxens.spawn.spawn`: same
   parameters, BatchNorm statistics, optimizer state and schedule position) finish the remaining T − t
   steps with their own data order, augmentation and dropout. t = 0 shares only the initialization.
@@ -146,6 +148,10 @@ class Plan:
         return int((self.end_steps() - self.start_steps()).max())
 
 
+# What coupled_order's members share by default: the minibatch, examples and augmentation (Zamparo et al. §1).
+COUPLED_ORDER_SHARES = ("order", "augment")
+
+
 def make_plan(
     condition: str,
     k: int,
@@ -163,12 +169,13 @@ def make_plan(
       total_steps: T.
       steps_per_epoch: S, to read the spawn times.
       spawn_times: config.coupling.t, step strings (`jaxens.steps`); read only under a spawning condition.
-      shared_streams: config.ensemble.shared_streams ('order' is added under coupled_order).
+      shared_streams: config.ensemble.shared_streams; under coupled_order () means `COUPLED_ORDER_SHARES`,
+        and 'order' is always added.
       lams: config.loss.lam.
     """
     shared = tuple(shared_streams)
-    if condition == "coupled_order" and "order" not in shared:
-        shared = ("order", *shared)
+    if condition == "coupled_order":
+        shared = tuple(dict.fromkeys(("order", *(shared or COUPLED_ORDER_SHARES))))
     steps: tuple[int, ...] = ()
     labels: tuple[str, ...] = ()
     if condition in SPAWNING_CONDITIONS:

@@ -48,6 +48,7 @@ from jaxens import checkpoint as checkpoint_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import faults, preemption
+from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import workdir as workdir_lib
@@ -200,9 +201,13 @@ def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: di
         callbacks_lib.DivergenceCheck(state, "members", plan.member_names(), stop, checkpointer.directory),
         callbacks_lib.Checkpoint(checkpointer, steps_lib.every(spec.checkpoint_every, last)),
     ]
+    spawned = None
+    if plan.spawning:  # Children spawned mid-epoch draw their parent's remaining examples first.
+        parent_key = np.asarray(rng_lib.member_streams(spec.seed, 1).order)  # [1, 2]
+        spawned = (spec.batch_size, plan.start_steps(), np.repeat(parent_key, plan.num_members, axis=0))
     phase = loop.Phase(
         "members", plan.start_steps(), plan.end_steps(), spec.steps_per_epoch, spec.steps_per_call,
-        spec.member_lr_scales(),
+        spec.member_lr_scales(), spawned,
     )  # fmt: skip
     state = loop.train(ctx.chunk, ctx.dataset, state, phase, callbacks, tick, callbacks_lib.window_sums(progress))
     final = evaluation.final or dict(enumerate(callbacks_lib.evaluate_groups(ctx, state)))  # Resumed at the end.

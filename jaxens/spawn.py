@@ -11,10 +11,10 @@ streams are new, drawn from the spawn key, plus what `reset_optimizer` and `rein
 
 - `reset_optimizer` (the coupled-to-t-reset condition, "extended training"): the optimizer state is a
   fresh `tx.init`, so momentum is zero and the learning-rate schedule restarts at its first value;
-- `reinit` (§3; docs/definitions.md#re-initialization): the tensors a mask selects get fresh initializer
-  draws, independently per child, and their optimizer slots (momentum, Adam moments) restart at zero, as
-  for a freshly initialized tensor. BatchNorm running statistics are kept (they are not parameters;
-  training re-estimates them).
+- `reinit` (§3; docs/definitions.md#re-initialization): the layers (or tensors) chosen get fresh
+  initializer draws, independently per child, and their optimizer slots (momentum, Adam moments) restart
+  at zero, as for a freshly initialized tensor; the BatchNorm running statistics of chosen layers restart
+  at their initial values (mean 0, var 1), so that statistics never describe a layer that was re-drawn.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens.ensemble import EnsembleState
 from jaxens.members import map_members
-from jaxens.models.order import forward_order
 
 PyTree = Any
 # fold_in data of the spawn domain: the largest uint32, a member index no run reaches.
@@ -57,33 +56,66 @@ def child_streams(key: jax.Array, k: int, shared: tuple[str, ...] = ()) -> rng_l
 
 @dataclasses.dataclass(frozen=True)
 class Reinit:
-    """What to re-initialize at spawn.
+    """What to re-initialize at spawn (Zamparo et al. §3).
 
     Attributes:
-      mask: pytree of bools over one member's params (`jaxens.reinit.mask`).
+      mask: pytree of bools over one member's params (`jaxens.reinit.mask_of`, `jaxens.reinit.mask`).
       model: the model whose initializer draws the fresh tensors (`model.init`).
       input_shape: one example's shape (to trace `model.init`).
+      stats_modules: module paths whose BatchNorm running statistics restart (the chosen layers'; none
+        under the tensor unit).
+      chosen: the names of the chosen layers (or tensors), nearest to the side first, for logs and tests.
+      covered: the share of the parameter count the mask re-draws (at least the fraction asked for).
+      side, unit: where the run was taken from ('low', 'high') and what it is made of ('layer', 'tensor').
     """
 
     mask: PyTree
     model: Any
     input_shape: tuple[int, ...]
+    stats_modules: tuple[tuple[str, ...], ...] = ()
+    chosen: tuple[str, ...] = ()
+    covered: float = 0.0
+    side: str = ""
+    unit: str = ""
+
+    def describe(self) -> str:
+        """One line for the run's log: how much was re-drawn, and which layers."""
+        units = f"{len(self.chosen)} {self.unit}{'' if len(self.chosen) == 1 else 's'}"
+        names = ", ".join(self.chosen)
+        return f"re-initializing {units} from the {self.side} side, {self.covered:.2%} of the parameters: {names}"
 
 
-def reinit_for(model, input_shape: Sequence[int], params: PyTree, fraction: float, side: str) -> Reinit | None:
+def reinit_for(
+    model, input_shape: Sequence[int], params: PyTree, fraction: float, side: str, unit: str = "layer"
+) -> Reinit | None:
     """The re-initialization of `fraction` of the parameter count from `side` ('low': the input side,
-    'high': the output side), its mask built on one member's `params` in the model's forward order
-    (`jaxens.models.forward_order`); None for fraction 0."""
+    'high': the output side) in whole units of `unit` ('layer': `jaxens.reinit.layers`, or 'tensor'), built
+    on one member's `params` in the model's forward order; None for fraction 0."""
     if fraction <= 0:
         return None
-    mask = reinit_lib.mask(params, forward_order(model, tuple(input_shape)), fraction, side)
-    return Reinit(mask=mask, model=model, input_shape=tuple(input_shape))
+    shape = tuple(input_shape)
+    chosen = reinit_lib.select(params, reinit_lib.units(model, shape, unit), fraction, side)
+    mask = reinit_lib.mask_of(params, chosen)
+    return Reinit(
+        mask=mask,
+        model=model,
+        input_shape=shape,
+        stats_modules=tuple(m for u in chosen for m in u.modules),
+        chosen=tuple(u.name for u in chosen),
+        covered=reinit_lib.covered_fraction(params, mask),
+        side=side,
+        unit=unit,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("model", "input_shape"))
-def _fresh_params(init_keys: jax.Array, model, input_shape: tuple[int, ...]):
-    """One draw of the model's parameters per init key [k, 2] (compiled once per model and shape)."""
-    draw = lambda key: model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)["params"]  # noqa: E731
+def _fresh_variables(init_keys: jax.Array, model, input_shape: tuple[int, ...]):
+    """One draw of the model's (params, batch_stats) per init key [k, 2] (compiled once per model and shape)."""
+
+    def draw(key):
+        variables = model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)
+        return variables["params"], variables.get("batch_stats", {})
+
     return map_members(draw, "vmap", (0,))(init_keys)
 
 
@@ -112,7 +144,8 @@ def spawn(
         its own init stream, so two children get different fresh draws.
       reset_optimizer: restart the optimizer state and schedule (needs `tx`).
       tx: the optimizer; needed by `reset_optimizer` and `reinit`.
-      reinit: tensors to re-initialize, per child; their optimizer slots restart at zero.
+      reinit: tensors to re-initialize, per child; their optimizer slots restart at zero, and the running
+        statistics of its `stats_modules` at their initial values.
       streams: the children's streams ([k, 2] each) instead of fresh ones (e.g. the parent's own, to
         continue its data order exactly).
 
@@ -126,10 +159,14 @@ def spawn(
     # New buffers (never aliases of the parent's), so training the children may donate them.
     copies = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), parent.replace(rngs=None))  # type: ignore[attr-defined]
     streams = child_streams(key, k) if streams is None else jax.tree.map(jnp.copy, streams)
-    params, opt_state = copies.params, copies.opt_state
+    params, batch_stats, opt_state = copies.params, copies.batch_stats, copies.opt_state
     if reinit is not None:
-        fresh = _fresh_params(streams.init, model=reinit.model, input_shape=reinit.input_shape)  # One per child.
+        # One draw per child.
+        fresh, fresh_stats = _fresh_variables(streams.init, model=reinit.model, input_shape=reinit.input_shape)
         params = reinit_lib.reinitialize(params, fresh, reinit.mask)
+        if reinit.stats_modules:  # A re-drawn layer's old statistics describe activations it no longer makes.
+            restart = reinit_lib.stats_mask(batch_stats, reinit.stats_modules)
+            batch_stats = reinit_lib.reinitialize(batch_stats, fresh_stats, restart)
         # Param-shaped optimizer slots of re-initialized tensors start over (zeros, as tx.init makes them).
         opt_state = optax.tree_map_params(
             tx, lambda slot, m: jnp.zeros_like(slot) if m else slot, opt_state, reinit.mask
@@ -137,7 +174,7 @@ def spawn(
     if reset_optimizer:
         assert tx is not None  # checked above
         opt_state = _fresh_optimizer(params, tx=tx)
-    return copies.replace(params=params, opt_state=opt_state, rngs=streams)
+    return copies.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, rngs=streams)
 
 
 def spawn_children(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +185,37 @@ def test_the_chunk_trains_each_member_as_member_train_step_alone(digits, strateg
             alone, _ = step(alone, orders[m])
         for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(alone.params), strict=True):
             np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b))
+
+
+def test_a_child_spawned_mid_epoch_draws_the_parents_remaining_examples_in_its_own_order():
+    """Zamparo et al. §1, spawned at step 5 of a 10-step epoch (N = 1,000, B = 100): in the spawn epoch each
+    child sees exactly the 500 examples its parent had not drawn, so parent-then-child covers every example
+    once (before: 753 distinct of 1,000); the children's remainders are in orders of their own; the next
+    epoch is each child's own permutation. The orders are those the trainer's loop computes."""
+    from jaxens import spawn as spawn_lib
+    from jaxens.trainer import loop
+
+    n, b, spe, t, k = 1000, 100, 10, 25, 3  # Spawn at step 25: epoch 2, step 5 of it.
+    parent = rng_lib.member_streams(7, 1)
+    children = spawn_lib.child_streams(spawn_lib.spawn_key(7, t), k)
+    state = types.SimpleNamespace(rngs=children)
+    spawned = (b, np.full(k, t), np.repeat(np.asarray(parent.order), k, axis=0))
+    phase = loop.Phase("members", np.full(k, t), np.full(k, 60), spe, 5, spawned=spawned)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("member", "data"))
+    orders = np.asarray(loop._epoch_orders(state, phase, np.full(k, 2), n, mesh))  # [K, N]
+    parents_epoch = np.asarray(jax.random.permutation(jax.random.fold_in(parent.order[0], 2), n))
+    parent_drew = parents_epoch[: 5 * b]  # The parent's steps 20-24.
+    remainders = []
+    for m in range(k):
+        child_draws = np.concatenate([orders[m][s * b : (s + 1) * b] for s in range(5, spe)])  # Steps 25-29.
+        np.testing.assert_array_equal(np.sort(np.concatenate([parent_drew, child_draws])), np.arange(n))
+        remainders.append(child_draws)
+        assert not np.array_equal(child_draws, parents_epoch[5 * b :])
+    assert all(not np.array_equal(remainders[i], remainders[j]) for i in range(k) for j in range(i + 1, k))
+    following = np.asarray(loop._epoch_orders(state, phase, np.full(k, 3), n, mesh))
+    own = np.asarray(data_lib.epoch_orders(children.order, jnp.full((k,), 3), n))
+    np.testing.assert_array_equal(following, own)
+    # A child spawned at an epoch boundary has its own permutation from the start.
+    at_boundary = loop.Phase("members", np.full(k, 20), np.full(k, 60), spe, 5, spawned=(b, np.full(k, 20), spawned[2]))
+    own = np.asarray(data_lib.epoch_orders(children.order, jnp.full((k,), 2), n))
+    np.testing.assert_array_equal(np.asarray(loop._epoch_orders(state, at_boundary, np.full(k, 2), n, mesh)), own)

@@ -67,22 +67,29 @@ def _same_rows(x):
     return all(np.array_equal(row, x[0]) for row in x)
 
 
-@pytest.mark.parametrize("condition", ["no_coupling", "coupled_order"])
-def test_members_share_what_their_condition_says(tmp_path, condition):
-    """no_coupling shares nothing; coupled_order shares every minibatch, and nothing else."""
-    config = _config(**{"coupling.condition": condition, "ensemble.k": 3})
+@pytest.mark.parametrize(
+    "condition, shared_streams, shared",
+    [
+        ("no_coupling", (), ()),
+        ("coupled_order", (), ("order", "augment")),  # Zamparo et al.: "share the same mini-batches".
+        ("coupled_order", ("order",), ("order",)),  # The override: the same examples augmented per member.
+    ],
+    ids=["no_coupling", "coupled_order", "coupled_order_order_only"],
+)
+def test_members_share_what_their_condition_says(tmp_path, condition, shared_streams, shared):
+    """no_coupling shares nothing; coupled_order shares every minibatch, examples and augmentation, and
+    nothing else (dropout stays per member); config.ensemble.shared_streams names the shared streams."""
+    config = _config(**{"coupling.condition": condition, "ensemble.k": 3, "ensemble.shared_streams": shared_streams})
     run.train_and_evaluate(config, str(tmp_path))
     state = _state(tmp_path, config, 3)
     streams = state.rngs
     seqs = [_indices(streams.order[m], range(2 * SPE)) for m in range(3)]
-    if condition == "coupled_order":
+    if "order" in shared:
         assert all(np.array_equal(s, seqs[0]) for s in seqs)
-        assert _same_rows(streams.order)
     else:
         assert not np.array_equal(seqs[0], seqs[1]) and not np.array_equal(seqs[1], seqs[2])
-        assert _distinct_rows(streams.order)
-    for name in ("init", "augment", "dropout"):
-        assert _distinct_rows(getattr(streams, name)), name
+    for name in ("init", "order", "augment", "dropout"):
+        assert (_same_rows if name in shared else _distinct_rows)(getattr(streams, name)), name
     # Independent initializations: the members' init keys give different first-layer weights.
     assert _distinct_rows(_init_params(config, streams)["dense0"]["kernel"])
 

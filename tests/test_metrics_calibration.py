@@ -3,7 +3,9 @@ docs/definitions.md#calibration-ece-mce-mace, hand-worked cases, properties."""
 
 from __future__ import annotations
 
+import fractions
 import functools
+import math
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -13,7 +15,7 @@ from conftest import np_softmax, random_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxens.metrics import calibration
+from jaxens.metrics import calibration, classification
 
 # ----- NumPy reference, written from the definitions (float64, loops over bins) -----
 
@@ -303,3 +305,45 @@ def test_calibration_errors_bounded_and_ordered(logits, labels, num_bins):
     np.testing.assert_array_equal(bins.count.sum(-1), _N)
     # The kernels are the *_from_bins of the same statistics (one implementation).
     np.testing.assert_array_equal(np.stack(kernels), np.stack([ece, mce, mace]))
+
+
+# ----- Exactly tied top logits -----
+
+
+def _tied_logits(j, num_classes, top, others):
+    """[1, num_classes] float32 logits: the first j equal to `top`, the rest equal to `others`."""
+    return np.array([[top] * j + [others] * (num_classes - j)], np.float32)
+
+
+@pytest.mark.parametrize("j", range(2, 16))
+def test_tied_top_logits_give_confidence_one_over_j_and_its_exact_bin(j):
+    # j tied top logits and every other class impossible (or no other class): p_top = 1/j exactly, so the
+    # float32 confidence must be 1/j correctly rounded, and its bin the bin of the rational 1/j (for
+    # j = 3, 5, 15 that is a bin edge: 1/3 = 5/15 is the first value of bin 5, not the last of bin 4).
+    num_bins = 15
+    exact = fractions.Fraction(1, j)
+    want_bin = min(math.floor(exact * num_bins), num_bins - 1)
+    cases = [
+        _tied_logits(j, j, 0.0, 0.0),  # All logits equal.
+        _tied_logits(j, j, -12.75, -12.75),
+        _tied_logits(j, j + 3, 3.5, -np.inf),  # Other classes impossible.
+    ]
+    for logits in cases:
+        labels = np.zeros(1, np.int32)
+        for fn in (classification.confidence, jax.jit(classification.confidence)):
+            conf = np.asarray(fn(logits))
+            assert conf.dtype == np.float32
+            got = (float(conf[0]), int(calibration.bin_index(conf, num_bins)[0]))
+            assert got == (np.float32(exact), want_bin), logits
+        bins = calibration.calibration_bins(logits, labels, num_bins)
+        np.testing.assert_array_equal(bins.count, np.eye(num_bins, dtype=np.int32)[want_bin])
+
+
+@pytest.mark.parametrize("j", range(2, 6))
+def test_tied_top_logits_with_much_lower_others(j):
+    # Other classes 40 below the top: the exact confidence is 1/(j + 3e^−40), within 1e-17 of 1/j, so it
+    # rounds to the same float32 as 1/j.
+    logits = _tied_logits(j, 7, 1.25, 1.25 - 40.0)
+    conf = float(classification.confidence(logits)[0])
+    exact = 1 / (fractions.Fraction(j) + 3 * fractions.Fraction(math.exp(-40.0)))
+    assert conf == np.float32(float(exact)) == np.float32(1 / j)

@@ -59,6 +59,61 @@ def test_resnet20_parameter_counts():
         assert _count(model, (32, 32, 3)) == _resnet_cifar_count(depth, "A")
 
 
+def _reference_resnet_cifar(variables, x, shortcut):
+    """He et al.'s CIFAR ResNet v1 written out with lax.conv_general_dilated, BatchNorm in evaluation mode.
+
+    Every 3×3 conv pads one pixel on each side (PyTorch's padding=1), so a stride-2 conv samples the same
+    pixels as the option-A shortcut x[:, ::2, ::2]; the option-A shortcut pads planes // 4 zero channels on
+    each side (the reference PyTorch implementations), option B is a 1×1 strided conv and BatchNorm.
+    """
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def conv(x, kernel, stride):
+        pad = (kernel.shape[0] // 2,) * 2
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), (pad, pad), dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+        )
+
+    def bn(x, p, s):
+        return (x - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+
+    x = jax.nn.relu(bn(conv(x, params["stem_conv"]["kernel"], 1), params["stem_norm"], stats["stem_norm"]))
+    blocks = sorted((k for k in params if k.startswith("stage")), key=lambda k: (k[5], int(k.split("block")[1])))
+    for name in blocks:
+        p, s = params[name], stats[name]
+        stride = 2 if name.endswith("_block1") and not name.startswith("stage1") else 1
+        y = jax.nn.relu(bn(conv(x, p["conv1"]["kernel"], stride), p["norm1"], s["norm1"]))
+        y = bn(conv(y, p["conv2"]["kernel"], 1), p["norm2"], s["norm2"])
+        planes = y.shape[-1]
+        if x.shape != y.shape and shortcut == "A":
+            x = np.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (planes // 4, planes // 4)))
+        elif x.shape != y.shape:
+            x = bn(conv(x, p["shortcut_conv"]["kernel"], stride), p["shortcut_norm"], s["shortcut_norm"])
+        x = jax.nn.relu(x + y)
+    return x.mean(axis=(1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_resnet20_matches_a_hand_written_forward_pass_with_symmetric_padding(shortcut):
+    # Random weights and running statistics, so that every BatchNorm in evaluation mode does something.
+    model = models.build(_model_config("resnet20", shortcut=shortcut), 10)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    rng = np.random.default_rng(2)
+    ranges = {"scale": (0.5, 1.5), "bias": (-0.2, 0.2), "mean": (-0.2, 0.2), "var": (0.5, 2.0)}
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: (
+            rng.uniform(*ranges[path[-1].key], leaf.shape).astype(np.float32)
+            if path[-1].key in ranges and path[-2].key != "head"
+            else np.asarray(leaf)
+        ),
+        variables,
+    )
+    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    want = _reference_resnet_cifar(variables, np.asarray(x, np.float64), shortcut)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.abs(want).max()))
+
+
 def test_webb_mlp_ensembles_have_815k_parameters():
     """Webb's Fashion-MNIST ensembles: M modules × H hidden units, 784 inputs, 10 classes."""
     for m, h in ((1, 1024), (16, 64), (64, 16), (256, 4)):

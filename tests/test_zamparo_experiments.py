@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 TINY = [
@@ -43,7 +44,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
-    # Two spawn times under both spawning conditions, one group without coupling; five metrics each.
+    # Two spawn times under both spawning conditions, one group without coupling; six metrics and the gain.
     groups = {(r["condition"], r["t_label"]) for r in rows}
     assert groups == {
         ("coupled_to_t", "0ep"),
@@ -52,8 +53,19 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
         ("coupled_to_t_reset", "1ep"),
         ("no_coupling", ""),
     }
-    assert len(rows) == 2 * 5 * 5
-    assert all(0 <= float(r["value"]) for r in rows)
+    assert len(rows) == 2 * 5 * 7
+    assert all(0 <= float(r["value"]) for r in rows if r["metric"] != "accuracy_gain")
+    by = {(r["seed"], r["condition"], r["t_label"], r["metric"]): float(r["value"]) for r in rows}
+    for (seed, condition, t, metric), value in by.items():  # Accuracy gain = member error − ensemble error.
+        if metric == "accuracy_gain":
+            members, ensemble = (
+                by[(seed, condition, t, "mean_member_error")],
+                by[(seed, condition, t, "ensemble_error")],
+            )
+            assert value == pytest.approx(members - ensemble, abs=1e-12)
+    verdicts = json.loads((out / "results.json").read_text())["verdicts"]
+    assert set(verdicts) == {"coupled_to_t", "coupled_to_t_reset"}
+    assert all(v["calibration"] == v["mace"] or v["calibration"].startswith("no conclusion") for v in verdicts.values())
     # t = 0: a child of the untrained parent under coupled_to_t is the same as under the reset condition.
     at0 = {r["condition"]: float(r["value"]) for r in rows if r["t_label"] == "0ep" and r["metric"] == "ensemble_error"}
     assert at0["coupled_to_t"] == at0["coupled_to_t_reset"]
@@ -108,10 +120,10 @@ def test_reinit_sweep_writes_table_barriers_and_figure(tmp_path):
     assert points == {("none", 0.0), ("low", 0.2), ("high", 0.2), ("no_coupling", 0.0)}
     barriers = {r["side"]: float(r["value"]) for r in rows if r["metric"] == "error_barrier"}
     assert set(barriers) == {"none", "low", "high"} and all(b >= 0 for b in barriers.values())
-    # Whole tensors of the 40-16-10 MLP (826 parameters) until 20% (165.2) are covered: from the input side
-    # the first kernel (640); from the output side the head's bias and kernel (10 + 160).
+    # Whole layers of the 40-16-10 MLP (826 parameters) until 20% (165.2) are covered: from the input side
+    # the first layer (640 + 16); from the output side the head (160 + 10).
     share = {r["side"]: float(r["value"]) for r in rows if r["metric"] == "reinitialized"}
-    assert share["none"] == 0 and abs(share["low"] - 640 / 826) < 1e-6 and abs(share["high"] - 170 / 826) < 1e-6
+    assert share["none"] == 0 and abs(share["low"] - 656 / 826) < 1e-6 and abs(share["high"] - 170 / 826) < 1e-6
     # The re-initialized runs spawned from the f = 0 run's parent; each child re-drew 30% of the parameters.
     low = json.loads((out / "runs" / "s0_low0.2" / "config.json").read_text())["coupling"]
     assert low["parent_dir"] == str(out / "runs" / "s0_f0") and low["reinit_side"] == "low"

@@ -12,7 +12,7 @@ from jaxens.data.augment import AUGMENTATIONS, augment_images
 from jaxens.data.batch import batch_at_step, batch_examples, batch_indices_at, member_batch
 from jaxens.data.dataset import Dataset, EvalSet, channel_stats, from_arrays, validation_indices
 from jaxens.data.errors import DatasetError
-from jaxens.data.order import batch_indices, epoch_orders, steps_per_epoch
+from jaxens.data.order import batch_indices, epoch_orders, spawn_epoch_orders, steps_per_epoch
 from jaxens.data.registry import (
     CIFAR10_CORRUPTIONS,
     NAMES,
@@ -41,6 +41,7 @@ __all__ = [
     "channel_stats",
     "dataset_info",
     "epoch_orders",
+    "spawn_epoch_orders",
     "from_arrays",
     "load",
     "load_eval_sets",

@@ -73,7 +73,11 @@ def entropy(logits: jax.Array) -> jax.Array:
 
 
 def confidence(logits: jax.Array) -> jax.Array:
-    """Probability of the predicted class per example, max_c p_c.
+    """Probability of the predicted class per example, max_c p_c = 1 / Σ_c exp(z_c − max_c' z_c').
+
+    Computed as one division rather than exp(max log_softmax): the max terms of the sum are exactly 1, so j
+    exactly tied top logits give 1/j correctly rounded, not one ulp low (which moved 1/3 = 5/15 into the
+    bin below, docs/definitions.md#calibration-ece-mce-mace).
 
     Args:
       logits: [..., N, C].
@@ -81,4 +85,7 @@ def confidence(logits: jax.Array) -> jax.Array:
     Returns:
       [..., N].
     """
-    return jnp.exp(jnp.max(jax.nn.log_softmax(logits, axis=-1), axis=-1))
+    z_max = jnp.max(logits, axis=-1, keepdims=True)  # [..., N, 1]
+    # exp(0) = 1 exactly, so the sum is j + (the rest) exactly for j tied top classes. A row with no finite
+    # max (all −inf, or +inf) gives NaN here, as softmax does.
+    return 1.0 / jnp.sum(jnp.exp(logits - z_max), axis=-1)

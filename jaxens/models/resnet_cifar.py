@@ -6,6 +6,7 @@ classifier. Basic block: conv3×3 → norm → ReLU → conv3×3 → norm, plus 
 
 Shortcuts where the shape changes: "A" (the paper's CIFAR choice, no parameters) subsamples by 2 and
 pads the new channels with zeros; "B" is a 1×1 strided projection conv followed by a norm.
+Every 3×3 conv pads one pixel on each side (not TF's 'SAME', which pads (0, 1) at stride 2 on even sizes).
 Parameter counts with BatchNorm, 10 classes: ResNet-20 A 269,722, B 272,474 (tested by hand).
 """
 
@@ -23,6 +24,17 @@ from jaxens.models.layers import logits_f32, norm
 SHORTCUTS = ("A", "B")
 
 
+def _pad(kernel: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """k // 2 zeros on each side, as He et al.'s CIFAR networks (PyTorch padding=1 for 3×3).
+
+    Not 'SAME': at stride 2 on an even size that pads (0, 1), so the residual branch would sample pixels one
+    off the option-A shortcut x[:, ::2, ::2], and PyTorch weights would not give PyTorch's outputs. At
+    stride 1 both are (1, 1); a 1×1 conv gets no padding either way.
+    """
+    kh, kw = kernel
+    return ((kh // 2, kh // 2), (kw // 2, kw // 2))
+
+
 class BasicBlock(nn.Module):
     """x [B, H, W, C_in] → [B, H/stride, W/stride, features]."""
 
@@ -34,7 +46,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = lambda f, k, s, name: Conv(f, k, (s, s), padding="SAME", use_bias=False, dtype=self.dtype, name=name)
+        conv = lambda f, k, s, name: Conv(f, k, (s, s), padding=_pad(k), use_bias=False, dtype=self.dtype, name=name)
         y = conv(self.features, (3, 3), self.stride, "conv1")(x)
         y = nn.relu(norm(self.norm, train, self.dtype, "norm1")(y))
         y = conv(self.features, (3, 3), 1, "conv2")(y)
@@ -76,7 +88,7 @@ class ResNetCIFAR(nn.Module):
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={self.shortcut!r}: allowed: A, B")
         n = (self.depth - 2) // 6
-        x = Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+        x = Conv(self.width, (3, 3), padding=_pad((3, 3)), use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(norm(self.norm, train, self.dtype, "stem_norm")(x))  # [B, 32, 32, w]
         for stage in range(3):
             for block in range(n):

@@ -38,6 +38,8 @@ class Phase:
       steps_per_epoch: S (a member's permutation changes every S steps).
       steps_per_call: the most steps of one chunk (so also the most a stop request waits for).
       lr_scales: [K] learning-rate multipliers, or None.
+      spawned: children spawned mid-epoch finish their spawn epoch on their parent's remaining examples
+        (`jaxens.data.spawn_epoch_orders`): (B, [K] spawn steps, [K, 2] the parent's order key), or None.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Phase:
     steps_per_epoch: int
     steps_per_call: int
     lr_scales: np.ndarray | None = None
+    spawned: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @property
     def last(self) -> int:
@@ -116,8 +119,7 @@ def train(
         steps = np.minimum(phase.starts + tick, phase.ends)
         epochs = steps // phase.steps_per_epoch
         if order_epochs is None or not np.array_equal(epochs, order_epochs):
-            epochs_on_mesh = sharding_lib.put_members(epochs.astype(np.int32), mesh)
-            orders = data_lib.epoch_orders(state.rngs.order, epochs_on_mesh, dataset.num_train)  # [K, N]
+            orders = _epoch_orders(state, phase, epochs, dataset.num_train, mesh)  # [K, N]
             order_epochs = epochs
         to_epoch_end = np.where(steps < phase.ends, (epochs + 1) * phase.steps_per_epoch - steps, np.iinfo(int).max)
         next_pause = next(p for p in pauses if p > tick)
@@ -144,3 +146,16 @@ def train(
             raise preemption.Preempted(signum, tick, f"{phase.name} phase")
     bar.close()
     return state
+
+
+def _epoch_orders(state: EnsembleState, phase: Phase, epochs: np.ndarray, num_train: int, mesh) -> jax.Array:
+    """[K, N] the members' orders of `epochs` ([K]); a child in its spawn epoch continues its parent's."""
+    on_mesh = lambda a: sharding_lib.put_members(a, mesh)  # noqa: E731
+    if phase.spawned is not None:
+        batch_size, spawn_steps, parent_keys = phase.spawned
+        spe = phase.steps_per_epoch
+        seen = np.where(epochs == spawn_steps // spe, (spawn_steps % spe) * batch_size, 0).astype(np.int32)
+        if seen.any():
+            args = (on_mesh(epochs.astype(np.int32)), num_train, on_mesh(parent_keys), on_mesh(seen))
+            return data_lib.spawn_epoch_orders(state.rngs.order, *args)
+    return data_lib.epoch_orders(state.rngs.order, on_mesh(epochs.astype(np.int32)), num_train)

@@ -184,7 +184,11 @@ def children(ctx: RunContext, parents: dict[int, ensemble_lib.EnsembleState]) ->
     # sharded over the members' mesh wherever the parent's mesh put them.
     parents = {t: sharding_lib.host(parent) for t, parent in parents.items()}
     one = jax.tree.map(lambda x: x[0], next(iter(parents.values())).params)
-    reinit = spawn_lib.reinit_for(spec.model, spec.input_shape, one, spec.reinit_fraction, spec.reinit_side)
+    reinit = spawn_lib.reinit_for(
+        spec.model, spec.input_shape, one, spec.reinit_fraction, spec.reinit_side, spec.reinit_unit
+    )
+    if reinit is not None:  # The share actually re-drawn: whole layers cover at least the fraction asked for.
+        ctx.say(f"spawn: {reinit.describe()}")
     stacked = spawn_lib.spawn_children(
         parents, plan.k, spec.seed, plan.shared_streams, reset_optimizer=plan.reset, tx=spec.tx, reinit=reinit
     )

@@ -51,7 +51,8 @@ class RunSpec:
       augment, crop_padding: the training augmentation ('auto' resolved for the dataset).
       shared_batch: every member sees the same minibatch (gathered once).
       lr_scales: [K] each member's learning-rate multiplier, or () for none.
-      reinit_fraction, reinit_side, parent_dir: the spawn's re-initialization and where parents come from.
+      reinit_fraction, reinit_side, reinit_unit, parent_dir: the spawn's re-initialization and where parents
+        come from.
       strategy, step_loop: how the members and the steps execute ('auto' resolved for this backend).
       mesh_shape: (M, D) devices on the 'member' and 'data' axes of the members' mesh.
       shard_train: the training examples are divided over the devices.
@@ -82,6 +83,7 @@ class RunSpec:
     lr_scales: tuple[float, ...]
     reinit_fraction: float
     reinit_side: str
+    reinit_unit: str
     parent_dir: str
     strategy: str
     step_loop: str
@@ -172,6 +174,7 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         lr_scales=tuple(float(np.float32(s)) for s in scales),
         reinit_fraction=config.coupling.reinit_fraction,
         reinit_side=config.coupling.reinit_side,
+        reinit_unit=config.coupling.reinit_unit,
         parent_dir=config.coupling.parent_dir,
         strategy=members_lib.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=mesh_shape[0]),
         step_loop=train_chunk_lib.resolve_step_loop(

@@ -17,6 +17,7 @@ from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
 from jaxens import models as models_lib
 from jaxens import optim
+from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import steps as steps_lib
 from jaxens.config import (
@@ -396,6 +397,7 @@ def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info)
     c = config.coupling
     _choice(errors, "config.coupling.condition", c.condition, CONDITIONS)
     _choice(errors, "config.coupling.reinit_side", c.reinit_side, REINIT_SIDES)
+    _choice(errors, "config.coupling.reinit_unit", c.reinit_unit, reinit_lib.UNITS)
     if not 0 <= c.reinit_fraction <= 1:
         errors.append(f"config.coupling.reinit_fraction={c.reinit_fraction!r}: must lie in [0, 1]")
     if "order" in config.ensemble.shared_streams and c.condition != "coupled_order":
