@@ -8,9 +8,15 @@ Command (the config string picks the network: small, medium or resnet20):
   (add --config.eval.shifted="('cifar10_corrupted/gaussian_noise_3',)" --config.eval.ood="('svhn_cropped',)"
   for Fig. 9 on the real shifted and out-of-distribution sets, prepared in --config.data.tfds_dir)
 Recipe: SmallCNN (16, 32, 32 channels) and MediumCNN (64, 128, 256, 256) with Adam at 1.6e-3 halved every
-10 of 40 epochs, batch 128, dropout 0.1, no augmentation; ResNet-20 v1 with Adam at 1e-3 divided by 10 at
-40%, 60% and 80% of 200 epochs (a stand-in for the Keras example's 80/120/160/180-epoch schedule), random
-crop and flip. 5,000 training images are held out (the samplers' 0.65 validation-accuracy threshold).
+10 of 40 epochs, batch 128, dropout 0.1, no augmentation. ResNet-20 v1 as Fort et al. trained it, "the learning
+rate schedule used in Keras examples" (the Keras CIFAR-10 ResNet example, resnet_v1 with depth 20): Adam at
+1e-3 for 200 epochs, × 0.1, 0.01, 0.001, 0.0005 from epochs 81, 121, 161 and 181 (its `lr_schedule(epoch)`
+tests epoch > 80, ... on 0-based epochs), batch 32, L2 1e-4 (Keras adds 1e-4·Σw² to the loss: a gradient
+term 2e-4·w, config.optimizer.weight_decay=2e-4), 1×1 projection shortcuts where the shape changes
+(config.model.shortcut='B'), random crop and flip. Where it still differs: Keras regularizes the conv
+kernels only (here every parameter, BatchNorm's too), shifts images by up to 10% with nearest-pixel fill
+(here crops padded by 4 zeros), and subtracts the per-pixel mean (here per-channel standardization).
+5,000 training images are held out (the samplers' 0.65 validation-accuracy threshold).
 Needs CIFAR-10 from TFDS; an accelerator. The trajectory of 41 snapshots × 5 MediumCNNs (0.96 M parameters each) takes ~0.8 GB.
 Expected run time: not measured yet (no GPU here).
 Expected result (Fort et al. Fig. 6): test accuracy about 64% (small), 71% (medium), 90% (resnet20); the
@@ -36,9 +42,12 @@ def get_config(network: str = "medium"):
     config.trajectory.every = "1ep"
     if network == "resnet20":
         config.data.augment = "crop_flip"
+        config.model.shortcut = "B"
         config.optimizer.learning_rate = 1e-3
-        config.optimizer.boundaries = (0.4, 0.6, 0.8)
-        config.optimizer.decay_factor = 0.1
+        config.optimizer.boundaries = (81 / 200, 121 / 200, 161 / 200, 181 / 200)
+        config.optimizer.decay_factors = (0.1, 0.1, 0.1, 0.5)
+        config.optimizer.weight_decay = 2e-4
+        config.train.batch_size = 32
         config.train.num_epochs = 200
         config.train.checkpoint_every = "10ep"
         config.eval.every_epochs = 10

@@ -20,6 +20,7 @@ def get_config():
     config = jaxens_config.get_default_config()
     config.dataset = "cifar10"
     config.data.val_size = 10_000
+    config.eval.keep_best = True  # Webb et al. analyse the early-stopped model (DIR/best/).
     config.data.augment = "crop_flip"
     config.model.name = "webb_cnn"
     config.ensemble.k = 10

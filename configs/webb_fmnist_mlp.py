@@ -30,6 +30,7 @@ def get_config(architecture: str = "256x4"):
     config = jaxens_config.get_default_config()
     config.dataset = "fashion_mnist"
     config.data.val_size = 10_000
+    config.eval.keep_best = True  # Webb et al. analyse the early-stopped model (DIR/best/).
     config.model.name = "mlp"
     config.model.widths = (hidden,)
     config.ensemble.k = modules

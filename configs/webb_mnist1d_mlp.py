@@ -27,6 +27,7 @@ def get_config(architecture: str = "16x16"):
     config = webb_fmnist_mlp.get_config("256x4" if modules > 1 else "1x1024")
     config.dataset = "mnist1d"
     config.data.val_size = 500
+    config.eval.keep_best = True  # Webb et al. analyse the early-stopped model (DIR/best/).
     config.model.widths = (hidden,)
     config.ensemble.k = modules
     if modules > 1:

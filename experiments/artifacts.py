@@ -1,10 +1,12 @@
 """The files an experiment script writes: tidy CSV tables and PNG figures, as bytes for atomic writes
-(`jaxens.workdir.write_bytes_atomic`), and the line a sweep script reports its runs with."""
+(`jaxens.workdir.write_bytes_atomic`), the line a sweep script reports its runs with, and the members an
+analysis reads (`early_stopped`)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Sequence
 
 
@@ -44,3 +46,18 @@ def runs_line(outcomes: dict, seconds: float) -> str:
 def failed(outcomes: dict) -> dict[str, str]:
     """Run name → message of every run of a sweep that did not finish."""
     return {name: o.message for name, o in outcomes.items() if o.status != "finished"}
+
+
+def early_stopped(workdir: str):
+    """The run's members as Webb et al. analyse them: each λ group at its best validation evaluation
+    (`run.restore(best=True)`, kept by config.eval.keep_best), else the latest checkpoint, saying so."""
+    import json
+
+    from jaxens import run
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        kept = json.load(f).get("eval", {}).get("keep_best", False)
+    if kept:
+        return run.restore(workdir, best=True)
+    print(f"{workdir}: no early-stopped members (config.eval.keep_best=False); analysing the latest checkpoint")
+    return run.restore(workdir)

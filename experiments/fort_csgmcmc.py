@@ -1,22 +1,23 @@
 """Fort et al. Appendix C (Fig. S5): function-space diversity of cSG-MCMC samples vs an independent ensemble.
 
   python experiments/fort_csgmcmc.py --out=results/fort_csgmcmc [--overwrite]
-  python experiments/fort_csgmcmc.py --out=results/fort_csgmcmc_cold --csgmcmc_config=configs/mnist1d_csgmcmc.py:cold
+  python experiments/fort_csgmcmc.py --out=results/fort_sghmc_m09 --csgmcmc_config=configs/mnist1d_csgmcmc.py:sghmc_m09
 
 Trains (or finishes, or reuses: a `jaxens.sweep`) two runs under OUT/runs/:
 
-- `csgmcmc` (`csgmcmc_ARG` for a config `path:ARG`): `--csgmcmc_config` (default configs/mnist1d_csgmcmc.py), K chains of cyclical SG-MCMC (Zhang et
-  al. 2020) from independent initializations, its members' weights snapshotted at every cycle end
-  (`config.trajectory.every` = the cycle length). The samples of a chain are its weights at the cycle ends
-  (`jaxens.optim.cycle_ends`).
+- `csgmcmc` (`csgmcmc_ARG` for a config `path:ARG`): `--csgmcmc_config` (default configs/mnist1d_csgmcmc.py,
+  Zhang et al.'s cSGHMC), K chains of cyclical SG-MCMC (Zhang et al. 2020) from independent initializations.
+  The samples of a chain are its weights at the ends of the last config.optimizer.samples_per_cycle epochs
+  of every cycle (`jaxens.optim.sample_steps`; Zhang et al. keep 3), which the run must have snapshotted
+  (config.trajectory.every).
 - `ensemble`: `--ensemble_config` (default configs/mnist1d_ensemble.py) with `ensemble.k` set to the number
   of chains: K independently initialized and trained SGD members (a deep ensemble of the same size).
 
 Predicts the test split with every sample and member and compares, over pairs of functions (f_a, f_b):
 
-- `within_chain`: two samples of one chain from different cycles (Fort et al.'s (b); S(S−1)/2 pairs per
-  chain for S samples);
-- `across_chains`: the samples of two different chains at the same cycle (independent inits, same method);
+- `within_chain`: two samples of one chain (Fort et al.'s (b); S(S−1)/2 pairs per chain for S samples);
+- `across_chains`: the samples of two different chains at the same sample time (independent inits, same
+  method);
 - `independent`: two members of the SGD ensemble (Fort et al.'s (a)).
 
 Per pair: the disagreement (fraction of test examples whose argmax differs), the normalized disagreement
@@ -70,7 +71,7 @@ def pair_metrics(logits_a: jax.Array, logits_b: jax.Array, labels: jax.Array) ->
 
 
 def csgmcmc_samples(workdir: str):
-    """Test logits of every cycle-end sample of every chain: ([S, K, N, C], sample steps [S], labels [N]).
+    """Test logits of every sample of every chain: ([S, K, N, C], sample steps [S], labels [N]).
 
     Returns None (after saying why) when the run saved no usable trajectory.
     """
@@ -81,14 +82,15 @@ def csgmcmc_samples(workdir: str):
         return None
     r = run.restore(workdir)
     o = r.config.optimizer
-    ends = list(optim.cycle_ends(r.plan.total_steps, o.cycles))
+    spe = r.dataset.num_train // r.config.train.batch_size
+    ends = list(optim.sample_steps(r.plan.total_steps, o.cycles, o.samples_per_cycle, spe))
     saved = trajectory_lib.steps(workdir)
     missing = [s for s in ends if s not in saved]
     if missing:
         print(
-            f"skipping cSG-MCMC samples: {workdir} has no weight snapshots at the cycle ends {missing} "
-            f"(saved: {saved}); set config.trajectory.every to the cycle length "
-            f"{optim.cycle_length(r.plan.total_steps, o.cycles)} steps",
+            f"skipping cSG-MCMC samples: {workdir} has no weight snapshots at the sample steps {missing} "
+            f"(saved: {saved}); set config.trajectory.every to a divisor of the cycle length "
+            f"{optim.cycle_length(r.plan.total_steps, o.cycles)} and of the {spe} steps per epoch",
             flush=True,
         )
         return None
@@ -115,7 +117,7 @@ def diversity_rows(samples: jax.Array | None, members: jax.Array, labels: jax.Ar
     """One row per pair of functions: {group, a, b, metrics...}; a and b name the functions.
 
     Args:
-      samples: [S, K, N, C] cSG-MCMC samples (cycle s, chain c), or None.
+      samples: [S, K, N, C] cSG-MCMC samples (sample time s, chain c), or None.
       members: [M, N, C] independently trained members.
       labels: [N].
     """
@@ -127,8 +129,8 @@ def diversity_rows(samples: jax.Array | None, members: jax.Array, labels: jax.Ar
                 rows.append(
                     {
                         "group": "within_chain",
-                        "a": f"chain{c}/cycle{s}",
-                        "b": f"chain{c}/cycle{t}",
+                        "a": f"chain{c}/sample{s}",
+                        "b": f"chain{c}/sample{t}",
                         **pair_metrics(samples[s, c], samples[t, c], labels),
                     }
                 )
@@ -137,8 +139,8 @@ def diversity_rows(samples: jax.Array | None, members: jax.Array, labels: jax.Ar
                 rows.append(
                     {
                         "group": "across_chains",
-                        "a": f"chain{c}/cycle{s}",
-                        "b": f"chain{d}/cycle{s}",
+                        "a": f"chain{c}/sample{s}",
+                        "b": f"chain{d}/sample{s}",
                         **pair_metrics(samples[s, c], samples[s, d], labels),
                     }
                 )
@@ -251,6 +253,7 @@ def main(argv=None) -> None:
         "temperature": csg_config.optimizer.temperature,
         "chains": csg_config.ensemble.k,
         "cycles": csg_config.optimizer.cycles,
+        "samples_per_cycle": csg_config.optimizer.samples_per_cycle,
         "sample_steps": list(ends),
         "workdirs": {k: os.path.abspath(v) for k, v in workdirs.items()},
     }

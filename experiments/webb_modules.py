@@ -3,7 +3,8 @@
   python experiments/webb_modules.py --runs=results/webb_lambda/runs --architecture=64x4 --out=results/webb_modules
 
 Reads the finished runs `<architecture>_s<seed>` of `experiments/webb_lambda.py` (every seed found under
---runs), predicts the validation and test splits with every module of each run's latest checkpoint, and
+--runs), predicts the validation and test splits with every module of each run as early stopping left it
+(each λ group at its best validation evaluation, config.eval.keep_best; else the latest checkpoint), and
 per λ group of M modules computes (`jaxens.modules`):
 
 - Fig. 3: the ensemble's test NLL (softmax of the mean logits, Webb's combination) against its modules'
@@ -45,9 +46,9 @@ def analyse(workdir: str, size: int, candidates: int, seed: int) -> list[dict]:
     import jax
 
     from jaxens import ensemble as ensemble_lib
-    from jaxens import metrics, modules, run
+    from jaxens import metrics, modules
 
-    restored = run.restore(workdir)
+    restored = artifacts.early_stopped(workdir)  # Webb et al. analyse the early-stopped model.
     plan, dataset = restored.plan, restored.dataset
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")

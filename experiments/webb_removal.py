@@ -3,7 +3,9 @@
   python experiments/webb_removal.py --workdir=runs/webb_256x4 --out=results/webb_removal [--lams=0,0.99,1]
 
 Reads a finished (or checkpointed) λ-sweep run of `python -m jaxens.train` (e.g. configs/webb_fmnist_mlp.py:256x4),
-predicts the test split with every module of its latest checkpoint, and for each λ group computes the
+predicts the test split with every module as early stopping left it (each λ group at its best validation
+evaluation, kept with config.eval.keep_best, as Webb et al. analyse it; else the latest checkpoint, with a
+note), and for each λ group computes the
 ensemble's test error (mean of the remaining modules' logits) with n of its M modules removed at random,
 averaged over random draws (`jaxens.modules.removal_curve`). Webb et al. found jointly trained ensembles
 (λ = 1) fragile — a few modules carry the prediction — and λ slightly below 1 robust.
@@ -25,11 +27,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import artifacts
 import jax
 import numpy as np
 
 from jaxens import ensemble as ensemble_lib
-from jaxens import modules, run
+from jaxens import modules
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 FILES = ("removal.csv", "removal.json", "removal.png")
@@ -45,7 +48,7 @@ def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 2
       num_trials: random draws per point.
       seed: the key of the draws (the same draws for every λ).
     """
-    restored = run.restore(workdir)
+    restored = artifacts.early_stopped(workdir)  # Webb et al. analyse the early-stopped model.
     plan = restored.plan
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")

@@ -155,6 +155,9 @@ def _optimizer_fields() -> ml_collections.ConfigDict:
     g.schedule = "constant"  # constant, cosine, piecewise or cyclical.
     g.boundaries = (0.5, 0.75)  # piecewise: fractions of the total steps where lr decays.
     g.decay_factor = 0.1  # piecewise: lr multiplier at each boundary.
+    # piecewise: one multiplier per boundary instead (() = decay_factor at each), e.g. the Keras CIFAR-10
+    # ResNet example's (0.1, 0.1, 0.1, 0.5): lr × 0.1, 0.01, 0.001, 0.0005.
+    g.decay_factors = ()
     # cyclical: cosine cycles over the T steps, each restarting at learning_rate (Zhang et al. 2020 eq. 1;
     # with sgd: cyclical SGD / snapshot ensembles). sgmcmc: its exploration/sampling stages follow these
     # cycles whatever the schedule. Samples: the weights at each cycle end (jaxens.optim.cycle_ends).
@@ -163,6 +166,9 @@ def _optimizer_fields() -> ml_collections.ConfigDict:
     # every cycle is plain SGD, the rest adds Langevin noise of std sqrt(2·lr·(1 − momentum)·temperature/N).
     g.temperature = 1.0  # sgmcmc: T of the posterior p(θ|D)^(1/T); 0 adds no noise.
     g.exploration = 0.8  # sgmcmc: β in [0, 1), the exploration share of each cycle.
+    # cSG-MCMC samples per cycle: the weights at the ends of the cycle's last n epochs (Zhang et al. keep 3),
+    # read by the analyses (jaxens.optim.sample_steps); config.trajectory.every must snapshot them.
+    g.samples_per_cycle = 1
     # Per-member learning-rate multipliers, one per member of a group (k values; () = all 1): member m's
     # updates are scaled by member_lr_scale[m] (sgd, adam, adamw). E.g. ensembles over learning rates.
     g.member_lr_scale = ()
@@ -213,6 +219,10 @@ def _eval_fields() -> ml_collections.ConfigDict:
     # 'cifar10_corrupted/fog_3'. ood: other classes (predictive entropy, confidence), e.g. 'svhn_cropped'.
     g.shifted = ()
     g.ood = ()
+    # Early stopping (Webb et al.): keep each group's members as they were at the group's evaluation with the
+    # lowest ensemble validation error (the first such) in workdir/best/, for analyses (run.restore(best=True)).
+    # Needs config.data.val_size > 0.
+    g.keep_best = False
     return g
 
 

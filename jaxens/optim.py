@@ -105,11 +105,29 @@ def cycle_ends(total_steps: int, cycles: int) -> tuple[int, ...]:
     return tuple(range(length, total_steps + 1, length))
 
 
+def sample_steps(total_steps: int, cycles: int, per_cycle: int = 1, spacing: int = 1) -> tuple[int, ...]:
+    """The cSG-MCMC sample times: in every cycle (`cycle_ends`) the weights after its last update and after
+    the `per_cycle` − 1 updates `spacing`, 2·`spacing`, ... steps before it. Zhang et al. keep the ends of
+    the last 3 epochs of each cycle (per_cycle = 3, spacing = the steps per epoch).
+
+    Raises:
+      ValueError: the samples of one cycle would reach into the cycle before it.
+    """
+    length = cycle_length(total_steps, cycles)
+    if per_cycle < 1 or (per_cycle - 1) * spacing >= length:
+        raise ValueError(
+            f"config.optimizer.samples_per_cycle={per_cycle}: {per_cycle} samples {spacing} steps apart do not fit "
+            f"in a cycle of {length} steps"
+        )
+    return tuple(end - j * spacing for end in cycle_ends(total_steps, cycles) for j in range(per_cycle - 1, -1, -1))
+
+
 def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of the optimizer's own step count.
 
-    `constant`; `cosine` decay to 0 over `total_steps`; `piecewise`: multiplied by `decay_factor` at each
-    of `boundaries` (fractions of `total_steps`), e.g. the ResNet step decay ×0.1 at 50% and 75%;
+    `constant`; `cosine` decay to 0 over `total_steps`; `piecewise`: multiplied by `decay_factor` (or by
+    `decay_factors[i]`) at each of `boundaries` (fractions of `total_steps`), e.g. the ResNet step decay ×0.1
+    at 50% and 75%;
     `cyclical`: `cycles` cosine cycles over `total_steps` (`cyclical_schedule`, Zhang et al. 2020 eq. 1).
     """
     if c.schedule == "constant":
@@ -117,8 +135,9 @@ def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     if c.schedule == "cosine":
         return optax.cosine_decay_schedule(c.learning_rate, decay_steps=total_steps)
     if c.schedule == "piecewise":
+        factors = tuple(c.decay_factors) or (c.decay_factor,) * len(c.boundaries)
         return optax.piecewise_constant_schedule(
-            c.learning_rate, {int(b * total_steps): c.decay_factor for b in c.boundaries}
+            c.learning_rate, {int(b * total_steps): f for b, f in zip(c.boundaries, factors)}
         )
     if c.schedule == "cyclical":
         return cyclical_schedule(c.learning_rate, total_steps, c.cycles)

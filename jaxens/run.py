@@ -53,7 +53,7 @@ from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import workdir as workdir_lib
 from jaxens.trainer import callbacks as callbacks_lib
-from jaxens.trainer import loop, memory, parents, preflight, validation
+from jaxens.trainer import early_stopping, loop, memory, parents, preflight, validation
 from jaxens.trainer import spec as spec_lib
 from jaxens.trainer import summary as summary_lib
 from jaxens.trainer.callbacks import Diverged
@@ -193,10 +193,12 @@ def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: di
     if snapshots_at and tick == 0:  # The trajectory starts at initialization (or at the spawn).
         callbacks_lib.save_snapshot(ctx.workdir, 0, state, spec.keep_snapshots)
     evaluation = callbacks_lib.MemberEvaluation(ctx, evals_at, last)
+    best = early_stopping.BestMembers(ctx, evaluation, evals_at) if spec.keep_best else None
     stop = spec.on_divergence == "stop"
     callbacks = [
         callbacks_lib.TrainWindow(evals_at, ctx.board, "members", plan.num_members * spec.batch_size),
         evaluation,
+        *([best] if best else []),  # Before the checkpoint of its tick (see jaxens.trainer.early_stopping).
         callbacks_lib.Snapshot(ctx.workdir, snapshots_at, spec.keep_snapshots),
         callbacks_lib.DivergenceCheck(state, "members", plan.member_names(), stop, checkpointer.directory),
         callbacks_lib.Checkpoint(checkpointer, steps_lib.every(spec.checkpoint_every, last)),
@@ -209,7 +211,11 @@ def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: di
         "members", plan.start_steps(), plan.end_steps(), spec.steps_per_epoch, spec.steps_per_call,
         spec.member_lr_scales(), spawned,
     )  # fmt: skip
-    state = loop.train(ctx.chunk, ctx.dataset, state, phase, callbacks, tick, callbacks_lib.window_sums(progress))
+    try:
+        state = loop.train(ctx.chunk, ctx.dataset, state, phase, callbacks, tick, callbacks_lib.window_sums(progress))
+    finally:
+        if best:
+            best.close()
     final = evaluation.final or dict(enumerate(callbacks_lib.evaluate_groups(ctx, state)))  # Resumed at the end.
     return state, final
 

@@ -8,6 +8,7 @@ Layout of DIR:
   checkpoints/   Orbax checkpoints of the members (the children, under a spawning condition)
   parent/        spawning conditions: the parent's checkpoints, one at every spawn time (kept, so later
                  runs can spawn from them: config.coupling.parent_dir) and the latest few
+  best/          with config.eval.keep_best: each group's members at its best validation evaluation
   trajectory/    with config.trajectory.every: the members' weights at every snapshot (jaxens.trajectory)
   tensorboard/   TensorBoard event files, one TensorBoard run per group of members (jaxens.tensorboard_log)
   checkpoints.corrupt/, parent.corrupt/   checkpoints that failed to restore, moved aside (never deleted)
@@ -71,7 +72,9 @@ def _diff(old: dict, new: dict, prefix: str = "config.") -> list[str]:
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "status.json")
-RUN_DIRS = ("checkpoints", "parent", "trajectory", "tensorboard", "checkpoints.corrupt", "parent.corrupt")
+RUN_DIRS = (
+    "checkpoints", "parent", "best", "trajectory", "tensorboard", "checkpoints.corrupt", "parent.corrupt", "best.corrupt"
+)  # fmt: skip
 STATUSES = ("running", "finished", "preempted", "diverged", "failed")
 # The top-level fields every jaxens config has: a config.json without them is not a jaxens run's.
 RUN_CONFIG_KEYS = ("seed", "dataset", "model", "ensemble", "optimizer", "train")

@@ -294,6 +294,7 @@ def test_a_truncated_cache_entry_is_built_again_and_logged(tmp_path, monkeypatch
         cache.cached(str(tmp_path), "mnist1d", {"k": 1}, offline)
 
 
+@pytest.mark.slow  # The rebuild itself is tested above in seconds; this is the whole command line around it.
 def test_a_truncated_mnist1d_cache_entry_does_not_break_a_run(tmp_path, monkeypatch, capsys):
     cache_dir = tmp_path / "cache"
     config = ("--config.train.num_epochs=1", "--config.ensemble.k=2", f"--config.data.cache_dir={cache_dir}")

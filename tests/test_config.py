@@ -84,3 +84,38 @@ def test_unknown_override_paths():
     assert config_lib.unknown_fields(["config.ensemble.k", "config.train.batch_size"]) == []
     (msg,) = config_lib.unknown_fields(["config.ensemble.kk"])
     assert "'kk'" in msg and "k, method, shared_streams, strategy" in msg
+
+
+def test_fort_resnet20_follows_the_keras_cifar10_resnet_example():
+    """Fort et al.: "the learning rate schedule used in Keras examples". The example's lr_schedule(epoch),
+    written here as Keras has it, against the config's schedule at the first and last step of every epoch;
+    batch 32, L2 1e-4 (2e-4 on the gradient), projection shortcuts."""
+
+    def keras_lr_schedule(epoch):  # keras-team/keras examples/cifar10_resnet.py, 0-based epochs.
+        lr = 1e-3
+        if epoch > 180:
+            lr *= 0.5e-3
+        elif epoch > 160:
+            lr *= 1e-3
+        elif epoch > 120:
+            lr *= 1e-2
+        elif epoch > 80:
+            lr *= 1e-1
+        return lr
+
+    from jaxens import optim
+
+    config = config_lib.load_file(os.path.join(REPO, "configs", "fort_cifar10_cnn.py"), "resnet20")
+    validation.validate(config)
+    spe = (50000 - 5000) // 32
+    schedule = optim.make_schedule(config.optimizer, spe * 200)
+    for epoch in range(200):
+        for step in (epoch * spe, (epoch + 1) * spe - 1):
+            assert float(schedule(step)) == pytest.approx(keras_lr_schedule(epoch), rel=1e-6), (epoch, step)
+    assert config.train.batch_size == 32 and config.model.shortcut == "B" and config.optimizer.weight_decay == 2e-4
+    assert config.optimizer.name == "adam" and config.train.num_epochs == 200
+
+
+def test_decay_factors_need_one_per_boundary():
+    with pytest.raises(config_lib.ConfigError, match=r"config.optimizer.decay_factors=\(0.1,\): needs one"):
+        small_config(**{"optimizer.schedule": "piecewise", "optimizer.decay_factors": (0.1,)})

@@ -47,12 +47,19 @@ def test_fort_radial_writes_the_plane_the_tunnel_and_both_figures(tmp_path):
 
 def test_fort_csgmcmc_compares_chains_with_independent_members(tmp_path):
     out = tmp_path / "csgmcmc"
-    sets = [f"--set={item}" for item in [*TINY, "train.num_epochs=4", "train.checkpoint_every=1ep"]]
+    tiny = [
+        *TINY,
+        "train.num_epochs=4",
+        "train.checkpoint_every=1ep",
+        "optimizer.cycles=2",
+        "optimizer.samples_per_cycle=2",
+    ]
+    sets = [f"--set={item}" for item in tiny]
     first = _run(os.path.join(REPO, "experiments", "fort_csgmcmc.py"), f"--out={out}", *sets)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"within_chain", "across_chains", "independent"}
-    # 3 chains × 4 cycles (one sample per cycle end, every epoch here) against 3 independent members.
+    # 3 chains × 2 cycles of 2 epochs × 2 samples (the ends of both epochs) against 3 independent members.
     assert np.asarray(results["test_error"]["csgmcmc"]).shape == (4, 3)
     assert len(results["test_error"]["independent"]) == 3
     assert results["summary"]["independent"]["disagreement"]["pairs"] == 3

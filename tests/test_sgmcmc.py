@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, load_config_file, small_config, train_steps
+from conftest import REPO, small_config, train_steps
 
 from jaxens import config as config_lib
 from jaxens import data as data_lib
@@ -360,16 +360,30 @@ def test_valid_sgmcmc_configs():
     small_config(**{"optimizer.name": "sgd", "optimizer.schedule": "cyclical", "optimizer.cycles": 16})
 
 
-def test_shipped_config_snapshots_every_cycle_end():
-    for config in (
-        load_config_file("mnist1d_csgmcmc.py"),
-        config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py", "cold"),
-    ):
+def test_shipped_config_snapshots_every_sample():
+    for arg in ("", "sghmc_m09", "sghmc_m09_cold"):
+        config = config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py", arg)
         validation.validate(config)
         spe = 4000 // config.train.batch_size
         total = spe * config.train.num_epochs
         every = steps_lib.parse(config.trajectory.every, spe)
-        assert every == optim.cycle_length(total, config.optimizer.cycles)
-        ends = optim.cycle_ends(total, config.optimizer.cycles)
-        assert len(ends) == config.optimizer.cycles and set(ends) == set(range(every, total + 1, every))
+        samples = optim.sample_steps(total, config.optimizer.cycles, config.optimizer.samples_per_cycle, spe)
+        assert len(samples) == config.optimizer.cycles * config.optimizer.samples_per_cycle
+        assert all(s % every == 0 for s in samples)  # Every sample is snapshotted.
     assert config.optimizer.temperature == pytest.approx(1 / 4000)
+
+
+def test_the_default_csgmcmc_config_is_zhang_et_al_s_csghmc():
+    """Zhang et al.'s cifar_csghmc.py (200 epochs, M = 4): noise where (epoch % 50) + 1 > 45, samples saved after
+    the epochs where (epoch % 50) + 1 > 47, friction α = 0.9 (momentum 1 − α), temperature 1/N, lr 0.5."""
+    config = config_lib.load_file(f"{REPO}/configs/mnist1d_csgmcmc.py")
+    o = config.optimizer
+    assert (o.momentum, o.learning_rate, o.weight_decay, o.cycles) == (0.1, 0.5, 5e-4, 4)
+    assert o.temperature == pytest.approx(1 / 4000) and config.train.num_epochs == 200
+    spe = 4000 // config.train.batch_size
+    total = spe * 200
+    epoch_of = np.arange(total) // spe  # The epoch of each update (0-based, as Zhang's loop counts).
+    noisy = np.asarray(optim.is_sampling_step(jnp.arange(total), total, o.cycles, o.exploration))
+    np.testing.assert_array_equal(noisy, (epoch_of % 50) + 1 > 45)
+    saved_after = [e for e in range(200) if (e % 50) + 1 > 47]  # Zhang saves a model after these epochs.
+    assert optim.sample_steps(total, o.cycles, o.samples_per_cycle, spe) == tuple((e + 1) * spe for e in saved_after)

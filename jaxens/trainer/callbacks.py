@@ -132,6 +132,7 @@ class MemberEvaluation(Callback):
     def __init__(self, ctx: RunContext, ticks, last: int):
         self.ticks = frozenset(ticks)
         self.final: dict[int, dict] = {}  # Group → its evaluation at the last tick.
+        self.latest: list[dict] = []  # Every group's evaluation at the latest tick.
         self._ctx, self._last = ctx, last
         plan = ctx.spec.plan
         self._groups = list(zip(plan.group_spawn_steps(), plan.group_lams()))  # (t, λ) of each group.
@@ -143,7 +144,7 @@ class MemberEvaluation(Callback):
                 self._logged[key] = max(self._logged.get(key, -1), r["step"])
 
     def __call__(self, pause: Pause) -> None:
-        evals = evaluate_groups(self._ctx, pause.state)
+        evals = self.latest = evaluate_groups(self._ctx, pause.state)
         k = self._ctx.spec.plan.k
         for g, (group, group_evals) in enumerate(zip(self._groups, evals)):
             step = int(min(self._starts[g] + pause.tick, self._ends[g]))

@@ -30,6 +30,7 @@ class Restored(NamedTuple):
       model: one member's module.
       state: the members (every leaf [K, ...]), sharded over the automatic mesh.
       step: the checkpoint's tick of the members' phase.
+      best: with `restore(best=True)`, each group's best evaluation {group index: {step, tick, val_error}}.
     """
 
     config: ml_collections.ConfigDict
@@ -39,6 +40,7 @@ class Restored(NamedTuple):
     model: nn.Module
     state: ensemble_lib.EnsembleState
     step: int
+    best: dict | None = None
 
     @property
     def strategy(self) -> str:
@@ -46,8 +48,12 @@ class Restored(NamedTuple):
         return self.spec.strategy
 
 
-def restore(workdir: str) -> Restored:
+def restore(workdir: str, best: bool = False) -> Restored:
     """The members of the run in `workdir` at its latest intact checkpoint, with its config, data and model.
+
+    Args:
+      best: each group's members at its best validation evaluation instead (Webb et al.'s early-stopped
+        model; DIR/best/, kept with config.eval.keep_best: `jaxens.trainer.early_stopping`).
 
     For analyses after training (e.g. `experiments/webb_removal.py`): predict with
     `ensemble.Predictor(r.model, ...)(r.state, x, r.dataset)`. The run restores onto this machine's devices
@@ -67,10 +73,13 @@ def restore(workdir: str) -> Restored:
     dataset = data_lib.load(spec.source)
     spec_lib.check_loaded(spec, dataset)
     dataset = sharding_lib.put_replicated(dataset, mesh)
-    directory = os.path.join(workdir, "checkpoints")
+    directory = os.path.join(workdir, "best" if best else "checkpoints")
+    if best and not config.eval.keep_best:
+        raise ConfigError(f"{workdir}: the run kept no best members (it ran without config.eval.keep_best=True)")
     checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True, owner=spec.run_id)
     restored = checkpointer.restore_latest(state_template(spec, spec.plan.num_members, mesh))
     checkpointer.close()
     if restored is None:
-        raise ConfigError(f"{workdir}: no intact checkpoint of the members yet")
-    return Restored(config, spec, spec.plan, dataset, spec.model, restored.state, restored.step)
+        raise ConfigError(f"{workdir}: no intact checkpoint of the {'best ' if best else ''}members yet")
+    kept = restored.progress.get("best") if best else None
+    return Restored(config, spec, spec.plan, dataset, spec.model, restored.state, restored.step, kept)

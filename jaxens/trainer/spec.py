@@ -59,6 +59,7 @@ class RunSpec:
       steps_per_call: the most steps between two looks of the host (and between a SIGTERM and its stop).
       method: how member predictions combine ('mean_prob' or 'mean_logit').
       eval_every, eval_batch_size: evaluation period in steps, and the evaluation batch size.
+      keep_best: keep each group's members at its best validation evaluation (DIR/best/).
       checkpoint_every, max_checkpoints: checkpoint period in steps, and how many to keep.
       on_divergence: 'freeze' or 'stop'.
       snapshot_every, keep_snapshots: trajectory snapshot period in steps (0: none), and how many to keep.
@@ -93,6 +94,7 @@ class RunSpec:
     method: str
     eval_every: int
     eval_batch_size: int
+    keep_best: bool
     checkpoint_every: int
     max_checkpoints: int
     on_divergence: str
@@ -186,6 +188,7 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         method=config.ensemble.method,
         eval_every=steps_lib.Steps(epochs=config.eval.every_epochs).at(spe).count,
         eval_batch_size=config.eval.batch_size,
+        keep_best=config.eval.keep_best,
         checkpoint_every=steps_lib.parse(config.train.checkpoint_every, spe),
         max_checkpoints=config.train.max_checkpoints,
         on_divergence=config.train.on_divergence,

@@ -85,6 +85,13 @@ def _field_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
         _at_least(errors, f"config.train.{field}", config.train[field], 1)
     for field in ("every_epochs", "batch_size"):
         _at_least(errors, f"config.eval.{field}", config.eval[field], 1)
+    if config.eval.keep_best and config.mesh.distributed:
+        errors.append("config.eval.keep_best=True: not yet with config.mesh.distributed (one process only)")
+    if config.eval.keep_best and not config.data.val_size:
+        errors.append(
+            "config.eval.keep_best=True: early stopping selects on the validation split; hold one out with "
+            "config.data.val_size"
+        )
 
 
 def _optimizer_errors(errors: list[str], o: ml_collections.ConfigDict) -> None:
@@ -98,6 +105,12 @@ def _optimizer_errors(errors: list[str], o: ml_collections.ConfigDict) -> None:
         errors.append(
             f"config.optimizer.boundaries={bounds!r}: must be strictly increasing fractions of the total steps, "
             "each in (0, 1)"
+        )
+    factors = tuple(o.decay_factors)
+    if factors and (len(factors) != len(bounds) or not all(f > 0 for f in factors)):
+        errors.append(
+            f"config.optimizer.decay_factors={factors!r}: needs one positive multiplier per boundary of "
+            f"config.optimizer.boundaries={bounds!r} (or () for config.optimizer.decay_factor at each)"
         )
     _at_least(errors, "config.optimizer.cycles", o.cycles, 1)
     _at_least(errors, "config.optimizer.temperature", o.temperature, 0)
@@ -180,6 +193,7 @@ TUPLE_ITEMS = {
     "config.loss.lam": "number",
     "config.optimizer.boundaries": "number",
     "config.optimizer.member_lr_scale": "number",
+    "config.optimizer.decay_factors": "number",
     "config.ensemble.shared_streams": "string",
     "config.eval.shifted": "string",
     "config.eval.ood": "string",
@@ -306,6 +320,12 @@ def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) ->
         )
         return
     length = optim.cycle_length(total, o.cycles)
+    if not 1 <= o.samples_per_cycle or (o.samples_per_cycle - 1) * spe >= length:
+        errors.append(
+            f"config.optimizer.samples_per_cycle={o.samples_per_cycle}: the ends of a cycle's last "
+            f"{o.samples_per_cycle} epochs ({spe} steps each) do not fit in its {length} steps; allowed: 1 to "
+            f"{(length - 1) // spe + 1}"
+        )
     if o.name == "sgmcmc" and o.temperature and optim.first_sampling_offset(total, o.cycles, o.exploration) >= length:
         errors.append(
             f"config.optimizer.exploration={o.exploration!r}: a cycle of {length} steps (T = {total}, "
