@@ -330,8 +330,8 @@ def main(argv=None) -> None:
             print(f"  {condition}: {metric} {points}", flush=True)
     for condition, found_here in found.items():
         print(
-            f"  {condition}: as t grows the accuracy gain {found_here['accuracy_gain']}; calibration error "
-            f"{found_here['calibration']}",
+            f"  {condition}, from the first to the last t: accuracy gain {found_here['accuracy_gain']}; "
+            f"calibration error {found_here['calibration']}",
             flush=True,
         )
     if settings["failed"]:
