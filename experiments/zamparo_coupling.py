@@ -5,11 +5,13 @@ the coupling time t, with and without reset.
   python experiments/zamparo_coupling.py --config=configs/resnet20_spawn.py \\
       --times=0ep,1ep,2ep,5ep,10ep,20ep --seeds=0,1,2 --out=results/zamparo_resnet20   # paper scale (accelerator)
 
-For every seed (one parent per seed) a resumable `jaxens.sweep` trains three runs under OUT/runs/:
+For every seed (one parent per seed) a resumable `jaxens.sweep` trains four runs under OUT/runs/:
 `s<seed>_coupled_to_t` (the parent up to the last t, then the k children of every spawn time, all on the
 member axis of one program: K = |t|·k), `s<seed>_coupled_to_t_reset` (the same parent's checkpoints, read
 through config.coupling.parent_dir: the children restart optimizer and schedule and train T more steps) and
-`s<seed>_no_coupling` (k independent members: the baseline at the top of Zamparo's panels).
+`s<seed>_no_coupling` (k independent members: the baseline at the top of Zamparo's panels) and
+`s<seed>_coupled_order` (k members from independent initializations on the same minibatches: Zamparo et
+al. §2 find it indistinguishable from no coupling in error and MACE; `verdicts['coupled_order']`).
 
 From the runs' summaries it writes, atomically:
 - OUT/results.csv: tidy, one row per run × group × metric: seed, condition, t (steps), t_epochs, t_label,
@@ -58,6 +60,8 @@ from jaxens.trainer import spec as spec_lib
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
 CONDITIONS = ("coupled_to_t", "coupled_to_t_reset")
+# Trained from initialization: Zamparo et al. §2 find the two indistinguishable in error and MACE.
+BASELINES = ("no_coupling", "coupled_order")
 METRICS = ("ensemble_error", "ensemble_mace", "ensemble_ece", "ensemble_nll", "mean_member_error", "ensemble_sym_kl")
 # Zamparo et al. Fig. 1a/b/i plot the accuracy gain: ensemble accuracy minus the mean member's.
 GAIN = "accuracy_gain"
@@ -71,11 +75,11 @@ def sweep_runs(base, times: tuple[str, ...], seeds: tuple[int, ...], root: str) 
     from the coupled_to_t run of the same seed, which comes first)."""
     runs = {}
     for seed in seeds:
-        for condition in (*CONDITIONS, "no_coupling"):
+        for condition in (*CONDITIONS, *BASELINES):
             config = copy.deepcopy(base)
             config.seed = seed
             config.coupling.condition = condition
-            config.coupling.t = tuple(times) if condition != "no_coupling" else ()
+            config.coupling.t = tuple(times) if condition in CONDITIONS else ()
             config.coupling.parent_dir = (
                 os.path.join(root, f"s{seed}_coupled_to_t") if condition == "coupled_to_t_reset" else ""
             )
@@ -121,10 +125,22 @@ def trend(rows: list[dict], condition: str, metric: str) -> str:
     return "decreases" if mean[-1] < mean[0] else "increases"
 
 
+def basic_finding(rows: list[dict]) -> dict:
+    """Zamparo et al. §2: coupled_order against no_coupling, per metric 'indistinguishable' where the means
+    differ by at most the sum of their standard deviations over seeds, else 'differs' (with both)."""
+    out = {}
+    for metric in ("ensemble_error", "ensemble_mace", "ensemble_ece", GAIN):
+        (_, a, sa), (_, b, sb) = (summarize(rows, c, metric) for c in BASELINES)
+        if a.size and b.size:
+            verdict = "indistinguishable" if abs(a[0] - b[0]) <= sa[0] + sb[0] else "differs"
+            out[metric] = f"{verdict} ({a[0]:.4f} ± {sa[0]:.4f} against {b[0]:.4f} ± {sb[0]:.4f})"
+    return out
+
+
 def verdicts(rows: list[dict]) -> dict:
     """Per spawning condition: the trends with t of the accuracy gain, MACE and ECE, and the calibration
-    conclusion, stated only where MACE and ECE agree."""
-    out = {}
+    conclusion, stated only where MACE and ECE agree; and `basic_finding` (under 'coupled_order')."""
+    out: dict = {"coupled_order": basic_finding(rows)}
     for condition in CONDITIONS:
         gain, mace, ece = (trend(rows, condition, m) for m in (GAIN, "ensemble_mace", "ensemble_ece"))
         calibration = mace if mace == ece else f"no conclusion (MACE {mace}, ECE {ece})"
@@ -323,12 +339,15 @@ def main(argv=None) -> None:
         "ensemble_kl.csv, diversity.png",
         flush=True,
     )
-    for condition in (*CONDITIONS, "no_coupling"):
+    for condition in (*CONDITIONS, *BASELINES):
         for metric in ("ensemble_error", GAIN, "ensemble_mace", "ensemble_ece"):
             ts, mean, std = summarize(rows, condition, metric)
             points = ", ".join(f"t={t:g}ep {m:.4f}±{s:.4f}" for t, m, s in zip(ts, mean, std))
             print(f"  {condition}: {metric} {points}", flush=True)
-    for condition, found_here in found.items():
+    for metric, verdict in found["coupled_order"].items():
+        print(f"  coupled_order against no_coupling (Zamparo §2): {metric} {verdict}", flush=True)
+    for condition in CONDITIONS:
+        found_here = found[condition]
         print(
             f"  {condition}, from the first to the last t: accuracy gain {found_here['accuracy_gain']}; "
             f"calibration error {found_here['calibration']}",

@@ -40,7 +40,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     args = [f"--out={out}", *TINY, "--seeds=0,1"]  # Two parents: Fig. 1f compares their ensembles.
     first = _script("zamparo_coupling.py", *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "6 runs (6 trained now, 0 finished before)" in first.stdout
+    assert "8 runs (8 trained now, 0 finished before)" in first.stdout
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
@@ -52,8 +52,9 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
         ("coupled_to_t_reset", "0ep"),
         ("coupled_to_t_reset", "1ep"),
         ("no_coupling", ""),
+        ("coupled_order", ""),
     }
-    assert len(rows) == 2 * 5 * 7
+    assert len(rows) == 2 * 6 * 7
     assert all(0 <= float(r["value"]) for r in rows if r["metric"] != "accuracy_gain")
     by = {(r["seed"], r["condition"], r["t_label"], r["metric"]): float(r["value"]) for r in rows}
     for (seed, condition, t, metric), value in by.items():  # Accuracy gain = member error − ensemble error.
@@ -64,8 +65,12 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
             )
             assert value == pytest.approx(members - ensemble, abs=1e-12)
     verdicts = json.loads((out / "results.json").read_text())["verdicts"]
-    assert set(verdicts) == {"coupled_to_t", "coupled_to_t_reset"}
-    assert all(v["calibration"] == v["mace"] or v["calibration"].startswith("no conclusion") for v in verdicts.values())
+    assert set(verdicts) == {"coupled_to_t", "coupled_to_t_reset", "coupled_order"}
+    spawning = [verdicts[c] for c in ("coupled_to_t", "coupled_to_t_reset")]
+    assert all(v["calibration"] == v["mace"] or v["calibration"].startswith("no conclusion") for v in spawning)
+    # Zamparo §2: coupled_order against no_coupling, a verdict per metric with both means.
+    assert set(verdicts["coupled_order"]) == {"ensemble_error", "ensemble_mace", "ensemble_ece", "accuracy_gain"}
+    assert all(v.split(" ")[0] in ("indistinguishable", "differs") for v in verdicts["coupled_order"].values())
     # t = 0: a child of the untrained parent under coupled_to_t is the same as under the reset condition.
     at0 = {r["condition"]: float(r["value"]) for r in rows if r["t_label"] == "0ep" and r["metric"] == "ensemble_error"}
     assert at0["coupled_to_t"] == at0["coupled_to_t_reset"]
@@ -77,7 +82,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
 
     with open(out / "members.csv") as f:
         members = list(csv.DictReader(f))
-    assert len(members) == 2 * 5 * 2  # Seeds × groups × k.
+    assert len(members) == 2 * 6 * 2  # Seeds × groups × k.
     with open(out / "ensemble_kl.csv") as f:
         kls = list(csv.DictReader(f))
     assert tuple(kls[0]) == ("condition", "t", "t_epochs", "t_label", "seed_a", "seed_b", "sym_kl")
@@ -91,7 +96,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     os.unlink(out / "coupling.png")
     again = _script("zamparo_coupling.py", *args)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "6 runs (0 trained now, 6 finished before)" in again.stdout
+    assert "8 runs (0 trained now, 8 finished before)" in again.stdout
     for name, table in tables.items():
         assert (out / name).read_bytes() == table, name  # Rebuilt from the stored summaries.
     assert (out / "coupling.png").read_bytes().startswith(b"\x89PNG")
