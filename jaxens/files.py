@@ -23,6 +23,15 @@ from absl import logging
 TEMPORARY_PREFIX = ".tmp-"
 
 
+def nearest_existing(path: str) -> str:
+    """`path` made absolute, or its nearest ancestor that exists: where creating it would start, and what
+    decides whether it can be created."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def umask() -> int:
     """The process's umask, read without changing it (other threads may be creating files meanwhile)."""
     try:

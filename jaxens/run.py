@@ -206,7 +206,7 @@ def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: di
     spawned = None
     if plan.spawning:  # Children spawned mid-epoch draw their parent's remaining examples first.
         parent_key = np.asarray(rng_lib.member_streams(spec.seed, 1).order)  # [1, 2]
-        spawned = (spec.batch_size, plan.start_steps(), np.repeat(parent_key, plan.num_members, axis=0))
+        spawned = (spec.batch_size, np.repeat(parent_key, plan.num_members, axis=0))
     phase = loop.Phase(
         "members", plan.start_steps(), plan.end_steps(), spec.steps_per_epoch, spec.steps_per_call,
         spec.member_lr_scales(), spawned,

@@ -179,17 +179,16 @@ def check(workdir: str, config: dict) -> bool:
                 "away, or pass --overwrite to delete them."
             )
         return False
-    old = read_json(path)  # UnreadableFile: the caller may recover it (`jaxens.trainer.restore.recover_config`).
+    old = read_json(path)  # UnreadableFile: the caller may recover it (`jaxens.trainer.preflight.recover_config`).
     if not is_run_config(old):
         raise ConfigError(
             f"--workdir={workdir}: its config.json is not a jaxens run's config (found {_describe(old)}). jaxens "
             "never writes into or deletes another program's files, even with --overwrite: choose another --workdir"
         )
-    old, new = _run_fields(old), _run_fields(config)
-    if old != new:
+    if not same_run(old, config):
         raise ConfigError(
             f"--workdir={workdir} holds another run (its config.json differs: "
-            + "; ".join(_diff(old, new))
+            + "; ".join(differences(old, config))
             + "). Results are never overwritten: choose a new --workdir, rerun with that config to resume, "
             "or pass --overwrite to replace that run."
         )
@@ -245,11 +244,9 @@ def check_path(workdir: str) -> None:
     """
     if not workdir:
         raise ConfigError("--workdir='': give the directory the run writes into (created when missing)")
-    existing = os.path.abspath(workdir)
-    if os.path.exists(existing) and not os.path.isdir(existing):
+    existing = files.nearest_existing(workdir)
+    if existing == os.path.abspath(workdir) and not os.path.isdir(existing):
         raise ConfigError(f"--workdir={workdir}: is a file, not a directory; give a directory")
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise ConfigError(f"--workdir={workdir}: cannot be created, as {existing} is a file, not a directory")
 
@@ -261,11 +258,13 @@ def check_writable(workdir: str) -> None:
     Raises:
       ConfigError: naming the directory that is not writable.
     """
-    path = existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = files.nearest_existing(workdir)
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        what = (
+            "is not writable"
+            if existing == os.path.abspath(workdir)
+            else f"cannot be created: {existing} is not writable"
+        )
         raise ConfigError(f"--workdir={workdir}: {what} by this user; give a directory you can write to")
 
 

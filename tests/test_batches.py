@@ -199,7 +199,7 @@ def test_a_child_spawned_mid_epoch_draws_the_parents_remaining_examples_in_its_o
     parent = rng_lib.member_streams(7, 1)
     children = spawn_lib.child_streams(spawn_lib.spawn_key(7, t), k)
     state = types.SimpleNamespace(rngs=children)
-    spawned = (b, np.full(k, t), np.repeat(np.asarray(parent.order), k, axis=0))
+    spawned = (b, np.repeat(np.asarray(parent.order), k, axis=0))
     phase = loop.Phase("members", np.full(k, t), np.full(k, 60), spe, 5, spawned=spawned)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("member", "data"))
     orders = np.asarray(loop._epoch_orders(state, phase, np.full(k, 2), n, mesh))  # [K, N]
@@ -216,6 +216,6 @@ def test_a_child_spawned_mid_epoch_draws_the_parents_remaining_examples_in_its_o
     own = np.asarray(data_lib.epoch_orders(children.order, jnp.full((k,), 3), n))
     np.testing.assert_array_equal(following, own)
     # A child spawned at an epoch boundary has its own permutation from the start.
-    at_boundary = loop.Phase("members", np.full(k, 20), np.full(k, 60), spe, 5, spawned=(b, np.full(k, 20), spawned[2]))
+    at_boundary = loop.Phase("members", np.full(k, 20), np.full(k, 60), spe, 5, spawned=spawned)
     own = np.asarray(data_lib.epoch_orders(children.order, jnp.full((k,), 2), n))
     np.testing.assert_array_equal(np.asarray(loop._epoch_orders(state, at_boundary, np.full(k, 2), n, mesh)), own)

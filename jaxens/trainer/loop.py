@@ -38,8 +38,9 @@ class Phase:
       steps_per_epoch: S (a member's permutation changes every S steps).
       steps_per_call: the most steps of one chunk (so also the most a stop request waits for).
       lr_scales: [K] learning-rate multipliers, or None.
-      spawned: children spawned mid-epoch finish their spawn epoch on their parent's remaining examples
-        (`jaxens.data.spawn_epoch_orders`): (B, [K] spawn steps, [K, 2] the parent's order key), or None.
+      spawned: the members are children spawned at `starts` (a child spawned mid-epoch finishes its spawn
+        epoch on its parent's remaining examples, `jaxens.data.spawn_epoch_orders`): (B, [K, 2] the parent's
+        order key), or None.
     """
 
     name: str
@@ -48,7 +49,7 @@ class Phase:
     steps_per_epoch: int
     steps_per_call: int
     lr_scales: np.ndarray | None = None
-    spawned: tuple[int, np.ndarray, np.ndarray] | None = None
+    spawned: tuple[int, np.ndarray] | None = None
 
     @property
     def last(self) -> int:
@@ -152,9 +153,10 @@ def _epoch_orders(state: EnsembleState, phase: Phase, epochs: np.ndarray, num_tr
     """[K, N] the members' orders of `epochs` ([K]); a child in its spawn epoch continues its parent's."""
     on_mesh = lambda a: sharding_lib.put_members(a, mesh)  # noqa: E731
     if phase.spawned is not None:
-        batch_size, spawn_steps, parent_keys = phase.spawned
+        batch_size, parent_keys = phase.spawned
         spe = phase.steps_per_epoch
-        seen = np.where(epochs == spawn_steps // spe, (spawn_steps % spe) * batch_size, 0).astype(np.int32)
+        spawned_at = phase.starts  # A child's first step is its spawn step.
+        seen = np.where(epochs == spawned_at // spe, (spawned_at % spe) * batch_size, 0).astype(np.int32)
         if seen.any():
             args = (on_mesh(epochs.astype(np.int32)), num_train, on_mesh(parent_keys), on_mesh(seen))
             return data_lib.spawn_epoch_orders(state.rngs.order, *args)

@@ -15,8 +15,8 @@ import ml_collections
 
 from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
+from jaxens import files, optim
 from jaxens import models as models_lib
-from jaxens import optim
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens import steps as steps_lib
@@ -320,12 +320,10 @@ def _cycle_errors(errors: list[str], config: ml_collections.ConfigDict, info) ->
         )
         return
     length = optim.cycle_length(total, o.cycles)
-    if not 1 <= o.samples_per_cycle or (o.samples_per_cycle - 1) * spe >= length:
-        errors.append(
-            f"config.optimizer.samples_per_cycle={o.samples_per_cycle}: the ends of a cycle's last "
-            f"{o.samples_per_cycle} epochs ({spe} steps each) do not fit in its {length} steps; allowed: 1 to "
-            f"{(length - 1) // spe + 1}"
-        )
+    try:
+        optim.sample_steps(total, o.cycles, o.samples_per_cycle, spe)
+    except ValueError as e:
+        errors.append(f"{e} (the ends of its last epochs, {spe} steps each); allowed: 1 to {(length - 1) // spe + 1}")
     if o.name == "sgmcmc" and o.temperature and optim.first_sampling_offset(total, o.cycles, o.exploration) >= length:
         errors.append(
             f"config.optimizer.exploration={o.exploration!r}: a cycle of {length} steps (T = {total}, "
@@ -402,13 +400,10 @@ def _directory_errors(errors: list[str], name: str, path: str) -> None:
     """A directory field ('' = its default) that names a file, or a path under one."""
     if not isinstance(path, str) or not path or "://" in path:
         return
-    existing = os.path.abspath(os.path.expanduser(path))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    expanded = os.path.expanduser(path)
+    existing = files.nearest_existing(expanded)
     if not os.path.isdir(existing):
-        where = (
-            "is a file" if existing == os.path.abspath(os.path.expanduser(path)) else f"lies under the file {existing}"
-        )
+        where = "is a file" if existing == os.path.abspath(expanded) else f"lies under the file {existing}"
         errors.append(f"{name}={path!r}: {where}; give a directory ('' for the default)")
 
 
