@@ -169,7 +169,7 @@ def profile(name: str, steps: int, repeats: int) -> None:
         return jax.vmap(lambda m, x, y: hand_member_step(model, m, x, y)[0])(members, x, y)
 
     def jaxens_grads(i, state):
-        grads, batch_stats, _ = members(lambda st, x, y: train_step.member_gradients(model, st, x, y), (0, 0, 0))(
+        grads, batch_stats, *_ = members(lambda st, x, y: train_step.member_gradients(model, st, x, y), (0, 0, 0))(
             state, x0, y0
         )
         return state.replace(step=state.step + 1, params=sgd(state.params, grads), batch_stats=batch_stats)

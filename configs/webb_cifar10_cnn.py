@@ -6,7 +6,9 @@ Recipe: 10 modules (five 3×3 convolutions, no normalization), SGD with momentum
 crop augmentation, 10,000 training examples held out for early stopping (test error at the epoch of lowest
 validation error: summary.json groups[*].at_best_val), 400 epochs. The λ groups (K = 4 × 10 = 40 CNNs)
 train side by side in one program on one shared minibatch; the ensemble is the mean of the logits.
-Webb et al. tuned the learning rate per λ; here one learning rate for all.
+Webb et al. tuned the learning rate per λ: run this config at several --config.optimizer.learning_rate values
+(and --config.seed=S --config.data.val_seed=S per trial) and pick per λ with
+`jaxens.results.select(results.load(DIR), by='optimizer.learning_rate')`; 0.01 is one such value.
 Needs CIFAR-10 from TFDS (--config.data.tfds_dir); a GPU.
 Expected run time: not measured yet (no GPU here).
 Expected result (Webb et al. Fig. 3): joint training (λ = 1) worse than λ ≈ 0.9-0.99, which beat independent

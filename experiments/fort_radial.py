@@ -19,10 +19,13 @@ them (`--members`, default 0 and 1), computes:
   straight line and fitted to the training loss (Garipov et al. 2018), compared with the straight line on
   training and test loss, accuracy and agreement with each member, and the loss and error barriers
   (`jaxens.landscape.error_barrier`) of both paths.
+- Fig. S3 (`jaxens.tunnel.radial_cut`): the radial cut between the origin and the fitted tunnel, each
+  segment's triangle with the origin placed next to the previous one: test accuracy and agreement with each
+  optimum at r·(the tunnel's point at t), for t along the tunnel and radii r from 0 to `--cut_radius`.
 
 BatchNorm statistics are recomputed at every new point on `--recompute_batches` training batches
 (docs/definitions.md#batchnorm-statistics; no effect for models without BatchNorm). Writes OUT/plane.json,
-OUT/tunnel.json, OUT/fig5.png and OUT/figS2.png, each atomically; an existing non-empty OUT is refused unless
+OUT/tunnel.json (the radial cut under 'radial_cut'), OUT/fig5.png, OUT/figS2.png and OUT/figS3.png, each atomically; an existing non-empty OUT is refused unless
 --overwrite.
 """
 
@@ -45,7 +48,7 @@ import numpy as np
 from jaxens import landscape, plane, run, subspace, trajectory, tunnel
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
-FILES = ("plane.json", "tunnel.json", "fig5.png", "figS2.png")
+FILES = ("plane.json", "tunnel.json", "fig5.png", "figS2.png", "figS3.png")
 
 
 def _lists(tree):
@@ -180,6 +183,16 @@ def compute(args) -> tuple[dict, dict]:
             out["error_barrier"] = landscape.error_barrier(out["error"], ts)
             paths[f"{split}/{name}"] = _lists(out)
     timings["paths_s"] = time.time() - t0
+    # Fig. S3: the radial cut stitched along the tunnel.
+    t0 = time.time()
+    cut_ts = np.linspace(0.0, 1.0, args.path_points, dtype=np.float32)
+    radii = np.linspace(0.0, args.cut_radius, args.cut_points)
+    radii = np.unique(np.append(radii, 1.0)).astype(np.float32)  # r = 1, the tunnel itself, always drawn.
+    cut = tunnel.radial_cut(
+        model.apply, va, fit.bends, vb, cut_ts, radii, landscape.PathData(test_x, test_y, recompute_x),
+        chunk_size=args.chunk,
+    )  # fmt: skip
+    timings["radial_cut_s"] = time.time() - t0
     losses = np.asarray(fit.losses)
     every = max(1, len(losses) // 200)
     tunnel_results = {
@@ -197,6 +210,7 @@ def compute(args) -> tuple[dict, dict]:
         },
         "num_train_eval": n_eval,
         "num_test": n_test,
+        "radial_cut": _lists(jax.device_get(cut)),
     }
     settings = {
         "workdir": os.path.abspath(args.workdir),
@@ -218,8 +232,8 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def figures(plane_results: dict, tunnel_results: dict) -> tuple[bytes, bytes]:
-    """(fig5.png, figS2.png) as bytes."""
+def figures(plane_results: dict, tunnel_results: dict) -> tuple[bytes, bytes, bytes]:
+    """(fig5.png, figS2.png, figS3.png) as bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,13 +293,36 @@ def figures(plane_results: dict, tunnel_results: dict) -> tuple[bytes, bytes]:
     fig.tight_layout()
     figs2 = _png(fig)
     plt.close(fig)
-    return fig5, figs2
+
+    cut = tunnel_results["radial_cut"]
+    t, r = np.asarray(cut["t"]), np.asarray(cut["r"])
+    bends = tunnel_results["fit"]["bends"]
+    panels = (
+        ("test accuracy", 1 - np.asarray(cut["error"])),
+        (f"agreement with optimum 1 (member {m_a})", np.asarray(cut["agreement_a"])),
+        (f"agreement with optimum 2 (member {m_b})", np.asarray(cut["agreement_b"])),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, z) in zip(axes, panels):
+        cs = ax.contourf(t, r, z.T, levels=np.linspace(0, 1, 21), cmap="viridis")  # z [T, R] → rows are radii
+        fig.colorbar(cs, ax=ax)
+        for i in range(1, bends + 1):  # The radial lines through the bends: where two triangles meet.
+            ax.axvline(i / (bends + 1), color="yellow", lw=1)
+        ax.axhline(1.0, color="white", lw=0.8, ls="--")
+        ax.set_title(title)
+        ax.set_xlabel("position t along the tunnel (segments stitched)")
+    axes[0].set_ylabel("radius r (1 = on the tunnel, 0 = origin)")
+    fig.suptitle("Radial cut between the origin and the low-loss tunnel (Fort et al. Fig. S3), test set")
+    fig.tight_layout()
+    figs3 = _png(fig)
+    plt.close(fig)
+    return fig5, figs2, figs3
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run with at least two members")
-    parser.add_argument("--out", required=True, help="directory for plane.json, tunnel.json, fig5.png, figS2.png")
+    parser.add_argument("--out", required=True, help="directory for the JSON results and the figures")
     parser.add_argument("--overwrite", action="store_true", help="replace the results in an existing --out")
     parser.add_argument("--members", default="0,1", help="the two members, comma-separated")
     parser.add_argument("--grid", type=int, default=31, help="plane grid points per axis")
@@ -302,6 +339,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=128, help="tunnel minibatch size")
     parser.add_argument("--num_ts", type=int, default=1, help="positions t sampled per tunnel step")
     parser.add_argument("--path_points", type=int, default=41, help="positions t evaluated on each path")
+    parser.add_argument("--cut_points", type=int, default=21, help="Fig. S3: radii evaluated per position t")
+    parser.add_argument("--cut_radius", type=float, default=1.3, help="Fig. S3: the largest radius (1 = the tunnel)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
@@ -310,20 +349,23 @@ def main(argv=None) -> None:
         args.members = ()
     if len(args.members) != 2:
         raise SystemExit(f"error: --members={args.members!r}: expected two member indices, e.g. 0,1")
-    if args.grid < 2 or args.path_points < 2 or args.bends < 1 or args.steps < 1:
-        raise SystemExit("error: --grid and --path_points must be >= 2, --bends and --steps >= 1")
+    if args.grid < 2 or args.path_points < 2 or args.cut_points < 2 or args.bends < 1 or args.steps < 1:
+        raise SystemExit("error: --grid, --path_points and --cut_points must be >= 2, --bends and --steps >= 1")
+    if not (np.isfinite(args.cut_radius) and args.cut_radius > 0):
+        raise SystemExit(f"error: --cut_radius={args.cut_radius}: must be > 0")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         raise SystemExit(f"error: {args.out} exists and is not empty: refusing to overwrite results (pass --overwrite)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise SystemExit(f"error: --out={args.out} is not a directory")
 
     plane_results, tunnel_results = compute(args)
-    fig5, figs2 = figures(plane_results, tunnel_results)
+    fig5, figs2, figs3 = figures(plane_results, tunnel_results)
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, "plane.json"), plane_results)
     write_json_atomic(os.path.join(args.out, "tunnel.json"), tunnel_results)
     write_bytes_atomic(os.path.join(args.out, "fig5.png"), fig5)
     write_bytes_atomic(os.path.join(args.out, "figS2.png"), figs2)
+    write_bytes_atomic(os.path.join(args.out, "figS3.png"), figs3)
 
     o = plane_results["optima"]
     print(

@@ -2,8 +2,9 @@
 
   python experiments/webb_modules.py --runs=results/webb_lambda/runs --architecture=64x4 --out=results/webb_modules
 
-Reads the finished runs `<architecture>_s<seed>` of `experiments/webb_lambda.py` (every seed found under
---runs), predicts the validation and test splits with every module of each run as early stopping left it
+Reads the finished runs of `experiments/webb_lambda.py` under --runs: for every trial and λ, the run of the
+learning rate its selection picked (OUT/selection.json beside --runs), or without a tuned learning rate every
+run `<architecture>_s<seed>`. It predicts the validation and test splits with every module of each run as early stopping left it
 (each λ group at its best validation evaluation, config.eval.keep_best; else the latest checkpoint), and
 per λ group of M modules computes (`jaxens.modules`):
 
@@ -24,6 +25,7 @@ under --runs is written; rerunning recomputes the same numbers from the same che
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -41,8 +43,9 @@ from jaxens.workdir import write_bytes_atomic, write_json_atomic
 COLUMNS = ("architecture", "seed", "lam", "metric", "value")
 
 
-def analyse(workdir: str, size: int, candidates: int, seed: int) -> list[dict]:
-    """Rows (lam, metric, value) of one run: every λ group's Fig. 3, 5, 7 and Table 6 numbers."""
+def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> list[dict]:
+    """Rows (lam, metric, value) of one run: every λ group's Fig. 3, 5, 7 and Table 6 numbers (only the
+    groups of `lams`, when given)."""
     import jax
 
     from jaxens import ensemble as ensemble_lib
@@ -63,6 +66,8 @@ def analyse(workdir: str, size: int, candidates: int, seed: int) -> list[dict]:
     key = jax.random.PRNGKey(seed)
     rows = []
     for g, lam in enumerate(plan.group_lams()):
+        if lams is not None and lam not in lams:
+            continue
         group_test, group_val = test[g * m : (g + 1) * m], val[g * m : (g + 1) * m]  # [M, N, C]
         ens = metrics.ensemble_log_probs(group_test, method)
         values = {
@@ -92,6 +97,28 @@ def analyse(workdir: str, size: int, candidates: int, seed: int) -> list[dict]:
             values[f"random_f1_{name}"] = float(np.mean(random))
         rows += [dict(lam=lam, metric=k, value=v) for k, v in values.items()]
     return rows
+
+
+def selected_runs(runs: str, architecture: str) -> list[tuple[int, str, list | None]]:
+    """(seed, workdir, the λ to analyse there or None for all) of the finished runs of `architecture`: per
+    trial and λ the selected learning rate's run when webb_lambda.py tuned it, else `<architecture>_s<seed>`."""
+    finished = lambda name: os.path.exists(os.path.join(runs, name, "summary.json"))  # noqa: E731
+    chosen = os.path.join(os.path.dirname(os.path.abspath(runs)), "selection.json")
+    if os.path.exists(chosen):
+        with open(chosen) as f:
+            picks = [c for c in json.load(f)["candidates"] if c["selected"] and c["architecture"] == architecture]
+        by_run: dict = {}
+        for c in picks:
+            if finished(c["run"]):
+                by_run.setdefault((c["seed"], c["run"]), []).append(c["lam"])
+        return [(seed, os.path.join(runs, run), lams) for (seed, run), lams in sorted(by_run.items())]
+    pattern = re.compile(rf"^{re.escape(architecture)}_s(\d+)$")
+    names = os.listdir(runs) if os.path.isdir(runs) else []
+    return sorted(
+        (int(match.group(1)), os.path.join(runs, name), None)
+        for name in names
+        if (match := pattern.match(name)) and finished(name)
+    )
 
 
 def curve(rows: list[dict], metric: str):
@@ -159,26 +186,21 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="key of the random sub-ensembles")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    pattern = re.compile(rf"^{re.escape(args.architecture)}_s(\d+)$")
-    found = sorted(
-        (int(match.group(1)), os.path.join(args.runs, name))
-        for name in (os.listdir(args.runs) if os.path.isdir(args.runs) else [])
-        if (match := pattern.match(name)) and os.path.exists(os.path.join(args.runs, name, "summary.json"))
-    )
+    found = selected_runs(args.runs, args.architecture)
     if not found:
         print(f"error: no finished run {args.architecture}_s<seed> under --runs={args.runs}", file=sys.stderr)
         sys.exit(2)
     started = time.time()
     rows = []
-    for seed, workdir in found:
+    for seed, workdir, lams in found:
         try:
-            part = analyse(workdir, args.size, args.candidates, args.seed)
+            part = analyse(workdir, args.size, args.candidates, args.seed, lams)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         rows += [dict(architecture=args.architecture, seed=seed, **r) for r in part]
     settings = dict(
-        runs=args.runs, architecture=args.architecture, seeds=[s for s, _ in found], size=args.size,
+        runs=args.runs, architecture=args.architecture, seeds=sorted({s for s, *_ in found}), size=args.size,
         candidates=args.candidates, key_seed=args.seed,
     )  # fmt: skip
     markdown = table6(rows)
@@ -189,7 +211,7 @@ def main(argv=None) -> None:
     title = f"{args.architecture} modules, seeds {settings['seeds']}"
     write_bytes_atomic(os.path.join(args.out, "modules.png"), figure(rows, args.size, title))
     print(
-        f"{len(found)} runs analysed in {time.time() - started:.0f} s; wrote {args.out}/modules.csv, table6.md, modules.png"
+        f"{len({w for _, w, _ in found})} runs analysed in {time.time() - started:.0f} s; wrote {args.out}/modules.csv, table6.md, modules.png"
     )
     for metric in ("ensemble_nll", "mean_module_nll", "dominance_gap", "specialist_f1_single", "random_f1_single"):
         lams, mean, std = curve(rows, metric)

@@ -223,6 +223,11 @@ def _eval_fields() -> ml_collections.ConfigDict:
     # lowest ensemble validation error (the first such) in workdir/best/, for analyses (run.restore(best=True)).
     # Needs config.data.val_size > 0.
     g.keep_best = False
+    # Train-side forgetting events (Toneva et al., docs/definitions.md#forgetting-events): every member's
+    # per-example tracker over the training split, updated inside each step from its training forward pass,
+    # checkpointed with the state (children inherit their parent's); summary.json reports it per member.
+    # Costs O(N) per member and step, and 10 bytes per training example and member.
+    g.forgetting = False
     return g
 
 

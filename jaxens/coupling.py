@@ -205,6 +205,7 @@ PARENT_FIELDS = (
     "optimizer",
     "train.batch_size",
     "train.num_epochs",
+    "eval.forgetting",  # The parent's state carries the trackers or not.
 )
 
 

@@ -22,6 +22,7 @@ from jaxens import progress
 from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
 from jaxens.members import map_members
+from jaxens.metrics import forgetting as forgetting_lib
 
 PyTree = Any
 
@@ -38,6 +39,9 @@ class EnsembleState:
       rngs: the members' PRNG streams, each [K, 2].
       diverged: [K] int32, the step whose update turned the member's loss or state non-finite (the member
         is frozen at its state before that step), or -1.
+      forgetting: train-side forgetting trackers (`jaxens.metrics.forgetting.ForgettingState`, leaves
+        [K, N] over the N training examples) updated inside every step, or None when not tracked
+        (config.eval.forgetting). Part of the state, so checkpoints, spawns and resumes carry it.
     """
 
     step: jax.Array
@@ -46,6 +50,7 @@ class EnsembleState:
     opt_state: PyTree
     rngs: rng_lib.Streams
     diverged: jax.Array
+    forgetting: PyTree = None
 
     @property
     def k(self) -> int:
@@ -76,11 +81,20 @@ def _init_members(init_keys: jax.Array, model: nn.Module, tx: optax.GradientTran
 
 
 def init_ensemble(
-    model: nn.Module, tx: optax.GradientTransformation, streams: rng_lib.Streams, input_shape
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    streams: rng_lib.Streams,
+    input_shape,
+    forgetting_examples: int | None = None,
 ) -> EnsembleState:
-    """K members, member m initialized from `streams.init[m]`, all at step 0."""
+    """K members, member m initialized from `streams.init[m]`, all at step 0; with `forgetting_examples` = N,
+    each with an empty train-side forgetting tracker over N training examples."""
     k = streams.init.shape[0]
     params, batch_stats, opt_state = _init_members(streams.init, model=model, tx=tx, input_shape=tuple(input_shape))
+    trackers = None
+    if forgetting_examples is not None:
+        empty = lambda _: forgetting_lib.init(forgetting_examples)  # noqa: E731
+        trackers = map_members(empty, "vmap", (0,))(jnp.arange(k))  # leaves [K, N]
     return EnsembleState(
         step=jnp.zeros((k,), jnp.int32),
         params=params,
@@ -88,6 +102,7 @@ def init_ensemble(
         opt_state=opt_state,
         rngs=streams,
         diverged=jnp.full((k,), -1, jnp.int32),
+        forgetting=trackers,
     )
 
 

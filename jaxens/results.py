@@ -97,3 +97,94 @@ def load(path: str, config_fields: list[str] | None = None) -> pd.DataFrame:
         df[column] = df[column].astype("Int64")
     df["lam"] = df["lam"].astype("float64")
     return df
+
+
+def candidates(
+    df: pd.DataFrame,
+    by,
+    metric: str = "error",
+    split: str = "val",
+    report: str = "test",
+    early_stopping: bool = True,
+    within=None,
+) -> pd.DataFrame:
+    """Every setting of the tuned field(s) `by` scored on a validation split, with the one `select` picks.
+
+    A candidate is one group (t, λ) of one run. Its score is the ensemble's `metric` on `split` at its best
+    evaluation (the first of the lowest; `early_stopping`) or at its last; its reported results are the
+    ensemble's metrics on `report` at that same step. Candidates compete within a *group of the remaining
+    fields*: equal values of every config field that varies across the runs (other than `by`), and of t and λ.
+
+    Args:
+      df: `load`'s frame (runs that differ in `by` and possibly other fields).
+      by: the tuned config field, or a list of them (e.g. 'optimizer.learning_rate').
+      metric, split: the criterion, lowest first (e.g. the ensemble's validation error).
+      report: the split whose metrics are returned (columns '<report>_<metric>').
+      early_stopping: score (and report) each candidate at its best `split` evaluation, as Webb et al. do.
+      within: the fields whose values form the groups instead (t and λ are always added), e.g. ['seed'] to
+        select per seed even where only one seed was run.
+
+    Returns:
+      One row per candidate: the group's fields, `by`, 'run', 'step', 'epoch', '<split>_<metric>' (the
+      score), the '<report>_*' metrics, and 'selected' (True for each group's lowest score; ties go to the
+      smallest `by` values).
+
+    Raises:
+      KeyError: a field of `by` is not a column of `df`.
+      ValueError: `df` has no ensemble `metric` on `split` (no validation split held out?).
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [field for field in by if field not in df.columns]
+    if missing:
+        raise KeyError(f"by={missing}: not columns of the results (config fields are, e.g. 'optimizer.learning_rate')")
+    ensemble = df[(df["scope"] == "ensemble") & (df["phase"] == "members")].copy()
+    text = lambda column: ensemble[column].astype(object).map(str)  # noqa: E731  # Missing values included.
+    ensemble["_candidate"] = text("run") + "|" + text("t") + "|" + text("lam")
+    scored = ensemble[(ensemble["split"] == split) & (ensemble["metric"] == metric)]
+    if scored.empty:
+        raise ValueError(
+            f"no ensemble {metric!r} on split {split!r} to select on (hold out a validation split: config.data.val_size)"
+        )
+    config_columns = [c for c in df.columns if c not in ("run", *RECORD_COLUMNS)]
+    if within is None:
+        within = [c for c in config_columns if c not in by and df[c].nunique(dropna=False) > 1]
+    groups = [c for c in within if c not in ("t", "lam")] + ["t", "lam"]
+    score = f"{split}_{metric}"
+    rows = []
+    for key, rows_of in scored.groupby("_candidate", sort=True):
+        rows_of = rows_of.sort_values("step", kind="stable")
+        pick = rows_of.loc[rows_of["value"].idxmin()] if early_stopping else rows_of.iloc[-1]
+        at = ensemble[
+            (ensemble["_candidate"] == key) & (ensemble["step"] == pick["step"]) & (ensemble["split"] == report)
+        ]
+        row = {c: pick[c] for c in groups + by}
+        row.update(run=pick["run"], step=int(pick["step"]), epoch=float(pick["epoch"]), **{score: float(pick["value"])})
+        row.update({f"{report}_{m}": float(v) for m, v in zip(at["metric"], at["value"])})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    try:
+        out = out.sort_values(by, kind="stable", ignore_index=True)  # Ties go to the smallest setting.
+    except TypeError:  # Values that do not order (mixed types): keep the runs' order.
+        pass
+    best = out.groupby(groups, dropna=False, sort=False)[score].idxmin()
+    out["selected"] = out.index.isin(best.to_numpy())
+    return out
+
+
+def select(
+    df: pd.DataFrame,
+    by,
+    metric: str = "error",
+    split: str = "val",
+    report: str = "test",
+    early_stopping=True,
+    within=None,
+):
+    """Hyperparameter selection on validation: per group of the remaining fields, the setting of `by` whose
+    ensemble has the lowest `metric` on `split`, with its `report` results (Webb et al.'s per-configuration,
+    per-λ learning-rate tuning is `select(results.load(sweep), by='optimizer.learning_rate')`).
+
+    Same arguments as `candidates`; returns its selected rows (without the 'selected' column).
+    """
+    chosen = candidates(df, by, metric, split, report, early_stopping, within)
+    return chosen[chosen["selected"]].drop(columns="selected").reset_index(drop=True)

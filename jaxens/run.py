@@ -156,7 +156,8 @@ def _train_and_evaluate(ctx: RunContext, parent_source: str | None, resuming: bo
         diverged = np.asarray(sharding_lib.host(state.diverged))
         mesh = dict(zip(("member", "data"), mesh_shape_of(state)), processes=jax.process_count())
         extra = dict(wall_time_s=time.time() - started, backend=jax.default_backend(), mesh=mesh)
-        summary = summary_lib.build(ctx.spec, final, diverged, ctx.log.read(), **extra)
+        trackers = None if state.forgetting is None else sharding_lib.host(state.forgetting)
+        summary = summary_lib.build(ctx.spec, final, diverged, ctx.log.read(), trackers, **extra)
         if sharding_lib.is_primary():
             workdir_lib.write_json_atomic(os.path.join(ctx.workdir, "summary.json"), summary)
         return summary
@@ -179,7 +180,7 @@ def _starting_state(ctx: RunContext, checkpointer, parent_source: str | None, re
         state = parents.children(ctx, parents.parents(ctx, parent_source))
         faults.kill_point("spawn")  # Tests: SIGKILL right after the spawn.
         return state, 0, {}
-    state = ensemble_lib.init_ensemble(spec.model, spec.tx, plan.member_streams(spec.seed), spec.input_shape)
+    state = spec.fresh_state(plan.member_streams(spec.seed))
     ctx.log.retain(lambda r: False)
     return sharding_lib.put_members(state, ctx.mesh(plan.num_members)), 0, {}
 

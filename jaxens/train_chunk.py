@@ -209,16 +209,16 @@ def _all_members_step(model, tx, batch_size, strategy, augment, padding, lams, c
             model, tx, state, order, dataset, batch_size, augment, padding, lr_scale, active, check_finite
         )
 
-    def on_batch(state, x, y, lr_scale, active):
-        return train_step.member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite)
+    def on_batch(state, x, y, idx, lr_scale, active):
+        return train_step.member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite, idx)
 
     def all_members(state, orders, dataset, ends, lr_scales, mesh):
         active = None if ends is None else state.step < ends  # [K]: a finished member keeps its state.
         lr_axis, active_axis = (None if a is None else 0 for a in (lr_scales, active))
         if shared_batch:  # Gathered once, from member 0's streams, and fed to every member unbatched.
-            x, y = train_step.shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...]
-            mapped = map_members(on_batch, strategy, (0, None, None, lr_axis, active_axis), mesh)
-            return mapped(state, x, y, lr_scales, active)
+            x, y, idx = train_step.shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...]
+            mapped = map_members(on_batch, strategy, (0, None, None, None, lr_axis, active_axis), mesh)
+            return mapped(state, x, y, idx, lr_scales, active)
         mapped = map_members(one_member, strategy, (0, 0, None, lr_axis, active_axis), mesh)
         return mapped(state, orders, dataset, lr_scales, active)
 

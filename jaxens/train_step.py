@@ -35,6 +35,7 @@ from jaxens import losses
 from jaxens import sharding as sharding_lib
 from jaxens.ensemble import EnsembleState
 from jaxens.members import map_members
+from jaxens.metrics import forgetting as forgetting_lib
 
 NOISE_FOLD = 1  # Folded into a member's per-step dropout key to give its optimizer-noise key.
 
@@ -83,12 +84,29 @@ def member_gradients(model, state: EnsembleState, x: jax.Array, y: jax.Array):
     fold_in(dropout, step)).
 
     Returns:
-      (grads, new batch_stats, {'loss', 'error'} scalars).
+      (grads, new batch_stats, {'loss', 'error'} scalars, [B] bool: the training forward pass's argmax
+      equals the label, the correctness forgetting events are counted from).
     """
     dropout_key = jax.random.fold_in(state.rngs.dropout, state.step)
     grad_fn = jax.value_and_grad(member_loss, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats, x, y, dropout_key)
-    return grads, batch_stats, {"loss": loss, "error": jnp.mean(jnp.argmax(logits, -1) != y)}
+    correct = jnp.argmax(logits, -1) == y  # [B]
+    return grads, batch_stats, {"loss": loss, "error": jnp.mean(~correct)}, correct
+
+
+def record_forgetting(state: EnsembleState, indices: jax.Array, correct: jax.Array, took: jax.Array) -> EnsembleState:
+    """ONE member's train-side forgetting tracker after a step (Toneva et al.; docs/definitions.md#forgetting-events).
+
+    The step's minibatch is a presentation of its examples `indices` [B] with the correctness `correct` [B]
+    of the step's training forward pass (the parameters before the update, dropout and augmentation as
+    trained). A member that did not take the step (finished, frozen after diverging) was not presented
+    anything. Without a tracker (`state.forgetting` None) the state is returned as it is.
+    """
+    if state.forgetting is None:
+        return state
+    tracked, _ = forgetting_lib.update(state.forgetting, indices, correct)
+    tracked = jax.tree.map(lambda new, old: jnp.where(took, new, old), tracked, state.forgetting)
+    return state.replace(forgetting=tracked)  # type: ignore[attr-defined]  # flax struct.dataclass
 
 
 def all_finite(tree) -> jax.Array:
@@ -166,10 +184,17 @@ def member_step_on_batch(
     lr_scale: jax.Array | None = None,
     active: jax.Array | None = None,
     check_finite: bool = True,
+    indices: jax.Array | None = None,
 ):
-    """`member_train_step` on a given normalized batch x [B, ...], y [B] (ONE member)."""
-    grads, batch_stats, metrics = member_gradients(model, state, x, y)
-    return member_update(tx, state, grads, batch_stats, metrics, lr_scale, active, check_finite)
+    """`member_train_step` on a given normalized batch x [B, ...], y [B] (ONE member); `indices` [B] are the
+    batch's example indices, which a member with a forgetting tracker needs (`record_forgetting`)."""
+    grads, batch_stats, metrics, correct = member_gradients(model, state, x, y)
+    new_state, metrics = member_update(tx, state, grads, batch_stats, metrics, lr_scale, active, check_finite)
+    if state.forgetting is not None:
+        if indices is None:
+            raise ValueError("this member tracks forgetting events: pass the batch's example indices")
+        new_state = record_forgetting(new_state, indices, correct, metrics["steps"] > 0)
+    return new_state, metrics
 
 
 def member_train_step(
@@ -206,11 +231,10 @@ def member_train_step(
     Returns:
       (new state, {'loss', 'error', 'steps'} scalars) for the batch before the update.
     """
-    x, y = data_lib.member_batch(
-        dataset, order, state.rngs.augment, state.step, batch_size=batch_size, augment=augment, padding=padding
-    )  # [B, ...], [B]
+    idx = data_lib.batch_indices_at(order, state.step, batch_size, dataset.num_train)  # [B]
+    x, y = data_lib.batch_examples(dataset, idx, state.rngs.augment, state.step, augment, padding)  # [B, ...], [B]
     x, y = sharding_lib.constrain_batch((x, y))
-    return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite)
+    return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite, idx)
 
 
 def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment: str, padding: int):
@@ -223,12 +247,13 @@ def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment
     batch is split over the 'data' axis of the mesh in context.
 
     Returns:
-      (x [B, ...] normalized, y [B]).
+      (x [B, ...] normalized, y [B], the examples' indices [B]).
     """
     step = state.step.max()
     idx = map_members(lambda order: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train), "vmap", (0,))
-    x, y = data_lib.batch_examples(dataset, idx(orders)[0], state.rngs.augment[0], step, augment, padding)
-    return sharding_lib.constrain_batch((x, y))
+    idx = idx(orders)[0]  # [B]
+    x, y = data_lib.batch_examples(dataset, idx, state.rngs.augment[0], step, augment, padding)
+    return (*sharding_lib.constrain_batch((x, y)), idx)
 
 
 def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:
@@ -273,7 +298,7 @@ def joint_train_step(
     Returns:
       (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K], 'steps': [K]}).
     """
-    x, y = shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...], [B]
+    x, y, idx = shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...], [B], [B]
 
     def member_forward(params, batch_stats, dropout, step, x, y):
         return member_loss(model, params, batch_stats, x, y, jax.random.fold_in(dropout, step))[1]
@@ -292,6 +317,12 @@ def joint_train_step(
         "loss": losses.member_nll(logits, y, "categorical"),  # [K]
         "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1),
     }
-    update = lambda st, g, bs, m, scale: member_update(tx, st, g, bs, m, scale, None, check_finite)  # noqa: E731
+    correct = jnp.argmax(logits, -1) == y  # [K, B]
+
+    def update(st, g, bs, m, scale, correct):
+        new, m = member_update(tx, st, g, bs, m, scale, None, check_finite)
+        return record_forgetting(new, idx, correct, m["steps"] > 0), m
+
     lr_axis = None if lr_scales is None else 0
-    return map_members(update, strategy, (0, 0, 0, 0, lr_axis), mesh)(state, grads, batch_stats, metrics, lr_scales)
+    mapped = map_members(update, strategy, (0, 0, 0, 0, lr_axis, 0), mesh)
+    return mapped(state, grads, batch_stats, metrics, lr_scales, correct)

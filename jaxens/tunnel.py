@@ -358,3 +358,74 @@ def evaluate_path(
         chunk_size=chunk_size,
     )
     return {"t": ts, **out}
+
+
+def _cut(apply_fn, points, variables_a, bends, variables_b, data, recompute, batch_size, chunk_size):
+    def variables_at(z):  # z = (t, r): the chain's point at t, scaled by r towards the origin.
+        t, r = z[0], z[1]
+        params = jax.tree.map(lambda p: r * p, chain_point(variables_a["params"], bends, variables_b["params"], t))
+        combine = lambda a, b: landscape.interpolate(a, b, t)  # noqa: E731
+        return plane._assemble(apply_fn, variables_a, variables_b, params, combine, data.train_x, recompute)
+
+    z_a, z_b = jnp.array([0.0, 1.0]), jnp.array([1.0, 1.0])
+    return plane._evaluate_points(apply_fn, variables_at, points, z_a, z_b, data.x, data.y, batch_size, chunk_size)
+
+
+_cut_jit = jax.jit(_cut, static_argnames=("apply_fn", "recompute", "batch_size", "chunk_size"))
+
+
+def radial_cut(
+    apply_fn: ApplyFn,
+    variables_a,
+    bends: PyTree,
+    variables_b,
+    ts,
+    radii,
+    data: landscape.PathData,
+    recompute_batch_stats: bool = True,
+    batch_size: int | None = None,
+    chunk_size: int | None = 64,
+) -> dict[str, jax.Array]:
+    """The radial cut between the origin and the tunnel, its segments stitched side by side (Fort et al. App. A,
+    Fig. S3).
+
+    Each segment φ_i → φ_{i+1} of the chain and the origin span a triangle; its points are r·((1 − τ)φ_i + τφ_{i+1})
+    for τ ∈ [0, 1] and radius r ≥ 0 (r = 1 on the segment). Placing the triangles next to each other in the
+    order of the chain makes one picture over (t, r): the point at (t, r) is r·`chain_point(t)`, the bends at
+    t = i/(n+1) being the radial lines between triangles. At every point, as in `evaluate_path`: error, mean
+    NLL and agreement with the optima's predictions (the cut's own at (0, 1) and (1, 1)); BatchNorm statistics
+    recomputed on `data.train_x` (default), else interpolated with t. With zero bends the cut is the part of
+    `jaxens.plane.radial_plane`'s plane between the rays through θ_a and θ_b: (t, r) is its point
+    (r(1 − t), r t).
+
+    Args:
+      apply_fn: `model.apply` (un-jitted).
+      variables_a, variables_b: the optima's variables.
+      bends: leaves [n, ...], n ≥ 0 (a fitted tunnel's `TunnelFit.bends`).
+      ts: [T] positions along the chain in [0, 1].
+      radii: [R] radii (1 = on the chain; 0 = the origin).
+      data, recompute_batch_stats, batch_size: as `evaluate_path`.
+      chunk_size: points per vmapped chunk (None: all T·R at once).
+
+    Returns:
+      {'t': [T], 'r': [R], 'error', 'loss', 'agreement_a', 'agreement_b': each [T, R]}.
+    """
+    plane._check_variables(variables_a, variables_b)
+    _check_bends(bends, variables_a["params"])
+    ts, radii = jnp.asarray(ts, jnp.float32), jnp.asarray(radii, jnp.float32)
+    if ts.ndim != 1 or radii.ndim != 1 or ts.shape[0] < 1 or radii.shape[0] < 1:
+        raise ValueError(
+            f"ts and radii: expected [T >= 1] and [R >= 1], got {tuple(ts.shape)} and {tuple(radii.shape)}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r}: expected a positive int or None")
+    recompute = bool(recompute_batch_stats) and landscape._has_batch_stats(variables_a)
+    data = plane._check_data(data, recompute, batch_size)
+    points = jnp.stack(jnp.meshgrid(ts, radii, indexing="ij"), -1).reshape(-1, 2)  # [T·R, 2] (t, r)
+    chunk_size = None if chunk_size is None else int(chunk_size)
+    out = _cut_jit(
+        apply_fn, points, variables_a, bends, variables_b, data,
+        recompute=recompute, batch_size=batch_size, chunk_size=chunk_size,
+    )  # fmt: skip
+    shape = (ts.shape[0], radii.shape[0])
+    return {"t": ts, "r": radii, **{name: value.reshape(shape) for name, value in out.items()}}

@@ -119,3 +119,22 @@ def test_fort_resnet20_follows_the_keras_cifar10_resnet_example():
 def test_decay_factors_need_one_per_boundary():
     with pytest.raises(config_lib.ConfigError, match=r"config.optimizer.decay_factors=\(0.1,\): needs one"):
         small_config(**{"optimizer.schedule": "piecewise", "optimizer.decay_factors": (0.1,)})
+
+
+def test_imagenet_c_names_are_evaluation_sets_of_imagenet():
+    config = load_config_file("fort_imagenet_resnet50.py")
+    validation.validate(config)  # Its shifted sets: imagenet2012_corrupted/gaussian_noise_1..5.
+    config.eval.shifted = ("imagenet2012_corrupted/glass_blur_6",)
+    with pytest.raises(config_lib.ConfigError, match=r"glass_blur_6.*unknown dataset.*elastic_transform"):
+        validation.validate(config)
+    config.eval.shifted = ()
+    config.dataset = "imagenet2012_corrupted/fog_3"
+    with pytest.raises(config_lib.ConfigError, match="evaluation-only dataset.*train on imagenet2012"):
+        validation.validate(config)
+
+
+@pytest.mark.parametrize("configuration", ["DN-100-12-4", "DN-82-8-8", "DN-64-6-16"])
+def test_webb_densenet_configurations_validate(configuration):
+    config = config_lib.load_file(os.path.join(REPO, "configs", "webb_cifar100_densenet.py"), configuration)
+    validation.validate(config)
+    assert tuple(config.loss.lam) == (0.0, 0.5, 0.9, 1.0)

@@ -56,6 +56,11 @@ def test_fort_diversity_writes_the_plane_and_refuses_to_overwrite(snapshot_run, 
     assert {"random", "dropout", "diagonal", "low_rank", "weight_average", "independent"} <= methods
     # The base member against itself would be (its accuracy, 0): the independent optima disagree with it.
     assert all(r["disagreement"] > 0 for r in results["plane"]["rows"] if r["method"] == "independent")
+    # Fig. S6: an exponent fitted to the subspace samples, pooled and per method.
+    fits = results["plane"]["family_fit"]
+    assert set(fits) == {"pooled", "random", "dropout", "diagonal", "low_rank"}
+    assert all(0 < f["exponent"] <= 10 and f["points"] > 0 for f in fits.values())
+    assert "Fig. S6, exponent e" in proc.stdout
     # The tidy tables and the figures of Fig. 2-4, 6, 8 and 9.
     headers = {name: (out / name).read_text().splitlines()[0] for name in ("plane.csv", "comparison.csv", "js.csv")}
     assert headers == {

@@ -39,7 +39,12 @@ def test_fort_radial_writes_the_plane_the_tunnel_and_both_figures(tmp_path):
     assert {"0", "1"} <= set(trajectories) and trajectories["steps"] == [0, 8, 16]
     tunnel = json.loads((out / "tunnel.json").read_text())
     assert set(tunnel["paths"]) == {"train/linear", "train/tunnel", "test/linear", "test/tunnel"}
-    for name in ("fig5.png", "figS2.png"):
+    cut = tunnel["radial_cut"]  # Fig. S3: 5 positions along the tunnel × 21 radii from 0 to 1.3, and r = 1.
+    assert np.asarray(cut["error"]).shape == (5, 22) and cut["r"][0] == 0 and abs(cut["r"][-1] - 1.3) < 1e-6
+    # At r = 1 the cut is the tunnel itself: the same test error as the tunnel's path at every t.
+    on_tunnel = np.asarray(cut["error"])[:, cut["r"].index(1.0)]
+    np.testing.assert_allclose(on_tunnel, tunnel["paths"]["test/tunnel"]["error"], atol=1e-6)
+    for name in ("fig5.png", "figS2.png", "figS3.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     again = _run(os.path.join(REPO, "experiments", "fort_radial.py"), f"--workdir={run}", f"--out={out}", *args)
     assert again.returncode != 0 and "overwrite" in again.stderr + again.stdout  # Results are never replaced.

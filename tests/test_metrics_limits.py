@@ -210,3 +210,26 @@ def test_jit_matches_eager_and_returns_float():
     out = limits.diversity_lower_limit(np.array([1, 0]), 1, 10)  # integer inputs → float result
     assert jnp.issubdtype(out.dtype, jnp.floating)
     np.testing.assert_allclose(out, [0.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("e", [0.22, 1.0, 3.0])
+def test_fit_recovers_the_exponent_of_simulated_flips(e):
+    """Points made by flipping a simulated solution's labels (the D.3 process, not its formula) at several p:
+    the fitted exponent is the one that made them; a wrong exponent fits worse."""
+    rng = np.random.default_rng(3)
+    n, c, a_ref = 50_000, 10, 0.7
+    y = rng.integers(0, c, size=n)
+    ref = np.where(rng.random(n) < a_ref, y, (y + rng.integers(1, c, size=n)) % c)
+    a_star = float(np.mean(ref == y))
+    acc, dis = [], []
+    for p in np.linspace(0.02, 0.6, 15):
+        flipped = rng.random(n) < np.where(ref == y, p, p**e)
+        f = np.where(flipped, (ref + rng.integers(1, c, size=n)) % c, ref)
+        acc.append(np.mean(f == y))
+        dis.append(np.mean(f != ref))
+    fit = limits.fit_family_exponent(acc, dis, a_star, c)
+    assert fit["exponent"] == pytest.approx(e, rel=0.1)
+    other = limits.fit_family_exponent(acc, dis, a_star, c, exponents=[4 * e])
+    assert other["mse"] > 10 * fit["mse"]
+    with pytest.raises(ValueError, match="no points"):
+        limits.fit_family_exponent([], [], a_star, c)

@@ -20,7 +20,13 @@ from jaxens import workdir as workdir_lib
 
 # A spawn sweep small enough for a test: the parent trains 3 epochs of 8 steps, saving at 8, 16 and 24;
 # children spawned at steps 16 and 24 (k = 2 each) train to step 48 together, saving at ticks 8, 16, 24, 32.
-SPAWN_ARGS = (*SMALL_SPAWN_ARGS, "--config.coupling.t=('2ep','3ep')", "--config.eval.every_epochs=1")
+# The members track train-side forgetting (config.eval.forgetting), so its trackers resume bit for bit too.
+SPAWN_ARGS = (
+    *SMALL_SPAWN_ARGS,
+    "--config.coupling.t=('2ep','3ep')",
+    "--config.eval.every_epochs=1",
+    "--config.eval.forgetting=True",
+)
 
 
 def _summary(workdir):
@@ -62,6 +68,7 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
     reference = tmp_path / "reference"
     rc, out, err = finish(cli(reference, *SPAWN_ARGS))
     assert rc == 0, err
+    assert all(group["train_forgetting"]["events"] for group in _summary(reference)["groups"])
 
     killed = tmp_path / "killed"
     rc, _, err = finish(cli(killed, *SPAWN_ARGS, kill_at="parent@8"))

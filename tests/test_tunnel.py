@@ -227,3 +227,38 @@ def test_argument_errors(dense_bn):
         tunnel.evaluate_path(model.apply, va, jax.tree.map(lambda p: p[0], bends), vb, [0.0, 1.0], data)
     with pytest.raises(ValueError, match="train_x"):
         tunnel.evaluate_path(model.apply, va, bends, vb, [0.0, 1.0], data._replace(train_x=None))
+
+
+def test_radial_cut_against_direct_predictions_and_the_radial_plane(digits_optima):
+    """Fig. S3's stitched cut: (t, r) is r·chain_point(t); checked on a bend and inside a segment against
+    predictions computed here, and, with zero bends, against `plane.radial_plane` at (r(1 − t), r t)."""
+    from jaxens import plane
+
+    model, va, vb, x, y = digits_optima
+    data = landscape.PathData(x, y)
+    rng = np.random.default_rng(3)
+    bends = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32) * 0.2,
+        tunnel.init_bends(va["params"], vb["params"], 1),
+    )
+    ts, radii = np.array([0.0, 0.25, 0.5, 1.0], np.float32), np.array([0.5, 1.0, 1.5], np.float32)
+    cut = tunnel.radial_cut(model.apply, va, bends, vb, ts, radii, data, chunk_size=5)
+    assert cut["error"].shape == (4, 3)
+    pred = lambda params: np.argmax(np.asarray(model.apply({"params": params}, x)), -1)  # noqa: E731
+    pa, pb = pred(va["params"]), pred(vb["params"])
+    bend = jax.tree.map(lambda p: p[0], bends)
+    for (i, t), (j, r) in [((2, 0.5), (0, 0.5)), ((1, 0.25), (2, 1.5)), ((3, 1.0), (1, 1.0))]:
+        on_chain = jax.tree.map(lambda u, w: 0.5 * u + 0.5 * w, va["params"], bend) if t == 0.25 else None
+        point = {0.5: bend, 0.25: on_chain, 1.0: vb["params"]}[t]
+        p = pred(jax.tree.map(lambda w: r * w, point))
+        assert float(cut["error"][i, j]) == pytest.approx(np.mean(p != y), abs=1e-6)
+        assert float(cut["agreement_a"][i, j]) == pytest.approx(np.mean(p == pa), abs=1e-6)
+        assert float(cut["agreement_b"][i, j]) == pytest.approx(np.mean(p == pb), abs=1e-6)
+
+    zero = tunnel.init_bends(va["params"], vb["params"], 0)
+    straight = tunnel.radial_cut(model.apply, va, zero, vb, ts, radii, data)
+    coords = np.array([[r * (1 - t), r * t] for t in ts for r in radii], np.float32)
+    flat = plane.radial_plane(model.apply, va, vb, coords, data, chunk_size=None)
+    for key in ("error", "agreement_a", "agreement_b"):
+        np.testing.assert_allclose(np.asarray(straight[key]).ravel(), np.asarray(flat[key]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(straight["loss"]).ravel(), np.asarray(flat["loss"]), rtol=1e-4)

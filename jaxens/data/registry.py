@@ -11,6 +11,7 @@ Names:
 | `svhn_cropped` | TFDS | 73,257 / 26,032 | 32×32×3 | 10 |
 | `cifar10_corrupted/<corruption>_<severity>` | TFDS, test split only (evaluation) | – / 10,000 | 32×32×3 | 10 |
 | `imagenet2012` | TFDS (manual download); center crop resized to `config.data.image_size` | 1,281,167 / 50,000 (validation) | S×S×3 | 1000 |
+| `imagenet2012_corrupted/<corruption>_<severity>` | TFDS (manual download), validation split only (evaluation); resized as imagenet2012 | – / 50,000 | S×S×3 | 1000 |
 | `tiny_imagenet` | the `tiny-imagenet-200` folder at `config.data.dir` | 100,000 / 10,000 (val) | 64×64×3 | 200 |
 
 Decoded image datasets are cached as .npz in `config.data.cache_dir` after their first load.
@@ -54,6 +55,31 @@ CIFAR10_CORRUPTIONS = (
     "zoom_blur",
 )
 CORRUPTED_PREFIX = "cifar10_corrupted/"
+# TFDS's imagenet2012_corrupted (ImageNet-C, Hendrycks & Dietterich): the validation split of 50,000 images
+# (already 224×224 center crops) under the 15 benchmark and 4 extra corruptions, severities 1-5; built from a
+# manual download of ImageNet like imagenet2012. Fort et al. Fig. 10 evaluates on it.
+IMAGENET_CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+    "gaussian_blur",
+    "saturate",
+    "spatter",
+    "speckle_noise",
+)
+IMAGENET_CORRUPTED_PREFIX = "imagenet2012_corrupted/"
 
 Loader = Callable[[str, "Source", tuple[str, ...]], dict[str, np.ndarray]]
 
@@ -221,7 +247,12 @@ _FIXED: dict[str, DatasetInfo] = {
 }
 
 # Names for messages: the fixed ones and the parametrized ones.
-NAMES = (*_FIXED, f"{CORRUPTED_PREFIX}<corruption>_<severity 1-5>", "imagenet2012")
+NAMES = (
+    *_FIXED,
+    f"{CORRUPTED_PREFIX}<corruption>_<severity 1-5>",
+    "imagenet2012",
+    f"{IMAGENET_CORRUPTED_PREFIX}<corruption>_<severity 1-5>",
+)
 
 
 def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
@@ -232,6 +263,12 @@ def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
         corruption, _, severity = name[len(CORRUPTED_PREFIX) :].rpartition("_")
         if corruption in CIFAR10_CORRUPTIONS and severity in tuple("12345"):
             return DatasetInfo((32, 32, 3), 10, 0, 10000, "cifar10", "none", _tfds_loader())
+        return None
+    if name.startswith(IMAGENET_CORRUPTED_PREFIX):
+        corruption, _, severity = name[len(IMAGENET_CORRUPTED_PREFIX) :].rpartition("_")
+        if corruption in IMAGENET_CORRUPTIONS and severity in tuple("12345"):
+            loader = _tfds_loader(test_split="validation", transform_factory=_center_crop_resize)
+            return DatasetInfo((image_size, image_size, 3), 1000, 0, 50000, "imagenet2012", "none", loader)
         return None
     if name == "imagenet2012":
         return DatasetInfo(
@@ -249,7 +286,8 @@ def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
 def unknown_name_message(field: str, name: str) -> str:
     return (
         f"{field}={name!r}: unknown dataset; allowed: {', '.join(NAMES)} "
-        f"(corruptions: {', '.join(CIFAR10_CORRUPTIONS)})"
+        f"(cifar10 corruptions: {', '.join(CIFAR10_CORRUPTIONS)}; imagenet2012 corruptions: "
+        f"{', '.join(IMAGENET_CORRUPTIONS)})"
     )
 
 

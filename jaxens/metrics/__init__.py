@@ -9,7 +9,8 @@ handled by broadcasting (`[K, N, C]` in, `[K]` out) or, for functions of member 
   diversity:      kl, symmetric_kl, pairwise_symmetric_kl, member_diversity, ensemble_kl, js_divergence,
                   disagreement, pairwise_disagreement, normalized_disagreement
   weights:        cosine_similarity, pairwise_cosine_similarity (pytrees)
-  limits:         diversity_upper_limit, diversity_lower_limit, diversity_family (Fort et al. App. D)
+  limits:         diversity_upper_limit, diversity_lower_limit, diversity_family, fit_family_exponent
+                  (Fort et al. App. D, Fig. S6)
   forgetting:     a pure tracker of forgetting events (Toneva et al.), `metrics.forgetting.init/update/...`
   streaming:      batch-by-batch accumulators, `metrics.streaming.init/update/merge/compute`
 """
@@ -28,7 +29,12 @@ from jaxens.metrics.diversity import (
     pairwise_symmetric_kl,
     symmetric_kl,
 )
-from jaxens.metrics.limits import diversity_family, diversity_lower_limit, diversity_upper_limit
+from jaxens.metrics.limits import (
+    diversity_family,
+    diversity_lower_limit,
+    diversity_upper_limit,
+    fit_family_exponent,
+)
 from jaxens.metrics.weights import cosine_similarity, pairwise_cosine_similarity
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "cosine_similarity",
     "disagreement",
     "diversity_family",
+    "fit_family_exponent",
     "diversity_lower_limit",
     "diversity_upper_limit",
     "ece",

@@ -8,6 +8,7 @@ phase runs its own recording (`jaxens.trainer.parents`) in place of the last two
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -17,6 +18,7 @@ from jaxens import sharding as sharding_lib
 from jaxens import tensorboard_log
 from jaxens import trajectory as trajectory_lib
 from jaxens.ensemble import EnsembleState
+from jaxens.metrics import forgetting as forgetting_lib
 from jaxens.trainer import evaluation, summary
 from jaxens.trainer.context import RunContext
 from jaxens.trainer.loop import Callback, Pause
@@ -146,10 +148,13 @@ class MemberEvaluation(Callback):
     def __call__(self, pause: Pause) -> None:
         evals = self.latest = evaluate_groups(self._ctx, pause.state)
         k = self._ctx.spec.plan.k
+        window = dict(pause.train or {})
+        if pause.state.forgetting is not None:  # Cumulative train-side forgetting events of each member.
+            window["forgetting_events"] = np.asarray(sharding_lib.host(_forgetting_total(pause.state.forgetting)))
         for g, (group, group_evals) in enumerate(zip(self._groups, evals)):
             step = int(min(self._starts[g] + pause.tick, self._ends[g]))
             if step > self._logged.get(group, -1):
-                train = {m: v[g * k : (g + 1) * k] for m, v in (pause.train or {}).items()}
+                train = {m: v[g * k : (g + 1) * k] for m, v in window.items()}
                 spe = self._ctx.spec.steps_per_epoch
                 self._ctx.record(summary.records("members", step, spe, group, train, group_evals))
                 self._logged[group] = step
@@ -165,3 +170,6 @@ def evaluate_groups(ctx: RunContext, state: EnsembleState) -> list[dict[str, dic
     return evaluation.evaluate(
         ctx.predictor, state, ctx.dataset, ctx.eval_sets, spec.method, spec.plan.num_groups, diverged
     )
+
+
+_forgetting_total = jax.jit(forgetting_lib.total)

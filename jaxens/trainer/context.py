@@ -85,9 +85,7 @@ def say(message: str) -> None:
 def state_template(spec: RunSpec, k: int, mesh: jax.sharding.Mesh) -> ensemble_lib.EnsembleState:
     """Shapes, dtypes and shardings (members on `mesh`) of a k-member state, to restore checkpoints into
     (whatever mesh saved them), without compute."""
-    abstract = jax.eval_shape(
-        lambda: ensemble_lib.init_ensemble(spec.model, spec.tx, rng_lib.member_streams(0, k), spec.input_shape)
-    )
+    abstract = jax.eval_shape(lambda: spec.fresh_state(rng_lib.member_streams(0, k)))
     return sharding_lib.abstract_members(abstract, mesh)
 
 

@@ -22,7 +22,6 @@ import numpy as np
 from absl import logging
 
 from jaxens import data as data_lib
-from jaxens import ensemble as ensemble_lib
 from jaxens.config import ConfigError
 from jaxens.trainer.spec import RunSpec
 
@@ -144,9 +143,9 @@ def estimate(spec: RunSpec, mesh_shape: tuple[int, int] | None = None) -> Estima
     `jax.eval_shape` only (nothing is allocated or compiled): `init_ensemble` as `jaxens.run` calls it, and
     one member's `model.apply`."""
     m, d = mesh_shape or spec.mesh_shape
-    plan, model, tx, shape = spec.plan, spec.model, spec.tx, spec.input_shape
+    plan = spec.plan
     k = plan.num_members
-    state = jax.eval_shape(lambda: ensemble_lib.init_ensemble(model, tx, plan.member_streams(spec.seed), shape))
+    state = jax.eval_shape(lambda: spec.fresh_state(plan.member_streams(spec.seed)))
     one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)  # noqa: E731
     per_row = lambda n: -(-n // m)  # noqa: E731  # Bytes of all K members → of the K/M on one device row.
     batch, eval_batch = -(-spec.batch_size // d), -(-spec.eval_batch_size // d)  # Per device.

@@ -133,7 +133,7 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
     if start is None:
         if bad:
             ctx.say(f"parent: none of its {len(bad)} checkpoint(s) restores; training it from initialization")
-        state = ensemble_lib.init_ensemble(spec.model, spec.tx, rng_lib.member_streams(spec.seed, 1), spec.input_shape)
+        state = spec.fresh_state(rng_lib.member_streams(spec.seed, 1))
         state = sharding_lib.put_members(state, ctx.mesh(1))
         start = 0
     else:

@@ -24,8 +24,10 @@ import optax
 
 from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
+from jaxens import ensemble as ensemble_lib
 from jaxens import members as members_lib
 from jaxens import models, optim, train_step
+from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import train_chunk as train_chunk_lib
@@ -60,6 +62,7 @@ class RunSpec:
       method: how member predictions combine ('mean_prob' or 'mean_logit').
       eval_every, eval_batch_size: evaluation period in steps, and the evaluation batch size.
       keep_best: keep each group's members at its best validation evaluation (DIR/best/).
+      forgetting: track train-side forgetting events per member inside the step (`fresh_state`).
       checkpoint_every, max_checkpoints: checkpoint period in steps, and how many to keep.
       on_divergence: 'freeze' or 'stop'.
       snapshot_every, keep_snapshots: trajectory snapshot period in steps (0: none), and how many to keep.
@@ -95,11 +98,18 @@ class RunSpec:
     eval_every: int
     eval_batch_size: int
     keep_best: bool
+    forgetting: bool
     checkpoint_every: int
     max_checkpoints: int
     on_divergence: str
     snapshot_every: int
     keep_snapshots: int
+
+    def fresh_state(self, streams: rng_lib.Streams) -> ensemble_lib.EnsembleState:
+        """Fresh members from `streams` (one per row), with empty train-side forgetting trackers over the
+        N training examples when `forgetting`."""
+        examples = self.num_train if self.forgetting else None
+        return ensemble_lib.init_ensemble(self.model, self.tx, streams, self.input_shape, examples)
 
     @property
     def config(self) -> dict:
@@ -189,6 +199,7 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         eval_every=steps_lib.Steps(epochs=config.eval.every_epochs).at(spe).count,
         eval_batch_size=config.eval.batch_size,
         keep_best=config.eval.keep_best,
+        forgetting=config.eval.forgetting,
         checkpoint_every=steps_lib.parse(config.train.checkpoint_every, spe),
         max_checkpoints=config.train.max_checkpoints,
         on_divergence=config.train.on_divergence,

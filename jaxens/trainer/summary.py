@@ -78,6 +78,12 @@ def report(summary: dict) -> str:
             lines.append(
                 f"  diversity: symmetric KL {test['ensemble_sym_kl']:.4f}  disagreement {test['ensemble_disagreement']:.4f}"
             )
+        tracked = group.get("train_forgetting")
+        if tracked:
+            lines.append(
+                f"  train-side forgetting events per member: {', '.join(map(str, tracked['events']))}"
+                f"  (examples forgotten at least once: {', '.join(map(str, tracked['forgotten_examples']))})"
+            )
         best = group.get("at_best_val")
         if best:
             lines.append(
@@ -99,16 +105,37 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def build(spec: RunSpec, final: dict[int, dict], diverged: np.ndarray, logged: list[dict], **extra) -> dict:
+def forgetting_counts(tracker) -> dict[str, np.ndarray]:
+    """Per member, the train-side forgetting statistics of its tracker (leaves [K, N], on the host):
+    'events' (forgetting events summed over examples), 'forgotten_examples' (forgotten at least once),
+    'unforgettable' (learned and never forgotten), 'never_learned' (presented, never correct) and 'presented'
+    (presented at least once) — each [K] (docs/definitions.md#forgetting-events)."""
+    presented = np.asarray(tracker.presentations) > 0
+    forgotten, learned = np.asarray(tracker.forgotten), np.asarray(tracker.learned)
+    return {
+        "events": forgotten.sum(-1),
+        "forgotten_examples": (forgotten > 0).sum(-1),
+        "unforgettable": (learned & (forgotten == 0)).sum(-1),
+        "never_learned": (presented & ~learned).sum(-1),
+        "presented": presented.sum(-1),
+    }
+
+
+def build(
+    spec: RunSpec, final: dict[int, dict], diverged: np.ndarray, logged: list[dict], forgetting=None, **extra
+) -> dict:
     """The run's summary (summary.json): per group of members (the children of one spawn time, one λ; a single
-    group otherwise) its test and evaluation-set metrics, the early-stopping view, and which members diverged.
+    group otherwise) its test and evaluation-set metrics, the early-stopping view, which members diverged and,
+    when tracked, their train-side forgetting.
 
     Args:
       final: group → its evaluation at the last tick (`evaluation.evaluate`).
       diverged: [K] the step each member diverged at, or -1.
       logged: the records of metrics.jsonl.
+      forgetting: the members' final forgetting trackers (leaves [K, N] on the host), or None.
       extra: further top-level entries (wall time, backend, mesh), after the fixed ones.
     """
+    counts = None if forgetting is None else forgetting_counts(forgetting)
     plan = spec.plan
     groups = []
     for g, (t, lam) in enumerate(zip(plan.group_spawn_steps(), plan.group_lams())):
@@ -129,6 +156,9 @@ def build(spec: RunSpec, final: dict[int, dict], diverged: np.ndarray, logged: l
                 "diverged": group_diverged,
             }
         )
+        if counts is not None:  # Per member, over the whole training (a child's since its parent's start).
+            members = slice(g * plan.k, (g + 1) * plan.k)
+            groups[-1]["train_forgetting"] = {name: [int(v) for v in c[members]] for name, c in counts.items()}
     summary = {
         "dataset": spec.source.name,
         "model": spec.model_name,
@@ -143,4 +173,6 @@ def build(spec: RunSpec, final: dict[int, dict], diverged: np.ndarray, logged: l
     if len(groups) == 1:  # The common case, at the top level too.
         summary["test"], summary["eval"] = groups[0]["test"], groups[0]["eval"]
         summary["diverged"] = groups[0]["diverged"]
+        if counts is not None:
+            summary["train_forgetting"] = groups[0]["train_forgetting"]
     return summary

@@ -353,7 +353,7 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
     if not info.num_train:
         errors.append(
             f"config.dataset={config.dataset!r}: an evaluation-only dataset (it has a test split only); "
-            "train on cifar10 and list it in config.eval.shifted"
+            f"train on {info.labels} and list it in config.eval.shifted"
         )
         return info
     if config.dataset == "tiny_imagenet" and not d.dir:
