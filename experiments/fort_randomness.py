@@ -1,7 +1,7 @@
 """Fort et al. Fig. S4: how much of the members' diversity comes from random initialization and how much from
 random minibatches, each alone and together, at several learning rates.
 
-  python experiments/fort_randomness.py --out=results/fort_randomness          # CPU: MNIST-1D MLPs, ~5 min
+  python experiments/fort_randomness.py --out=results/fort_randomness          # CPU: MNIST-1D MLPs, ~10 min
   python experiments/fort_randomness.py --config=configs/fort_cifar10_cnn.py --epochs=40 \\
       --learning_rates=0.01,0.05,0.1 --out=results/fort_randomness_cifar10     # the paper's setting (GPU)
 

@@ -8,6 +8,8 @@ steps of a chunk. For one member (its state leaves carry no member axis) at its 
     dropout key = fold_in(dropout stream, s);  optimizer noise key = `noise_key(dropout stream, s)`
     grads       = ∇ mean softmax cross-entropy (`member_gradients`)
     state       = `member_update`: the optimizer's update, under the divergence check
+    forgetting  = `record_forgetting`: with a tracker (config.eval.forgetting), the batch is one presentation
+                  of its examples, with the correctness of this forward pass
 
 Divergence: with `check_finite`, the step checks, on the device, that the member's loss and gradients are
 finite. A member whose are not keeps its state from before that step from then on (frozen; a select between
