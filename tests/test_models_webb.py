@@ -101,6 +101,16 @@ def test_densenet_param_counts_match_webb_table4(name, modules, table):
     assert round(modules * per_module / 1e6, 1) == table
 
 
+def test_the_cpu_sized_densenet_is_densenet_bc_16_4():
+    from jaxens import config as config_lib
+    from jaxens import models
+
+    model_config = config_lib.get_default_config().model
+    model_config.name = "densenet16_4"
+    model = models.build(model_config, 10, (8, 8, 3))
+    assert _num_params(model) == densenet_bc_count(16, 4, 10)
+
+
 def test_densenet_known_counts():
     # Exact values (100 classes / 10 classes), so a change to the architecture shows here.
     assert densenet_bc_count(100, 12, 100) == 800_032

@@ -13,6 +13,7 @@ A model is a Flax module called as `model.apply(variables, x, train=...)` on a b
 | `fort_small_cnn`, `fort_medium_cnn` | Fort et al. SmallCNN (16, 32, 32), MediumCNN (64, 128, 256, 256) | [H, W, C] | batch / 0.1 |
 | `webb_cnn` | Webb et al. Table 3 CIFAR CNN | [H, W, C], ≥ 27 pixels | none / – |
 | `densenet100_12`, `densenet82_8`, `densenet64_6` | DenseNet-BC of Webb et al. Table 4 | [H, W, C] | batch / – |
+| `densenet16_4` | DenseNet-BC depth 16, growth 4 (CPU-sized Tables 4-5) | [H, W, C] | batch / – |
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ MODELS: dict[str, ModelSpec] = {
     "densenet100_12": ModelSpec(_densenet(100, 12), 3, True, min_side=4),
     "densenet82_8": ModelSpec(_densenet(82, 8), 3, True, min_side=4),
     "densenet64_6": ModelSpec(_densenet(64, 6), 3, True, min_side=4),
+    "densenet16_4": ModelSpec(_densenet(16, 4), 3, True, min_side=4),  # CPU-sized: 2 bottleneck layers a block.
 }
 
 
