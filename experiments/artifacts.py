@@ -37,6 +37,12 @@ def png_bytes(fig, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+def beyond_spread(mean_a: float, std_a: float, mean_b: float, std_b: float) -> bool:
+    """The rule every verdict of the experiments uses: two means differ when they are further apart than the
+    sum of their standard deviations over seeds."""
+    return abs(mean_b - mean_a) > std_a + std_b
+
+
 def runs_line(outcomes: dict, seconds: float) -> str:
     """'N runs (T trained now, F finished before) in S s' for a `jaxens.sweep.run_all` result."""
     trained = sum(o.ran for o in outcomes.values())

@@ -118,7 +118,7 @@ def verdicts(rows: list[dict]) -> dict:
 
     def compare(a: tuple, b: tuple) -> str:  # Is a's mean above b's?
         (ma, sa), (mb, sb) = a, b
-        if seeds < 2 or abs(ma - mb) <= sa + sb:
+        if seeds < 2 or not artifacts.beyond_spread(ma, sa, mb, sb):
             return "inconclusive"
         return "held" if ma > mb else "did not hold"
 

@@ -23,7 +23,6 @@ OUT/fig9_training.png, OUT/fig10_confusion.png. Nothing under --workdir is writt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,15 +42,13 @@ MODULE_COLUMNS = ("lam", "module", "filter_norm", "test_error", "top_class_share
 
 def training_curves(workdir: str, lams) -> list[dict]:
     """Fig. 9: test error of each λ group's ensemble and modules at every evaluation of the members' phase."""
-    rows = []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["phase"] == "members" and r["split"] == "test" and r["metric"] == "error" and r["lam"] in lams:
-                rows.append(
-                    dict(lam=r["lam"], epoch=r["epoch"], scope=r["scope"], member=r["member"], test_error=r["value"])
-                )
-    return rows
+    from jaxens import workdir as workdir_lib
+
+    return [
+        dict(lam=r["lam"], epoch=r["epoch"], scope=r["scope"], member=r["member"], test_error=r["value"])
+        for r in workdir_lib.MetricsLog(workdir).read()
+        if r["phase"] == "members" and r["split"] == "test" and r["metric"] == "error" and r["lam"] in lams
+    ]
 
 
 def first_layer_filters(params, model, input_shape) -> np.ndarray:
@@ -145,39 +142,41 @@ def figures(result: dict, lams, title: str) -> dict[str, bytes]:
     fig.tight_layout()
     out["fig9_training.png"] = artifacts.png_bytes(fig)
 
-    shown = len(next(iter(result["filters"].values())))
-    fig, axes = plt.subplots(len(lams), shown, figsize=(1.6 * shown, 1.9 * len(lams)), squeeze=False)
     scale = max(float(np.abs(f).max()) for f in result["filters"].values())
-    for row, lam in enumerate(lams):
-        for j, f in enumerate(result["filters"][lam]):  # [F, ...] one module's filters
-            ax = axes[row][j]
-            tiles = f.reshape(f.shape[0], -1)  # [F, D] (3×3 kernels flattened to 9 values)
-            ax.imshow(tiles, cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"module {j}", fontsize=7)
-            if j == 0:
-                ax.set_ylabel(f"λ = {lam:g}", fontsize=8)
-    fig.suptitle("First-layer filters, one row per filter (Webb et al. Fig. 8)", fontsize=9)
-    fig.tight_layout()
-    out["fig8_filters.png"] = artifacts.png_bytes(fig)
 
-    fig, axes = plt.subplots(len(lams), shown, figsize=(1.7 * shown, 1.9 * len(lams)), squeeze=False)
+    def filters(ax, f):  # f [F, ...]: one module's filters, drawn as [F, D] rows (3×3 kernels as 9 values).
+        ax.imshow(
+            f.reshape(f.shape[0], -1), cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest"
+        )
+
+    def confusion(ax, matrix):
+        ax.imshow(np.asarray(matrix), cmap="viridis", vmin=0, vmax=1)
+
+    title = "First-layer filters, one row per filter (Webb et al. Fig. 8)"
+    out["fig8_filters.png"] = module_grid(result["filters"], lams, title, 1.6, filters)
+    title = "Test confusion matrices, true class × predicted class (Webb et al. Fig. 10)"
+    out["fig10_confusion.png"] = module_grid(result["confusion"], lams, title, 1.7, confusion)
+    return out
+
+
+def module_grid(per_lam: dict, lams, title: str, width: float, draw) -> bytes:
+    """One row of panels per λ, one column per module: `draw(ax, per_lam[λ][j])` in each."""
+    plt = artifacts.pyplot()
+    shown = len(next(iter(per_lam.values())))
+    fig, axes = plt.subplots(len(lams), shown, figsize=(width * shown, 1.9 * len(lams)), squeeze=False)
     for row, lam in enumerate(lams):
-        for j, matrix in enumerate(result["confusion"][lam]):
+        for j, value in enumerate(per_lam[lam]):
             ax = axes[row][j]
-            ax.imshow(np.asarray(matrix), cmap="viridis", vmin=0, vmax=1)
+            draw(ax, value)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"module {j}", fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"λ = {lam:g}", fontsize=8)
-    fig.suptitle("Test confusion matrices, true class × predicted class (Webb et al. Fig. 10)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out["fig10_confusion.png"] = artifacts.png_bytes(fig)
-    return out
+    return artifacts.png_bytes(fig)
 
 
 def main(argv=None) -> None:

@@ -114,19 +114,13 @@ def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
     return rows
 
 
-def beyond_spread(mean_a: float, std_a: float, mean_b: float, std_b: float) -> bool:
-    """The rule every verdict here uses: two means differ when they are further apart than the sum of their
-    standard deviations over seeds."""
-    return abs(mean_b - mean_a) > std_a + std_b
-
-
 def trend(rows: list[dict], condition: str, metric: str) -> str:
     """'decreases' / 'increases' from the first to the last t where the means differ by more than the sum of
     their standard deviations over seeds, else 'inconclusive' (also with a single seed or t)."""
     _, mean, std = summarize(rows, condition, metric)
     if mean.size < 2 or len({r["seed"] for r in rows}) < 2:
         return "inconclusive"
-    if not beyond_spread(mean[0], std[0], mean[-1], std[-1]):
+    if not artifacts.beyond_spread(mean[0], std[0], mean[-1], std[-1]):
         return "inconclusive"
     return "decreases" if mean[-1] < mean[0] else "increases"
 
@@ -138,7 +132,7 @@ def basic_finding(rows: list[dict]) -> dict:
     for metric in ("ensemble_error", "ensemble_mace", "ensemble_ece", GAIN):
         (_, a, sa), (_, b, sb) = (summarize(rows, c, metric) for c in BASELINES)
         if a.size and b.size:
-            verdict = "differs" if beyond_spread(a[0], sa[0], b[0], sb[0]) else "indistinguishable"
+            verdict = "differs" if artifacts.beyond_spread(a[0], sa[0], b[0], sb[0]) else "indistinguishable"
             out[metric] = f"{verdict} ({a[0]:.4f} ± {sa[0]:.4f} against {b[0]:.4f} ± {sb[0]:.4f})"
     return out
 

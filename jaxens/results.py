@@ -150,16 +150,17 @@ def candidates(
         within = [c for c in config_columns if c not in by and df[c].nunique(dropna=False) > 1]
     groups = [c for c in within if c not in ("t", "lam")] + ["t", "lam"]
     score = f"{split}_{metric}"
+    # The `report` metrics of every candidate and step, indexed once (not filtered again per candidate).
+    reported: dict = {}
+    for (key, step), metrics_at in ensemble[ensemble["split"] == report].groupby(["_candidate", "step"]):
+        reported[key, step] = {f"{report}_{m}": float(v) for m, v in zip(metrics_at["metric"], metrics_at["value"])}
     rows = []
     for key, rows_of in scored.groupby("_candidate", sort=True):
         rows_of = rows_of.sort_values("step", kind="stable")
         pick = rows_of.loc[rows_of["value"].idxmin()] if early_stopping else rows_of.iloc[-1]
-        at = ensemble[
-            (ensemble["_candidate"] == key) & (ensemble["step"] == pick["step"]) & (ensemble["split"] == report)
-        ]
         row = {c: pick[c] for c in groups + by}
         row.update(run=pick["run"], step=int(pick["step"]), epoch=float(pick["epoch"]), **{score: float(pick["value"])})
-        row.update({f"{report}_{m}": float(v) for m, v in zip(at["metric"], at["value"])})
+        row.update(reported.get((key, pick["step"]), {}))
         rows.append(row)
     out = pd.DataFrame(rows)
     try:

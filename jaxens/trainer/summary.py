@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxens.metrics import forgetting
 from jaxens.trainer.spec import RunSpec
 
 
@@ -111,12 +112,11 @@ def forgetting_counts(tracker) -> dict[str, np.ndarray]:
     'unforgettable' (learned and never forgotten), 'never_learned' (presented, never correct) and 'presented'
     (presented at least once) — each [K] (docs/definitions.md#forgetting-events)."""
     presented = np.asarray(tracker.presentations) > 0
-    forgotten, learned = np.asarray(tracker.forgotten), np.asarray(tracker.learned)
     return {
-        "events": forgotten.sum(-1),
-        "forgotten_examples": (forgotten > 0).sum(-1),
-        "unforgettable": (learned & (forgotten == 0)).sum(-1),
-        "never_learned": (presented & ~learned).sum(-1),
+        "events": np.asarray(forgetting.total(tracker)),
+        "forgotten_examples": np.asarray(forgetting.num_forgotten(tracker)),
+        "unforgettable": np.asarray(forgetting.unforgettable(tracker)).sum(-1),
+        "never_learned": (presented & ~np.asarray(tracker.learned)).sum(-1),
         "presented": presented.sum(-1),
     }
 
