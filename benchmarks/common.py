@@ -40,7 +40,7 @@ def trainer_setup(config, **overrides):
 
     spec = spec_lib.resolve(config)
     dataset = data_lib.load(spec.source).to_device()
-    state = ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)
+    state = ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.streams(), spec.input_shape)
     orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((state.k,), jnp.int32), dataset.num_train)
     return dataset, state, orders, spec_lib.make_train_chunk(spec, **overrides)
 

@@ -104,36 +104,45 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # Before the backend starts.
     ks = [int(k) for k in args.ks.split(",")]
     strategies = args.strategies.split(",")
+    print_backend()
+    for name in args.models.split(","):
+        report(name, ks, strategies, args.repeats)
+
+
+def print_backend() -> None:
     device = jax.devices()[0]
     print(
         f"backend {jax.default_backend()} ({device.device_kind}), {jax.device_count()} devices, "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}"
     )
-    for name in args.models.split(","):
-        config = _config(name)
-        dataset = _dataset(config, name)
-        model = models.build(config.model, dataset.num_classes, dataset.input_shape)
-        tx = optim.make_optimizer(config.optimizer, 10_000)
-        step_loop = train_chunk.resolve_step_loop("auto", models.MODELS[config.model.name].convolutional)
-        steps = STEPS[name]
-        single = _Variant(model, tx, dataset, 1, "vmap", step_loop)
-        single(steps)  # Compiles.
-        print(f"\n{name}: batch {BATCH} per member, {step_loop} step loop, {steps} steps per timing")
-        print(f"  {'K':>3} {'strategy':>14} {'step ms':>9} {'member-img/s':>13} {'vs sequential':>14}")
-        for k in ks:
-            variants = {s: _Variant(model, tx, dataset, k, s, step_loop) for s in strategies}
-            for v in variants.values():
-                v(steps)  # Compiles.
-            times = {s: [] for s in variants} | {"single": []}
-            for _ in range(args.repeats):
-                times["single"].append(single(steps))
-                for s, v in variants.items():
-                    times[s].append(v(steps))
-            one = float(np.median(times["single"]))
-            for s in strategies:
-                t = float(np.median(times[s]))
-                print(f"  {k:>3} {s:>14} {t * 1e3:9.2f} {k * BATCH / t:13.0f} {k * one / t:14.2f}")
-            print(f"  {k:>3} {'1 member':>14} {one * 1e3:9.2f} {BATCH / one:13.0f} {'1.00':>14}")
+
+
+def report(name: str, ks: list[int], strategies: list[str], repeats: int) -> None:
+    """Prints one model's table: per K and strategy, the step time, member-images/s and the ratio to one member."""
+    config = _config(name)
+    dataset = _dataset(config, name)
+    model = models.build(config.model, dataset.num_classes, dataset.input_shape)
+    tx = optim.make_optimizer(config.optimizer, 10_000)
+    step_loop = train_chunk.resolve_step_loop("auto", models.MODELS[config.model.name].convolutional)
+    steps = STEPS[name]
+    single = _Variant(model, tx, dataset, 1, "vmap", step_loop)
+    single(steps)  # Compiles.
+    print(f"\n{name}: batch {BATCH} per member, {step_loop} step loop, {steps} steps per timing")
+    print(f"  {'K':>3} {'strategy':>14} {'step ms':>9} {'member-img/s':>13} {'vs sequential':>14}")
+    for k in ks:
+        variants = {s: _Variant(model, tx, dataset, k, s, step_loop) for s in strategies}
+        for v in variants.values():
+            v(steps)  # Compiles.
+        times = {s: [] for s in variants} | {"single": []}
+        for _ in range(repeats):
+            times["single"].append(single(steps))
+            for s, v in variants.items():
+                times[s].append(v(steps))
+        one = float(np.median(times["single"]))
+        for s in strategies:
+            t = float(np.median(times[s]))
+            print(f"  {k:>3} {s:>14} {t * 1e3:9.2f} {k * BATCH / t:13.0f} {k * one / t:14.2f}")
+        print(f"  {k:>3} {'1 member':>14} {one * 1e3:9.2f} {BATCH / one:13.0f} {'1.00':>14}")
 
 
 if __name__ == "__main__":

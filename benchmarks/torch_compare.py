@@ -82,7 +82,7 @@ def _jaxens_runner(config, dataset, **overrides):
     step is the trainer's own (`jaxens.trainer.spec.make_train_chunk`; `overrides` replace its arguments)."""
     spec = spec_lib.resolve(config)
     chunk = spec_lib.make_train_chunk(spec, **overrides)
-    holder = [ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)]
+    holder = [ensemble_lib.init_ensemble(spec.model, spec.tx, spec.plan.streams(), spec.input_shape)]
     orders = data_lib.epoch_orders(holder[0].rngs.order, jnp.zeros((holder[0].k,), jnp.int32), dataset.num_train)
 
     def runner(n):

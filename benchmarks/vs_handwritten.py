@@ -141,7 +141,7 @@ def profile(name: str, steps: int, repeats: int) -> None:
     spec = spec_lib.resolve(config)
     dataset = data_lib.load(spec.source).to_device()
     model, tx, b, s = spec.model, spec.tx, spec.batch_size, spec.steps_per_epoch
-    state = ensemble_lib.init_ensemble(model, tx, spec.plan.member_streams(spec.seed), spec.input_shape)
+    state = ensemble_lib.init_ensemble(model, tx, spec.plan.streams(), spec.input_shape)
     k = state.k
     orders = data_lib.epoch_orders(state.rngs.order, jnp.zeros((k,), jnp.int32), dataset.num_train)  # [K, N]
     x0, y0 = dataset.normalize(dataset.train_x[orders[:, :b]]), dataset.train_y[orders[:, :b]]  # [K, B, ...]

@@ -1,11 +1,12 @@
 """The files an experiment script writes: tidy CSV tables and PNG figures, as bytes for atomic writes
 (`jaxens.workdir.write_bytes_atomic`), the line a sweep script reports its runs with, and the members an
-analysis reads (`early_stopped`)."""
+analysis reads (`early_stopped`, `lambda_groups`)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 
@@ -67,3 +68,32 @@ def early_stopped(workdir: str):
         return run.restore(workdir, best=True)
     print(f"{workdir}: no early-stopped members (config.eval.keep_best=False); analysing the latest checkpoint")
     return run.restore(workdir)
+
+
+def lambda_groups(workdir: str, plan, learning_rate: float | None = None) -> dict[float, int]:
+    """λ → the index of its group in the modular-loss run `workdir` (its `jaxens.coupling.Plan`).
+
+    A run of webb_lambda.py holds every learning rate of its grid for each λ (config.grid.learning_rate): then the
+    group of `learning_rate`, or by default the one the sweep's selection picked (OUT/selection.json, beside
+    OUT/runs/). Raises ValueError when neither names one.
+    """
+    rates = [dict(g.hyper).get("learning_rate") for g in plan.groups]
+    if rates[0] is None:  # One learning rate: one group per λ.
+        return {g.lam: i for i, g in enumerate(plan.groups)}
+    picked: dict = {}
+    if learning_rate is not None:
+        picked = {g.lam: float(learning_rate) for g in plan.groups}
+    else:
+        chosen = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(workdir))), "selection.json")
+        if os.path.exists(chosen):
+            with open(chosen) as f:
+                candidates = json.load(f)["candidates"]
+            name = os.path.basename(os.path.abspath(workdir))
+            picked = {c["lam"]: c["learning_rate"] for c in candidates if c["selected"] and c["run"] == name}
+    groups = {g.lam: i for i, g in enumerate(plan.groups) if g.lam in picked and rates[i] == picked[g.lam]}
+    if not groups:
+        raise ValueError(
+            f"{workdir}: each λ was trained at the learning rates {sorted(set(rates))} (config.grid.learning_rate) "
+            "and no selection.json of webb_lambda.py picks one: pass --learning_rate"
+        )
+    return groups

@@ -45,7 +45,8 @@ COLUMNS = ("architecture", "seed", "lam", "metric", "value")
 
 def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> list[dict]:
     """Rows (lam, metric, value) of one run: every λ group's Fig. 3, 5, 7 and Table 6 numbers (only the
-    groups of `lams`, when given)."""
+    groups of `lams`, when given; of a run with several learning rates per λ, the selected one's:
+    `artifacts.lambda_groups`)."""
     import jax
 
     from jaxens import ensemble as ensemble_lib
@@ -65,7 +66,7 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> l
     size = min(size, m - 1) if m > 1 else 1
     key = jax.random.PRNGKey(seed)
     rows = []
-    for g, lam in enumerate(plan.group_lams()):
+    for lam, g in artifacts.lambda_groups(workdir, plan).items():
         if lams is not None and lam not in lams:
             continue
         group_test, group_val = test[g * m : (g + 1) * m], val[g * m : (g + 1) * m]  # [M, N, C]

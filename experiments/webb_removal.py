@@ -38,7 +38,9 @@ from jaxens.workdir import write_bytes_atomic, write_json_atomic
 FILES = ("removal.csv", "removal.json", "removal.png")
 
 
-def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 20, seed: int = 0) -> list[dict]:
+def removal_table(
+    workdir: str, lams=None, num_removed=None, num_trials: int = 20, seed: int = 0, learning_rate=None
+) -> list[dict]:
     """Rows {lam, removed, error_mean, error_std, trials} for the λ groups of the run in `workdir`.
 
     Args:
@@ -47,12 +49,14 @@ def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 2
       num_removed: how many modules to remove (default: 0, M/16, 2M/16, … up to M − 1).
       num_trials: random draws per point.
       seed: the key of the draws (the same draws for every λ).
+      learning_rate: in a run with several learning rates per λ, which one (`artifacts.lambda_groups`).
     """
     restored = artifacts.early_stopped(workdir)  # Webb et al. analyse the early-stopped model.
     plan = restored.plan
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
-    group_lams = plan.group_lams()
+    index = artifacts.lambda_groups(workdir, plan, learning_rate)
+    group_lams = tuple(index)
     wanted = group_lams if lams is None else tuple(lams)
     missing = [lam for lam in wanted if lam not in group_lams]
     if missing:
@@ -66,7 +70,7 @@ def removal_table(workdir: str, lams=None, num_removed=None, num_trials: int = 2
     key = jax.random.PRNGKey(seed)
     rows = []
     for lam in wanted:
-        g = group_lams.index(lam)
+        g = index[lam]
         curve = modules.removal_curve(
             logits[g * m : (g + 1) * m], labels, tuple(num_removed), key, num_trials=num_trials
         )
@@ -116,6 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", required=True, help="a run trained with config.loss.lam")
     parser.add_argument("--out", required=True, help="directory for removal.csv/.json/.png")
     parser.add_argument("--lams", default=None, help="comma-separated λ values (default: all of the run)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="of a run with several per λ")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -123,7 +128,7 @@ def main(argv=None) -> None:
         if os.path.exists(os.path.join(args.out, f)):
             raise SystemExit(f"error: {args.out} already holds {f}: refusing to overwrite results")
     lams = None if args.lams is None else tuple(float(v) for v in args.lams.split(","))
-    rows = removal_table(args.workdir, lams, num_trials=args.trials, seed=args.seed)
+    rows = removal_table(args.workdir, lams, num_trials=args.trials, seed=args.seed, learning_rate=args.learning_rate)
     write_results(rows, args.out, {"workdir": os.path.abspath(args.workdir), "trials": args.trials, "seed": args.seed})
     for lam in sorted({r["lam"] for r in rows}):
         curve = ", ".join(f"{r['removed']}: {r['error_mean']:.4f}" for r in rows if r["lam"] == lam)

@@ -40,14 +40,19 @@ TRAINING_COLUMNS = ("lam", "epoch", "scope", "member", "test_error")
 MODULE_COLUMNS = ("lam", "module", "filter_norm", "test_error", "top_class_share")
 
 
-def training_curves(workdir: str, lams) -> list[dict]:
-    """Fig. 9: test error of each λ group's ensemble and modules at every evaluation of the members' phase."""
+def training_curves(workdir: str, lams, rates: dict | None = None) -> list[dict]:
+    """Fig. 9: test error of each λ group's ensemble and modules at every evaluation of the members' phase
+    (`rates`: λ → its group's learning rate, in a run with several per λ)."""
     from jaxens import workdir as workdir_lib
+
+    def mine(r):
+        rate = (r.get("grid") or {}).get("learning_rate")
+        return r["lam"] in lams and (rates is None or rate is None or rates.get(r["lam"]) == rate)
 
     return [
         dict(lam=r["lam"], epoch=r["epoch"], scope=r["scope"], member=r["member"], test_error=r["value"])
         for r in workdir_lib.MetricsLog(workdir).read()
-        if r["phase"] == "members" and r["split"] == "test" and r["metric"] == "error" and r["lam"] in lams
+        if r["phase"] == "members" and r["split"] == "test" and r["metric"] == "error" and mine(r)
     ]
 
 
@@ -63,7 +68,7 @@ def first_layer_filters(params, model, input_shape) -> np.ndarray:
     return np.moveaxis(kernel.mean(axis=-2), -1, 1)  # Convolution [K, (h, w,) in, F] → [K, F, (h, w)].
 
 
-def analyse(workdir: str, lams, modules: int) -> dict:
+def analyse(workdir: str, lams, modules: int, learning_rate=None) -> dict:
     import jax
 
     from jaxens import ensemble as ensemble_lib
@@ -73,9 +78,10 @@ def analyse(workdir: str, lams, modules: int) -> dict:
     plan, dataset = restored.plan, restored.dataset
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
-    missing = [lam for lam in lams if lam not in plan.group_lams()]
+    index = artifacts.lambda_groups(workdir, plan, learning_rate)
+    missing = [lam for lam in lams if lam not in index]
     if missing:
-        raise ValueError(f"--lams: {missing} not trained in {workdir} (it has {list(plan.group_lams())})")
+        raise ValueError(f"--lams: {missing} not trained in {workdir} (it has {list(index)})")
     m, shown = plan.k, min(modules, plan.k)
     predictor = ensemble_lib.Predictor(restored.model, restored.config.eval.batch_size, restored.strategy)
     logits = np.asarray(jax.device_get(predictor(restored.state, dataset.test_x, dataset)))  # [K, N, C]
@@ -83,7 +89,7 @@ def analyse(workdir: str, lams, modules: int) -> dict:
     filters = first_layer_filters(jax.device_get(restored.state.params), restored.model, restored.spec.input_shape)
     module_rows, confusion, shown_filters = [], {}, {}
     for lam in lams:
-        g = list(plan.group_lams()).index(lam)
+        g = index[lam]
         group = slice(g * m, (g + 1) * m)
         counts = np.asarray(metrics.confusion_matrix(logits[group], labels))  # [M, C, C]
         predicted = counts.sum(axis=1)  # [M, C] predictions per class
@@ -100,7 +106,9 @@ def analyse(workdir: str, lams, modules: int) -> dict:
         confusion[lam] = (counts[:shown] / rows_sum).tolist()
         shown_filters[lam] = filters[group][:shown]
     return dict(
-        training=training_curves(workdir, lams),
+        training=training_curves(
+            workdir, lams, {lam: dict(plan.groups[g].hyper).get("learning_rate") for lam, g in index.items()}
+        ),
         modules=module_rows,
         confusion=confusion,
         filters=shown_filters,
@@ -184,6 +192,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", required=True, help="a run trained with config.loss.lam")
     parser.add_argument("--lams", default="0,1", help="the λ groups to show")
     parser.add_argument("--modules", type=int, default=8, help="modules shown in Fig. 8 and 10")
+    parser.add_argument("--learning_rate", type=float, default=None, help="of a run with several per λ")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -193,7 +202,7 @@ def main(argv=None) -> None:
         if not os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
             raise ValueError(f"--workdir={args.workdir}: no run there (no metrics.jsonl)")
         started = time.time()
-        result = analyse(args.workdir, lams, args.modules)
+        result = analyse(args.workdir, lams, args.modules, args.learning_rate)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

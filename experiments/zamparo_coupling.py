@@ -5,13 +5,18 @@ the coupling time t, with and without reset.
   python experiments/zamparo_coupling.py --config=configs/resnet20_spawn.py \\
       --times=0ep,1ep,2ep,5ep,10ep,20ep --seeds=0,1,2 --out=results/zamparo_resnet20   # paper scale (accelerator)
 
-For every seed (one parent per seed) a resumable `jaxens.sweep` trains four runs under OUT/runs/:
-`s<seed>_coupled_to_t` (the parent up to the last t, then the k children of every spawn time, all on the
-member axis of one program: K = |t|·k), `s<seed>_coupled_to_t_reset` (the same parent's checkpoints, read
-through config.coupling.parent_dir: the children restart optimizer and schedule and train T more steps) and
-`s<seed>_no_coupling` (k independent members: the baseline at the top of Zamparo's panels) and
-`s<seed>_coupled_order` (k members from independent initializations on the same minibatches: Zamparo et
-al. §2 find it indistinguishable from no coupling in error and MACE; `verdicts['coupled_order']`).
+The whole figure is ONE program (`--program=grid`, the default): the run OUT/runs/grid has config.grid.seed =
+the seeds and config.grid.condition = (coupled_to_t, coupled_to_t_reset, no_coupling, coupled_order)
+(`jaxens.grid`). Its parents, one per seed, train stacked up to the last t; then every seed's groups train
+side by side on one member axis: the k children of every spawn time under coupled_to_t, the same under
+coupled_to_t_reset (optimizer and schedule restart, T more steps), k independent members (no_coupling, the
+baseline at the top of Zamparo's panels) and k members from independent initializations on the same
+minibatches (coupled_order: Zamparo et al. §2 find it indistinguishable from no coupling in error and MACE;
+`verdicts['coupled_order']`). Each group equals the run of its settings alone (tests/test_grid.py).
+
+`--program=separate` trains the same groups as a resumable `jaxens.sweep` of four runs per seed instead
+(`s<seed>_coupled_to_t`, `s<seed>_coupled_to_t_reset` reading its parent through config.coupling.parent_dir,
+`s<seed>_no_coupling`, `s<seed>_coupled_order`): what benchmarks/grid.py times the grid against.
 
 From the runs' summaries it writes, atomically:
 - OUT/results.csv: tidy, one row per run × group × metric: seed, condition, t (steps), t_epochs, t_label,
@@ -55,7 +60,7 @@ import artifacts
 import numpy as np
 
 from jaxens import config as config_lib
-from jaxens import sweep
+from jaxens import grid, sweep
 from jaxens.trainer import spec as spec_lib
 from jaxens.workdir import write_bytes_atomic, write_json_atomic
 
@@ -70,9 +75,15 @@ MEMBER_COLUMNS = ("seed", "condition", "t_label", "member", "error")
 KL_COLUMNS = ("condition", "t", "t_epochs", "t_label", "seed_a", "seed_b", "sym_kl")
 
 
-def sweep_runs(base, times: tuple[str, ...], seeds: tuple[int, ...], root: str) -> dict:
-    """name → config of the sweep, in the order they run (the reset runs read their parent's checkpoints
-    from the coupled_to_t run of the same seed, which comes first)."""
+def sweep_runs(base, times: tuple[str, ...], seeds: tuple[int, ...], root: str, program: str = "grid") -> dict:
+    """name → config of the sweep: one grid run ('grid'), or ('separate') four runs per seed in the order they
+    run (the reset runs read their parent's checkpoints from the coupled_to_t run of the same seed, first)."""
+    if program == "grid":
+        config = copy.deepcopy(base)
+        config.seed, config.coupling.condition, config.coupling.parent_dir = 0, "no_coupling", ""  # The grid's.
+        config.coupling.t = tuple(times)
+        config.grid.seed, config.grid.condition = tuple(seeds), (*CONDITIONS, *BASELINES)
+        return {"grid": config}
     runs = {}
     for seed in seeds:
         for condition in (*CONDITIONS, *BASELINES):
@@ -87,30 +98,41 @@ def sweep_runs(base, times: tuple[str, ...], seeds: tuple[int, ...], root: str) 
     return runs
 
 
-def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
-    """Tidy rows (COLUMNS) from the finished runs' summaries."""
-    rows = []
+def ensembles(outcomes: dict, runs: dict) -> list[dict]:
+    """Every ensemble the figure compares, from the finished runs' summaries: {seed, condition, group (its
+    summary entry), run, index (its group in the run)} (a grid's groups carry their seed and condition)."""
+    out = []
     for name, outcome in outcomes.items():
         if outcome.status != "finished":
             continue
         config = runs[name]
-        for group in outcome.summary["groups"]:
-            test = group["test"]
-            t = group["t"]
-            values = {metric: float(test[metric]) for metric in METRICS if metric in test}
-            values[GAIN] = values["mean_member_error"] - values["ensemble_error"]
-            for metric, value in values.items():
-                rows.append(
-                    dict(
-                        seed=config.seed,
-                        condition=config.coupling.condition,
-                        t=t,
-                        t_epochs=None if t is None else t / steps_per_epoch,
-                        t_label=group["t_label"],
-                        metric=metric,
-                        value=value,
-                    )
+        for g, group in enumerate(outcome.summary["groups"]):
+            seed, condition = group.get("seed", config.seed), group.get("condition", config.coupling.condition)
+            out.append(dict(seed=seed, condition=condition, group=group, run=name, index=g))
+    return out
+
+
+def table(outcomes: dict, runs: dict, steps_per_epoch: int) -> list[dict]:
+    """Tidy rows (COLUMNS) from the finished runs' summaries."""
+    rows = []
+    for unit in ensembles(outcomes, runs):
+        group = unit["group"]
+        test = group["test"]
+        t = group["t"]
+        values = {metric: float(test[metric]) for metric in METRICS if metric in test}
+        values[GAIN] = values["mean_member_error"] - values["ensemble_error"]
+        for metric, value in values.items():
+            rows.append(
+                dict(
+                    seed=unit["seed"],
+                    condition=unit["condition"],
+                    t=t,
+                    t_epochs=None if t is None else t / steps_per_epoch,
+                    t_label=group["t_label"],
+                    metric=metric,
+                    value=value,
                 )
+            )
     return rows
 
 
@@ -189,23 +211,17 @@ def figure(rows: list[dict], title: str) -> bytes:
 def member_rows(outcomes: dict, runs: dict) -> list[dict]:
     """Every member's own test error (Fig. 2): seed, condition, t_label, member, error."""
     rows = []
-    for name, outcome in outcomes.items():
-        if outcome.status != "finished":
-            continue
-        config = runs[name]
-        for group in outcome.summary["groups"]:
-            for m, error in enumerate(group["test"]["member_error"]):
-                label = group["t_label"] or ""
-                rows.append(
-                    dict(seed=config.seed, condition=config.coupling.condition, t_label=label, member=m, error=error)
-                )
+    for unit in ensembles(outcomes, runs):
+        for m, error in enumerate(unit["group"]["test"]["member_error"]):
+            label = unit["group"]["t_label"] or ""
+            rows.append(dict(seed=unit["seed"], condition=unit["condition"], t_label=label, member=m, error=error))
     return rows
 
 
 def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int) -> list[dict]:
     """Fig. 1f: the symmetric KL between the test predictions of two ensembles spawned at the same t from
     different parents (seeds a < b), per condition and t (`jaxens.metrics.ensemble_kl`). Pairs computed
-    before are taken from `stored` (updated in place); the others restore both runs' latest checkpoints."""
+    before are taken from `stored` (updated in place); the others restore the runs' latest checkpoints."""
     import jax
 
     from jaxens import ensemble as ensemble_lib
@@ -213,29 +229,32 @@ def ensemble_kls(outcomes: dict, runs: dict, stored: dict, steps_per_epoch: int)
 
     cache: dict = {}
 
-    def groups_of(name):  # The run's ensembles' member logits on the test split, [k, N, C] per spawn time.
+    def logits_of(unit):  # The ensemble's member logits on the test split, [k, N, C].
+        name = unit["run"]
         if name not in cache:
             r = run.restore(outcomes[name].workdir)
             predictor = ensemble_lib.Predictor(r.model, r.config.eval.batch_size, r.strategy)
             logits = np.asarray(jax.device_get(predictor(r.state, r.dataset.test_x, r.dataset)))
             cache[name] = np.split(logits, r.plan.num_groups)
-        return cache[name]
+        return cache[name][unit["index"]]
 
     rows = []
+    units = ensembles(outcomes, runs)
     for condition in CONDITIONS:
-        names = [n for n, c in runs.items() if c.coupling.condition == condition and outcomes[n].status == "finished"]
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                for g, group in enumerate(outcomes[a].summary["groups"]):  # In spawn-step order.
-                    key = f"{condition}|{group['t']}|{runs[a].seed}|{runs[b].seed}"
-                    if key not in stored:
-                        logits_a, logits_b = groups_of(a), groups_of(b)
-                        method = runs[a].ensemble.method
-                        stored[key] = float(metrics.ensemble_kl(logits_a[g], logits_b[g], method))
-                    rows.append(
-                        dict(condition=condition, t=group["t"], t_epochs=group["t"] / steps_per_epoch,
-                             t_label=group["t_label"], seed_a=runs[a].seed, seed_b=runs[b].seed, sym_kl=stored[key])
-                    )  # fmt: skip
+        mine = sorted((u for u in units if u["condition"] == condition), key=lambda u: (u["group"]["t"], u["seed"]))
+        for i, a in enumerate(mine):
+            for b in mine[i + 1 :]:
+                t = a["group"]["t"]
+                if b["group"]["t"] != t or b["seed"] == a["seed"]:
+                    continue
+                key = f"{condition}|{t}|{a['seed']}|{b['seed']}"
+                if key not in stored:
+                    method = runs[a["run"]].ensemble.method
+                    stored[key] = float(metrics.ensemble_kl(logits_of(a), logits_of(b), method))
+                rows.append(
+                    dict(condition=condition, t=t, t_epochs=t / steps_per_epoch, t_label=a["group"]["t_label"],
+                         seed_a=a["seed"], seed_b=b["seed"], sym_kl=stored[key])
+                )  # fmt: skip
     return rows
 
 
@@ -289,6 +308,9 @@ def main(argv=None) -> None:
     parser.add_argument("--times", default="0ep,1ep,2ep,5ep,10ep", help="spawn times t (step strings)")
     parser.add_argument("--seeds", default="0,1,2", help="one parent per seed")
     parser.add_argument("--set", action="append", default=[], help="trainer config override field=value")
+    parser.add_argument(
+        "--program", choices=("grid", "separate"), default="grid", help="one grid run, or a sweep of separate runs"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -298,7 +320,7 @@ def main(argv=None) -> None:
         if not times or not seeds:
             raise config_lib.ConfigError("--times and --seeds need at least one value each")
         root = os.path.join(args.out, "runs")
-        runs = sweep_runs(base, times, seeds, root)
+        runs = sweep_runs(base, times, seeds, root, args.program)
         sweep.validate_all(runs, root)
     except (config_lib.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -308,12 +330,14 @@ def main(argv=None) -> None:
     outcomes = sweep.run_all(runs, root)
     first = next(iter(runs.values()))
     spe = spec_lib.resolve(first).steps_per_epoch
+    first = grid.group_config(first, grid.settings(first)[0])  # For the titles: one group's settings.
     rows = table(outcomes, runs, spe)
     settings = dict(
         config=args.config,
         overrides=args.set,
         times=times,
         seeds=seeds,
+        program=args.program,
         dataset=first.dataset,
         model=first.model.name,
         k=first.ensemble.k,

@@ -53,6 +53,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.trajectory = _trajectory_fields()
     c.eval = _eval_fields()
     c.mesh = _mesh_fields()
+    c.grid = _grid_fields()
     c.lock()
     return c
 
@@ -250,6 +251,25 @@ def _mesh_fields() -> ml_collections.ConfigDict:
     return g
 
 
+def _grid_fields() -> ml_collections.ConfigDict:
+    """config.grid: The population axis (`jaxens.grid`): settings that vary per group of k members in ONE program."""
+    g = ml_collections.ConfigDict()
+    # Each field, a tuple of values, varies its scalar twin (config.seed, config.optimizer.learning_rate, ...)
+    # per group; the groups are the cartesian product of every grid field with config.coupling.t and
+    # config.loss.lam, k members each, all on one member axis (one compilation per phase). () = not varied.
+    # A grid field and its twin cannot both be set. A group equals the run of its settings alone.
+    g.seed = ()  # config.seed.
+    g.learning_rate = ()  # config.optimizer.learning_rate (sgd, adam, adamw).
+    g.weight_decay = ()  # config.optimizer.weight_decay (sgd, adam, adamw).
+    g.momentum = ()  # config.optimizer.momentum (sgd).
+    g.reinit_fraction = ()  # config.coupling.reinit_fraction (spawning conditions).
+    g.reinit_side = ()  # config.coupling.reinit_side.
+    # config.coupling.condition: e.g. ('no_coupling', 'coupled_to_t', 'coupled_to_t_reset'); spawn times and
+    # re-initialization apply to the spawning conditions' groups only.
+    g.condition = ()
+    return g
+
+
 def packaged_configs_dir() -> str:
     """The directory of the configs installed with jaxens (the repository's configs/, as `jaxens.configs`)."""
     spec = importlib.util.find_spec("jaxens.configs")
@@ -352,6 +372,14 @@ def unknown_fields(paths: list[str]) -> list[str]:
     problems = []
     for path in paths:
         node, parts = schema, path.split(".")[1:]
+        if len(parts) == 2 and parts[0] == "grid" and parts[1] not in schema.grid:
+            problems.append(
+                f"--{path}: {parts[1]!r} cannot vary per group of config.grid (fields there: "
+                f"{', '.join(sorted(schema.grid.keys()))}): the groups of one run share one stacked state, so "
+                "nothing that changes array shapes or the data (model, widths, k, batch size, dataset, epochs) can "
+                "differ between them; run one program per value (an experiments/ script or jaxens.sweep)"
+            )
+            continue
         for i, part in enumerate(parts):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 where = ".".join(["config", *parts[:i]])

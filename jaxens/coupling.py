@@ -19,26 +19,27 @@ members g·k … g·k + k − 1. Each member keeps its own step counter (which a
 and stops updating at its end step.
 
 The children of spawn time t draw their streams from `jaxens.spawn.spawn_key(seed, t)`, so a sweep member
-equals the member of a single-spawn run with the same seed and t. The definitions are in
+equals the member of a single-spawn run with the same seed and t.
+
+A grid (`jaxens.grid`, config.grid) multiplies the groups: seeds, optimizer hyperparameters, conditions and
+re-initializations. Every distinct parent (seed × hyperparameters) then trains in one stacked parent phase
+and spawns its own children; groups without a parent start from initialization beside them. The definitions are in
 docs/definitions.md#coupling-conditions; the spawn itself is `jaxens.spawn`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxens import grid as grid_lib
 from jaxens import rng as rng_lib
 from jaxens import steps as steps_lib
 from jaxens.config import SPAWNING_CONDITIONS
-
-
-def num_groups(condition: str, spawn_times, lams) -> int:
-    """Groups of k members a run trains: one per spawn time under a spawning condition, one per λ, else one."""
-    return max(len(spawn_times) if condition in SPAWNING_CONDITIONS else 0, len(lams), 1)
 
 
 def spawn_time_problems(times: tuple, condition: str, steps_per_epoch: int, total_steps: int) -> list[str]:
@@ -65,82 +66,176 @@ def spawn_time_problems(times: tuple, condition: str, steps_per_epoch: int, tota
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """What a run trains under its condition.
+class Group:
+    """One group of k members: what the run of its settings alone would train (`jaxens.grid`).
 
     Attributes:
-      condition: one of `jaxens.config.CONDITIONS`.
-      k: members per group (children per spawn time).
-      total_steps: T.
-      spawn_steps: sorted spawn times in steps; () without a parent.
-      spawn_labels: the spawn times as configured, in the order of `spawn_steps`.
-      shared_streams: streams the members of one group share.
-      lams: Webb et al.'s λ of each group (() without the modular loss); a group per λ.
+      seed: the root of its streams (config.seed, or its config.grid.seed value).
+      condition: its coupling condition.
+      t: its spawn step (None without a parent); t_label: the spawn time as configured.
+      lam: its λ (None without the modular loss).
+      shared_streams: the streams its members share.
+      hyper: ((name, value), ...) the optimizer hyperparameters the grid varies (`jaxens.grid.HYPERPARAMETERS`),
+        held per member in the optimizer's state; () without.
+      reinit_fraction, reinit_side: its re-initialization at the spawn.
+      values: ((grid field, value), ...) naming the group in the grid; () without a grid.
     """
 
+    seed: int
     condition: str
-    k: int
-    total_steps: int
-    spawn_steps: tuple[int, ...]
-    spawn_labels: tuple[str, ...]
-    shared_streams: tuple[str, ...]
-    lams: tuple[float, ...] = ()
+    t: int | None = None
+    t_label: str | None = None
+    lam: float | None = None
+    shared_streams: tuple[str, ...] = ()
+    hyper: tuple[tuple[str, float], ...] = ()
+    reinit_fraction: float = 0.0
+    reinit_side: str = "low"
+    values: tuple[tuple[str, Any], ...] = ()
 
     @property
     def spawning(self) -> bool:
-        return bool(self.spawn_steps)
+        return self.t is not None
 
     @property
     def reset(self) -> bool:
         return self.condition == "coupled_to_t_reset"
 
     @property
+    def parent(self) -> tuple | None:
+        """What decides its parent (seed and hyperparameters), or None without one."""
+        return (self.seed, self.hyper) if self.spawning else None
+
+    def parent_values(self) -> tuple[tuple[str, Any], ...]:
+        """The grid values that name its parent."""
+        return tuple((n, v) for n, v in self.values if n in grid_lib.PARENT_FIELDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run trains: its groups of k members (group g: members g·k … g·k + k − 1), from when, until when.
+
+    Attributes:
+      condition: config.coupling.condition (a grid of conditions gives each group its own).
+      k: members per group (children per spawn time).
+      total_steps: T.
+      groups: every group, in member order.
+    """
+
+    condition: str
+    k: int
+    total_steps: int
+    groups: tuple[Group, ...]
+
+    @property
+    def spawning(self) -> bool:
+        return any(g.spawning for g in self.groups)
+
+    @property
+    def spawn_steps(self) -> tuple[int, ...]:
+        """The sorted spawn steps of every parent (each parent is saved at each)."""
+        return tuple(sorted({g.t for g in self.groups if g.t is not None}))
+
+    @property
+    def spawn_labels(self) -> tuple[str, ...]:
+        """The spawn times as configured, in the order of `spawn_steps`."""
+        labels = {g.t: g.t_label for g in self.groups if g.t is not None}
+        return tuple(str(labels[t]) for t in self.spawn_steps)
+
+    @property
+    def parents(self) -> tuple[Group, ...]:
+        """One group standing for each distinct parent (seed × hyperparameters), in member order."""
+        seen: dict = {}
+        for g in self.groups:
+            if g.spawning and g.parent not in seen:
+                seen[g.parent] = g
+        return tuple(seen.values())
+
+    def parent_index(self, group: Group) -> int:
+        return [p.parent for p in self.parents].index(group.parent)
+
+    @property
+    def reset(self) -> bool:
+        return any(g.reset for g in self.groups)
+
+    @property
+    def lams(self) -> tuple[float, ...]:
+        """Each group's λ (() without the modular loss): the joint step's groups."""
+        return tuple(float(g.lam) for g in self.groups if g.lam is not None)
+
+    @property
     def num_groups(self) -> int:
-        return num_groups(self.condition, self.spawn_steps, self.lams)
+        return len(self.groups)
 
     @property
     def num_members(self) -> int:
         """K, all groups together."""
         return self.num_groups * self.k
 
-    def member_streams(self, seed: int) -> rng_lib.Streams:
-        """The streams of a run without parent: members 0..K-1 of the seed, sharing `shared_streams`.
+    @property
+    def gridded(self) -> bool:
+        return bool(self.groups[0].values)
 
-        Under the modular loss every λ group takes the streams of members 0..k-1 (the same k
-        initializations for every λ), so a group of a λ sweep equals a run with that λ alone.
-        """
-        if not self.lams:
-            return rng_lib.member_streams(seed, self.num_members, self.shared_streams)
-        streams = rng_lib.member_streams(seed, self.k, self.shared_streams)
-        return jax.tree.map(lambda x: jnp.tile(x, (self.num_groups, 1)), streams)
+    def group_streams(self, group: Group) -> rng_lib.Streams:
+        """The streams of a group trained from initialization: members 0..k-1 of its seed (so every group of
+        a λ or hyperparameter grid has the same k initializations as the run of its settings alone)."""
+        return rng_lib.member_streams(group.seed, self.k, group.shared_streams)
+
+    def streams(self, groups: tuple[Group, ...] | None = None) -> rng_lib.Streams:
+        """The streams of `groups` (default: all) trained from initialization (`group_streams`), stacked."""
+        parts = [self.group_streams(g) for g in (self.groups if groups is None else groups)]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+    def member_hyper(self, groups: tuple[Group, ...] | None = None, k: int | None = None) -> dict | None:
+        """{hyperparameter: [k·len(groups)] float32} of the members of `groups` (default: all; k members each,
+        default `self.k`), or None without per-member hyperparameters."""
+        groups = self.groups if groups is None else groups
+        if not groups or not groups[0].hyper:
+            return None
+        per = self.k if k is None else k
+        names = [n for n, _ in groups[0].hyper]
+        return {n: np.repeat(np.asarray([dict(g.hyper)[n] for g in groups], np.float32), per) for n in names}
+
+    def parent_streams(self) -> rng_lib.Streams:
+        """The streams of the parents (`parents`, one member each): member 0 of each one's seed."""
+        parts = [rng_lib.member_streams(p.seed, 1) for p in self.parents]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
     def group_spawn_steps(self) -> tuple[int | None, ...]:
         """Each group's spawn step (None without a parent)."""
-        return self.spawn_steps or (None,) * self.num_groups
+        return tuple(g.t for g in self.groups)
 
     def group_lams(self) -> tuple[float | None, ...]:
         """Each group's λ (None without the modular loss)."""
-        return tuple(float(lam) for lam in self.lams) or (None,) * self.num_groups
+        return tuple(g.lam for g in self.groups)
+
+    def group_keys(self) -> list[tuple]:
+        """Each group's identity in the records: (t, λ, grid values or None)."""
+        return [(g.t, g.lam, dict(g.values) if g.values else None) for g in self.groups]
 
     def start_steps(self) -> np.ndarray:
-        """[K] the step each member starts the members' phase at (its group's t)."""
-        return np.repeat(np.asarray(self.spawn_steps or (0,) * self.num_groups, np.int64), self.k)
+        """[K] the step each member starts the members' phase at (its group's t, or 0)."""
+        return np.repeat(np.asarray([g.t or 0 for g in self.groups], np.int64), self.k)
 
     def end_steps(self) -> np.ndarray:
         """[K] the step each member stops at: T, or t + T under coupled_to_t_reset."""
-        return self.start_steps() + self.total_steps if self.reset else np.full(self.num_members, self.total_steps)
+        return np.repeat(
+            np.asarray([(g.t or 0) + self.total_steps if g.reset else self.total_steps for g in self.groups]),
+            self.k,
+        ).astype(np.int64)
 
     def member_names(self) -> list[str]:
         """[K] how messages name each member: 'member m', with its group when there are several."""
         names = []
-        for g, (t, lam) in enumerate(zip(self.group_spawn_steps(), self.group_lams())):
+        for g in self.groups:
             for m in range(self.k):
-                if lam is not None and self.num_groups > 1:
-                    names.append(f"member {m} of the λ={lam:g} group")
-                elif t is not None and self.num_groups > 1:
-                    names.append(f"member {m} of the children spawned at t={self.spawn_labels[g]}")
-                else:
+                if self.num_groups == 1:
                     names.append(f"member {m}")
+                elif g.values:
+                    names.append(f"member {m} of the group {grid_lib.label(g.values, g.t_label, g.lam)}")
+                elif g.lam is not None:
+                    names.append(f"member {m} of the λ={g.lam:g} group")
+                else:
+                    names.append(f"member {m} of the children spawned at t={g.t_label}")
         return names
 
     def ticks(self) -> int:
@@ -152,44 +247,46 @@ class Plan:
 COUPLED_ORDER_SHARES = ("order", "augment")
 
 
-def make_plan(
-    condition: str,
-    k: int,
-    total_steps: int,
-    steps_per_epoch: int,
-    spawn_times: tuple = (),
-    shared_streams: tuple[str, ...] = (),
-    lams: tuple[float, ...] = (),
-) -> Plan:
-    """The plan of a run (see `Plan`) from its validated settings.
-
-    Args:
-      condition: config.coupling.condition.
-      k: config.ensemble.k.
-      total_steps: T.
-      steps_per_epoch: S, to read the spawn times.
-      spawn_times: config.coupling.t, step strings (`jaxens.steps`); read only under a spawning condition.
-      shared_streams: config.ensemble.shared_streams; under coupled_order () means `COUPLED_ORDER_SHARES`,
-        and 'order' is always added.
-      lams: config.loss.lam.
-    """
+def shared_streams_of(condition: str, shared_streams: tuple[str, ...]) -> tuple[str, ...]:
+    """The streams a group's members share: config.ensemble.shared_streams; under coupled_order () means
+    `COUPLED_ORDER_SHARES`, and 'order' is always added."""
     shared = tuple(shared_streams)
     if condition == "coupled_order":
         shared = tuple(dict.fromkeys(("order", *(shared or COUPLED_ORDER_SHARES))))
-    steps: tuple[int, ...] = ()
-    labels: tuple[str, ...] = ()
-    if condition in SPAWNING_CONDITIONS:
-        pairs = sorted((steps_lib.parse(t, steps_per_epoch), str(t)) for t in spawn_times)
-        steps, labels = tuple(s for s, _ in pairs), tuple(label for _, label in pairs)
-    return Plan(
-        condition=condition,
-        k=k,
-        total_steps=total_steps,
-        spawn_steps=steps,
-        spawn_labels=labels,
-        shared_streams=shared,
-        lams=tuple(lams),
-    )
+    return shared
+
+
+def make_plan(config, steps_per_epoch: int) -> Plan:
+    """The plan of a validated config: its groups (`jaxens.grid.settings`) with their settings resolved."""
+    total = steps_per_epoch * config.train.num_epochs
+    groups = []
+    for setting in grid_lib.settings(config):
+        value = lambda name, s=setting: s.value(config, name)  # noqa: E731
+        condition = value("condition")
+        spawning = condition in SPAWNING_CONDITIONS
+        hyper = tuple((n, float(v)) for n, v in setting.values if n in grid_lib.HYPERPARAMETERS)
+        if hyper:  # Every hyperparameter the grid varies, for every group (one optimizer state layout).
+            hyper = tuple((n, float(value(n))) for n in grid_lib.HYPERPARAMETERS if n in grid_lib.varied(config))
+        groups.append(
+            Group(
+                seed=int(value("seed")),
+                condition=condition,
+                t=steps_lib.parse(setting.t, steps_per_epoch) if spawning else None,
+                t_label=str(setting.t) if spawning else None,
+                lam=setting.lam,
+                shared_streams=shared_streams_of(condition, tuple(config.ensemble.shared_streams)),
+                hyper=hyper,
+                reinit_fraction=float(value("reinit_fraction")) if spawning else 0.0,
+                reinit_side=str(value("reinit_side")),
+                values=setting.values,
+            )
+        )
+    # Within each setting of the other fields, spawn times in increasing order (a sweep's children stack so).
+    first: dict[tuple, int] = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g.values, i)
+    groups = [g for _, g in sorted(enumerate(groups), key=lambda p: (first[p[1].values], p[1].t or 0, p[0]))]
+    return Plan(condition=config.coupling.condition, k=config.ensemble.k, total_steps=total, groups=tuple(groups))
 
 
 # Config fields that decide the parent's training: runs that agree on them have the same parent.
@@ -214,8 +311,13 @@ CHILD_ONLY_FIELDS = ("optimizer.member_lr_scale",)
 
 
 def parent_fields(config: dict) -> dict:
-    """The PARENT_FIELDS of a config given as a plain dict (`jaxens.workdir.config_to_dict`)."""
+    """The PARENT_FIELDS of a config given as a plain dict (`jaxens.workdir.config_to_dict`), with the grid
+    fields that decide parents when the grid varies them."""
     out = {}
+    for name in grid_lib.PARENT_FIELDS:
+        values = (config.get("grid") or {}).get(name)
+        if values:
+            out[f"grid.{name}"] = values
     for path in PARENT_FIELDS:
         node: dict | None = config
         for part in path.split("."):

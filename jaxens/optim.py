@@ -122,25 +122,26 @@ def sample_steps(total_steps: int, cycles: int, per_cycle: int = 1, spacing: int
     return tuple(end - j * spacing for end in cycle_ends(total_steps, cycles) for j in range(per_cycle - 1, -1, -1))
 
 
-def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def make_schedule(c: ml_collections.ConfigDict, total_steps: int, learning_rate=None) -> optax.Schedule:
     """The learning rate as a function of the optimizer's own step count.
 
     `constant`; `cosine` decay to 0 over `total_steps`; `piecewise`: multiplied by `decay_factor` (or by
     `decay_factors[i]`) at each of `boundaries` (fractions of `total_steps`), e.g. the ResNet step decay ×0.1
     at 50% and 75%;
     `cyclical`: `cycles` cosine cycles over `total_steps` (`cyclical_schedule`, Zhang et al. 2020 eq. 1).
+
+    `learning_rate` (a float or a traced scalar) replaces `c.learning_rate` as the schedule's peak.
     """
+    lr = c.learning_rate if learning_rate is None else learning_rate
     if c.schedule == "constant":
-        return optax.constant_schedule(c.learning_rate)
+        return optax.constant_schedule(lr)
     if c.schedule == "cosine":
-        return optax.cosine_decay_schedule(c.learning_rate, decay_steps=total_steps)
+        return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
     if c.schedule == "piecewise":
         factors = tuple(c.decay_factors) or (c.decay_factor,) * len(c.boundaries)
-        return optax.piecewise_constant_schedule(
-            c.learning_rate, {int(b * total_steps): f for b, f in zip(c.boundaries, factors)}
-        )
+        return optax.piecewise_constant_schedule(lr, {int(b * total_steps): f for b, f in zip(c.boundaries, factors)})
     if c.schedule == "cyclical":
-        return cyclical_schedule(c.learning_rate, total_steps, c.cycles)
+        return cyclical_schedule(lr, total_steps, c.cycles)
     raise ValueError(f"config.optimizer.schedule={c.schedule!r}: allowed: constant, cosine, piecewise, cyclical")
 
 
@@ -252,7 +253,7 @@ def sgmcmc(
 
 
 def make_optimizer(
-    c: ml_collections.ConfigDict, total_steps: int, num_train: int | None = None
+    c: ml_collections.ConfigDict, total_steps: int, num_train: int | None = None, per_member: tuple[str, ...] = ()
 ) -> optax.GradientTransformationExtraArgs:
     """One member's optimizer. Its state (momentum, schedule count) lives on the member axis.
 
@@ -263,16 +264,38 @@ def make_optimizer(
       total_steps: steps the schedule spans.
       num_train: N, the number of training examples the loss averages over (after any validation
         hold-out, `Dataset.num_train`). Required by `sgmcmc`, whose noise scales with 1/N.
+      per_member: hyperparameters ('learning_rate', 'weight_decay', 'momentum'; sgd, adam, adamw) held in the
+        optimizer's state (`optax.inject_hyperparams`) instead of fixed, so that each member of a stacked
+        state has its own (`set_hyperparameters`; config.grid). A weight decay or momentum held so is applied
+        even where a member's value is 0, which adds exact zeros.
 
     Raises:
-      ValueError: an unknown name or schedule, or `sgmcmc` without `num_train`.
+      ValueError: an unknown name or schedule, or `sgmcmc` without `num_train` (or with `per_member`).
     """
-    lr = make_schedule(c, total_steps)
+    if per_member:
+        if c.name == "sgmcmc":
+            raise ValueError("config.grid: sgmcmc's hyperparameters cannot vary per member; allowed: sgd, adam, adamw")
+        initial = {name: float(c[name]) for name in per_member}
+
+        def build(learning_rate=None, weight_decay=None, momentum=None):  # inject_hyperparams reads the names.
+            held = dict(learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum)
+            return _optimizer(c, total_steps, num_train, **{n: v for n, v in held.items() if v is not None})
+
+        return optax.inject_hyperparams(build)(**initial)
+    return _optimizer(c, total_steps, num_train)
+
+
+def _optimizer(c, total_steps: int, num_train: int | None, **values):
+    """`make_optimizer` with `values` (traced scalars held per member) in place of c's learning_rate,
+    weight_decay or momentum; a decay or momentum held so keeps its transform even at 0."""
+    lr = make_schedule(c, total_steps, values.get("learning_rate"))
+    weight_decay, momentum = values.get("weight_decay", c.weight_decay), values.get("momentum", c.momentum)
     if c.name == "adamw":
-        return optax.adamw(lr, weight_decay=c.weight_decay)
-    decay = optax.add_decayed_weights(c.weight_decay) if c.weight_decay else optax.identity()
+        return optax.adamw(lr, weight_decay=weight_decay)
+    decay = optax.add_decayed_weights(weight_decay) if "weight_decay" in values or weight_decay else optax.identity()
     if c.name == "sgd":
-        return optax.chain(decay, optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov))
+        trace = momentum if "momentum" in values else (c.momentum or None)
+        return optax.chain(decay, optax.sgd(lr, momentum=trace, nesterov=c.nesterov))
     if c.name == "adam":
         return optax.chain(decay, optax.adam(lr))
     if c.name == "sgmcmc":
@@ -293,3 +316,17 @@ def make_optimizer(
             sampling=sampling,
         )
     raise ValueError(f"config.optimizer.name={c.name!r}: allowed: sgd, adam, adamw, sgmcmc")
+
+
+def set_hyperparameters(opt_state, values: dict[str, Any] | None):
+    """The stacked optimizer state `opt_state` (leaves [K, ...]) of a `make_optimizer(..., per_member=...)`
+    with each member's hyperparameters `values` ({name: [K]}); without them, as it is."""
+    if not values:
+        return opt_state
+    held = {name: jnp.asarray(v, opt_state.hyperparams[name].dtype) for name, v in values.items()}
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **held})
+
+
+def hyperparameters(opt_state) -> dict | None:
+    """The per-member hyperparameters an optimizer state holds ({name: [K]}), or None for a fixed optimizer."""
+    return getattr(opt_state, "hyperparams", None)

@@ -6,21 +6,31 @@
 
 One row per run × step × split × member × metric: the records of each run's metrics.jsonl (see
 `jaxens.workdir.MetricsLog`), with the run's name and its config fields (flattened, e.g. 'ensemble.k',
-'optimizer.learning_rate'; list values as tuples) as columns. experiments/ and notebooks read results
+'optimizer.learning_rate'; list values as tuples) as columns. A grid run's rows (config.grid, `jaxens.grid`)
+carry each group's own values in those columns ('seed', 'optimizer.learning_rate', ...) and its label in
+'group', so that a group of a grid and the run it replaces read alike. experiments/ and notebooks read results
 through `load`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import pandas as pd
 
+from jaxens import config as config_lib
+from jaxens import grid as grid_lib
 from jaxens import workdir as workdir_lib
 
 # The columns of a metrics.jsonl record, in the order `load` puts them after 'run'.
 RECORD_COLUMNS = ("phase", "step", "epoch", "t", "lam", "split", "scope", "member", "metric", "value")
+
+
+@functools.cache
+def _defaults() -> dict:
+    return config_lib.get_default_config().to_dict()
 
 
 def run_dirs(path: str) -> list[str]:
@@ -64,7 +74,7 @@ def load(path: str, config_fields: list[str] | None = None) -> pd.DataFrame:
 
     Returns:
       Columns 'run' (the run directory relative to `path`; its base name when `path` is the run), the
-      record columns `RECORD_COLUMNS` ('member' and 't' as nullable integers: missing for ensemble rows and
+      record columns `RECORD_COLUMNS` (with 'group' after 'lam' when some run has a grid) ('member' and 't' as nullable integers: missing for ensemble rows and
       runs without a parent), then the config fields. Runs that have not logged anything yet contribute no
       rows.
 
@@ -84,15 +94,32 @@ def load(path: str, config_fields: list[str] | None = None) -> pd.DataFrame:
             if missing:
                 raise KeyError(f"config field(s) {missing} not in {directory}/config.json")
             config = {name: config[name] for name in config_fields}
+        grids = [r.pop("grid", None) or {} for r in records]
         frame = pd.DataFrame.from_records(records).reindex(columns=list(RECORD_COLUMNS))
         name = os.path.relpath(directory, path)
         frame.insert(0, "run", os.path.basename(os.path.abspath(directory)) if name == "." else name)
         for key, value in config.items():
             frame[key] = [value] * len(frame)
+        if any(grids):  # Each group's own values in its twins' columns, and its label ('group', after 'lam').
+            order = list(grid_lib.FIELDS)
+            frame.insert(
+                frame.columns.get_loc("lam") + 1,
+                "group",
+                [grid_lib.label(sorted(g.items(), key=lambda i: order.index(i[0]))) or None for g in grids],
+            )
+            for field in sorted({f for g in grids for f in g}, key=order.index):
+                column = grid_lib.FIELDS[field]
+                if config_fields is None or column in config_fields:
+                    default = config.get(column, grid_lib.get(_defaults(), column))
+                    frame[column] = [g.get(field, default) for g in grids]
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["run", *RECORD_COLUMNS])
     df = pd.concat(frames, ignore_index=True)
+    if "group" in df.columns:  # Some run is a grid: its column right after 'lam' (concat put it first-seen).
+        columns = [c for c in df.columns if c != "group"]
+        columns.insert(columns.index("lam") + 1, "group")
+        df = df[columns]
     for column in ("member", "t"):
         df[column] = df[column].astype("Int64")
     df["lam"] = df["lam"].astype("float64")
@@ -124,6 +151,8 @@ def candidates(
       within: the fields whose values form the groups instead (t and λ are always added), e.g. ['seed'] to
         select per seed even where only one seed was run.
 
+    A grid run's groups (`load`'s 'group') are candidates of their own, with their values in the config columns.
+
     Returns:
       One row per candidate: the group's fields, `by`, 'run', 'step', 'epoch', '<split>_<metric>' (the
       score), the '<report>_*' metrics, and 'selected' (True for each group's lowest score; ties go to the
@@ -140,12 +169,14 @@ def candidates(
     ensemble = df[(df["scope"] == "ensemble") & (df["phase"] == "members")].copy()
     text = lambda column: ensemble[column].astype(object).map(str)  # noqa: E731  # Missing values included.
     ensemble["_candidate"] = text("run") + "|" + text("t") + "|" + text("lam")
+    if "group" in ensemble.columns:  # A grid's groups are candidates of their own.
+        ensemble["_candidate"] += "|" + text("group")
     scored = ensemble[(ensemble["split"] == split) & (ensemble["metric"] == metric)]
     if scored.empty:
         raise ValueError(
             f"no ensemble {metric!r} on split {split!r} to select on (hold out a validation split: config.data.val_size)"
         )
-    config_columns = [c for c in df.columns if c not in ("run", *RECORD_COLUMNS)]
+    config_columns = [c for c in df.columns if c not in ("run", "group", *RECORD_COLUMNS)]
     if within is None:
         within = [c for c in config_columns if c not in by and df[c].nunique(dropna=False) > 1]
     groups = [c for c in within if c not in ("t", "lam")] + ["t", "lam"]

@@ -177,12 +177,29 @@ def _starting_state(ctx: RunContext, checkpointer, parent_source: str | None, re
         ctx.say(f"resuming {ctx.workdir} from step {tick} of the members' phase")
         return latest.state, tick, latest.progress
     if plan.spawning:
-        state = parents.children(ctx, parents.parents(ctx, parent_source))
+        children = parents.children(ctx, parents.parents(ctx, parent_source))
+        fresh = tuple(g for g in plan.groups if not g.spawning)  # A grid's groups without a parent.
+        if fresh:
+            ctx.log.retain(lambda r: r["phase"] == "parent")
+            state = _in_group_order(plan, children, sharding_lib.host(spec.groups_state(fresh)))
+        else:
+            state = children
         faults.kill_point("spawn")  # Tests: SIGKILL right after the spawn.
-        return state, 0, {}
-    state = spec.fresh_state(plan.member_streams(spec.seed))
+        return sharding_lib.put_members(state, ctx.mesh(plan.num_members)), 0, {}
+    state = spec.groups_state()
     ctx.log.retain(lambda r: False)
     return sharding_lib.put_members(state, ctx.mesh(plan.num_members)), 0, {}
+
+
+def _in_group_order(plan, children, fresh):
+    """The members of every group in order, from the spawning groups' `children` and the others' `fresh`."""
+    rows, taken = [], {True: 0, False: 0}
+    for g in plan.groups:
+        start = taken[g.spawning]
+        rows.append((g.spawning, np.arange(start, start + plan.k)))
+        taken[g.spawning] += plan.k
+    pick = lambda c, f: np.concatenate([(c if s else f)[r] for s, r in rows])  # noqa: E731
+    return jax.tree.map(lambda c, f: pick(np.asarray(c), np.asarray(f)), children, fresh)
 
 
 def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: dict):
@@ -206,8 +223,8 @@ def _members_phase(ctx: RunContext, checkpointer, state, tick: int, progress: di
     ]
     spawned = None
     if plan.spawning:  # Children spawned mid-epoch draw their parent's remaining examples first.
-        parent_key = np.asarray(rng_lib.member_streams(spec.seed, 1).order)  # [1, 2]
-        spawned = (spec.batch_size, np.repeat(parent_key, plan.num_members, axis=0))
+        parent_keys = np.concatenate([np.asarray(rng_lib.member_streams(g.seed, 1).order) for g in plan.groups])
+        spawned = (spec.batch_size, np.repeat(parent_keys, plan.k, axis=0))  # [K, 2]
     phase = loop.Phase(
         "members", plan.start_steps(), plan.end_steps(), spec.steps_per_epoch, spec.steps_per_call,
         spec.member_lr_scales(), spawned,

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxens import optim
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens.ensemble import EnsembleState
@@ -173,7 +174,8 @@ def spawn(
         )
     if reset_optimizer:
         assert tx is not None  # checked above
-        opt_state = _fresh_optimizer(params, tx=tx)
+        # The schedule and moments restart; hyperparameters a grid holds per member stay the parent's.
+        opt_state = optim.set_hyperparameters(_fresh_optimizer(params, tx=tx), optim.hyperparameters(opt_state))
     return copies.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, rngs=streams)
 
 

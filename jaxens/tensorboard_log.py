@@ -11,6 +11,7 @@ One TensorBoard run per group of members, so that groups overlay in one chart:
   members         the members of a run without spawning or λ groups; the members' phase's step rate
   t=<t>           the children of spawn step t (a spawn sweep)
   lam=<λ>         the members trained with modular loss weight λ (Webb et al.; with t=<t>,lam=<λ> when both)
+  seed=1,lr=0.05,t=80   a grid's group (`jaxens.grid.label`), and parent,seed=1,lr=0.05 its parent
 
 Tags, at each group's own step (a child's step counts from its parent's initialization):
 
@@ -33,14 +34,17 @@ import time
 
 import jax
 
+from jaxens import grid as grid_lib
+
 SUBDIR = "tensorboard"
 
 
-def run_name(phase: str, t: int | None, lam: float | None) -> str:
-    """The TensorBoard run of a group of records (see the module docstring)."""
+def run_name(phase: str, t: int | None, lam: float | None, values: dict | None = None) -> str:
+    """The TensorBoard run of a group of records (see the module docstring); `values`: a grid group's."""
+    grid = grid_lib.label(sorted((values or {}).items(), key=lambda item: list(grid_lib.FIELDS).index(item[0])))
     if phase == "parent":
-        return "parent"
-    parts = ([] if t is None else [f"t={t}"]) + ([] if lam is None else [f"lam={lam:g}"])
+        return ",".join(["parent", grid]) if grid else "parent"
+    parts = ([grid] if grid else []) + ([] if t is None else [f"t={t}"]) + ([] if lam is None else [f"lam={lam:g}"])
     return ",".join(parts) or "members"
 
 
@@ -96,7 +100,7 @@ class Board:
             return
         touched = set()
         for r in records:
-            name = run_name(r["phase"], r["t"], r.get("lam"))
+            name = run_name(r["phase"], r["t"], r.get("lam"), r.get("grid"))
             tag_ = tag(r["split"], r["scope"], r["member"], r["metric"])
             self._scalar(self._writer(name, r["step"]), tag_, r["value"], r["step"])
             touched.add(name)

@@ -76,10 +76,11 @@ class TrainChunk:
     `lams` (Webb et al.'s λ per group, a tuple): train with the modular loss (`train_step.joint_train_step`)
     instead of each member on its own NLL; the K members form len(lams) groups.
 
-    `shared_batch`: every member's minibatch is the same (shared order, and no augmentation or a shared
-    augmentation stream: `train_step.shared_batch_of`), so it is gathered once, from member 0's streams, and
-    fed to all members unbatched (`member_step_on_batch`): one [B, D] input instead of K copies. Equal to
-    the per-member path up to float rounding (the matmuls differ in shape).
+    `shared_batch` (1, or True): every member's minibatch is the same (shared order, and no augmentation or a
+    shared augmentation stream: `train_step.shared_batch_of`), so it is gathered once, from member 0's
+    streams, and fed to all members unbatched (`member_step_on_batch`): one [B, D] input instead of K copies.
+    Equal to the per-member path up to float rounding (the matmuls differ in shape). S > 1: a grid's S seeds,
+    consecutive blocks of K/S members each sharing its own (`train_step.shared_batch`), fed per member.
 
     `trace_count` counts traces of the jitted function (one per phase is expected).
 
@@ -100,7 +101,7 @@ class TrainChunk:
         padding: int = 4,
         lams: tuple[float, ...] = (),
         divergence_check: str = "chunk",
-        shared_batch: bool = False,
+        shared_batch: int = 0,
     ):
         if step_loop not in ("device", "host"):
             raise ValueError(f"step_loop={step_loop!r}: allowed: device, host")
@@ -199,7 +200,7 @@ def _all_members_step(model, tx, batch_size, strategy, augment, padding, lams, c
             del ends  # Every group trains the same steps.
             return train_step.joint_train_step(
                 model, tx, strategy, state, orders, dataset, batch_size, jnp.asarray(lam_array), augment,
-                padding, lr_scales, check_finite, mesh,
+                padding, lr_scales, check_finite, mesh, max(int(shared_batch), 1),
             )  # fmt: skip
 
         return joint
@@ -216,9 +217,13 @@ def _all_members_step(model, tx, batch_size, strategy, augment, padding, lams, c
         active = None if ends is None else state.step < ends  # [K]: a finished member keeps its state.
         lr_axis, active_axis = (None if a is None else 0 for a in (lr_scales, active))
         if shared_batch:  # Gathered once, from member 0's streams, and fed to every member unbatched.
-            x, y, idx = train_step.shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...]
-            mapped = map_members(on_batch, strategy, (0, None, None, None, lr_axis, active_axis), mesh)
-            return mapped(state, x, y, idx, lr_scales, active)
+            sources = int(shared_batch)
+            batch = train_step.shared_batch(dataset, state, orders, batch_size, augment, padding, sources)  # [B, ...]
+            axis = None
+            if sources > 1:  # One per block of a grid's seed, repeated for its members: [K, B, ...].
+                batch, axis = train_step.per_member(batch, state.k), 0
+            mapped = map_members(on_batch, strategy, (0, axis, axis, axis, lr_axis, active_axis), mesh)
+            return mapped(state, *batch, lr_scales, active)
         mapped = map_members(one_member, strategy, (0, 0, None, lr_axis, active_axis), mesh)
         return mapped(state, orders, dataset, lr_scales, active)
 

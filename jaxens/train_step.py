@@ -239,7 +239,7 @@ def member_train_step(
     return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite, idx)
 
 
-def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment: str, padding: int):
+def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment: str, padding: int, sources: int = 1):
     """The minibatch all members share (coupled order with shared augmentation, or λ groups): member 0's
     order and augmentation streams at the members' largest step (so that a frozen diverged member does
     not hold the others back).
@@ -248,14 +248,30 @@ def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment
     with the members sharded over devices only B indices cross them, not member 0's [N] permutation. The
     batch is split over the 'data' axis of the mesh in context.
 
+    With `sources` S > 1 (a grid's seeds), the K members form S consecutive blocks of K/S, and each block
+    shares the batch of its first member at the block's largest step.
+
     Returns:
-      (x [B, ...] normalized, y [B], the examples' indices [B]).
+      (x [B, ...] normalized, y [B], the examples' indices [B]); with S > 1 each with a leading [S].
     """
+    if sources > 1:
+        block = state.k // sources
+        steps = jnp.repeat(state.step.reshape(sources, block).max(1), block)  # [K]: each block's largest step.
+        at = lambda order, step: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train)  # noqa: E731
+        idx = map_members(at, "vmap", (0, 0))(orders, steps)[::block]  # [S, B]
+        gather = lambda i, key, step: data_lib.batch_examples(dataset, i, key, step, augment, padding)  # noqa: E731
+        x, y = map_members(gather, "vmap", (0, 0, 0))(idx, state.rngs.augment[::block], steps[::block])  # [S, B, ...]
+        return x, y, idx
     step = state.step.max()
     idx = map_members(lambda order: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train), "vmap", (0,))
     idx = idx(orders)[0]  # [B]
     x, y = data_lib.batch_examples(dataset, idx, state.rngs.augment[0], step, augment, padding)
     return (*sharding_lib.constrain_batch((x, y)), idx)
+
+
+def per_member(batch, k: int):
+    """A grid's per-block shared batch ([S, ...] each, `shared_batch`) repeated for its K members: [K, ...]."""
+    return jax.tree.map(lambda a: jnp.repeat(a, k // a.shape[0], axis=0), batch)
 
 
 def shared_batch_of(shared_streams: tuple[str, ...], augment: str, spawning: bool) -> bool:
@@ -278,6 +294,7 @@ def joint_train_step(
     lr_scales: jax.Array | None = None,
     check_finite: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    sources: int = 1,
 ):
     """One SGD step of all K members under Webb et al.'s modular loss, G groups of k = K/G members.
 
@@ -296,35 +313,48 @@ def joint_train_step(
       mesh: the ('member', 'data') mesh the step runs on, or None (see `map_members`). With the members
         sharded over devices, what crosses them is the batch's B indices, the groups' mean logits
         [G, B, C] and [K]-sized flags: no parameter-sized gradient (Webb et al. §3.3).
+      sources: the number of shared batches (`shared_batch`; a grid's seeds, each a block of whole groups).
 
     Returns:
       (new state, {'loss': [K] each member's own NLL on the batch, 'error': [K], 'steps': [K]}).
     """
-    x, y, idx = shared_batch(dataset, state, orders, batch_size, augment, padding)  # [B, ...], [B], [B]
+    x, y, idx = shared_batch(dataset, state, orders, batch_size, augment, padding, sources)  # [B, ...], [B], [B]
+    num_groups = lams.shape[0]
+    k = state.k // num_groups
+    batch_axis = None  # One batch for all members; or (sources > 1) one per member, repeated from its block's.
+    if sources > 1:
+        x, y, idx = per_member((x, y, idx), state.k)  # [K, B, ...], [K, B], [K, B]
+        batch_axis = 0
 
     def member_forward(params, batch_stats, dropout, step, x, y):
         return member_loss(model, params, batch_stats, x, y, jax.random.fold_in(dropout, step))[1]
 
-    forward = map_members(member_forward, strategy, (0, 0, 0, 0, None, None), mesh)
-    k = state.k // lams.shape[0]
+    forward = map_members(member_forward, strategy, (0, 0, 0, 0, batch_axis, batch_axis), mesh)
+    labels = y if sources == 1 else y[::k]  # [B], or [G, B] each group's
 
     def total(params):
         logits, stats = forward(params, state.batch_stats, state.rngs.dropout, state.step, x, y)  # [K, B, C]
-        grouped = logits.reshape(lams.shape[0], k, *logits.shape[1:])  # [G, k, B, C]
-        per_group = jax.vmap(lambda o, lam: losses.modular_loss(o, y, lam, "categorical"))(grouped, lams)  # [G]
+        grouped = logits.reshape(num_groups, k, *logits.shape[1:])  # [G, k, B, C]
+        loss = lambda o, y_g, lam: losses.modular_loss(o, y_g, lam, "categorical")  # noqa: E731
+        per_group = jax.vmap(loss, (0, None if sources == 1 else 0, 0))(grouped, labels, lams)  # [G]
         return k * per_group.sum(), (logits, stats)
 
     (_, (logits, batch_stats)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    if sources == 1:
+        nll = losses.member_nll(logits, y, "categorical")  # [K]
+    else:
+        own_nll = lambda o, t: losses.member_nll(o[None], t, "categorical")[0]  # noqa: E731
+        nll = map_members(own_nll, "vmap", (0, 0), mesh)(logits, y)  # [K]
     metrics = {
-        "loss": losses.member_nll(logits, y, "categorical"),  # [K]
+        "loss": nll,
         "error": jnp.mean(jnp.argmax(logits, -1) != y, axis=-1),
     }
     correct = jnp.argmax(logits, -1) == y  # [K, B]
 
-    def update(st, g, bs, m, scale, correct):
+    def update(st, g, bs, m, scale, correct, idx):
         new, m = member_update(tx, st, g, bs, m, scale, None, check_finite)
         return record_forgetting(new, idx, correct, m["steps"] > 0), m
 
     lr_axis = None if lr_scales is None else 0
-    mapped = map_members(update, strategy, (0, 0, 0, 0, lr_axis, 0), mesh)
-    return mapped(state, grads, batch_stats, metrics, lr_scales, correct)
+    mapped = map_members(update, strategy, (0, 0, 0, 0, lr_axis, 0, batch_axis), mesh)
+    return mapped(state, grads, batch_stats, metrics, lr_scales, correct, idx)

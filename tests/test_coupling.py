@@ -109,7 +109,9 @@ def test_coupled_to_t_at_zero_shares_only_the_initialization(tmp_path):
     assert not np.array_equal(seqs[0], seqs[1]) and not np.array_equal(seqs[1], seqs[2])
     # The children start from that one initialization (spawn copies it) and part ways after.
     spec = spec_lib.resolve(config)
-    start = spawn_lib.spawn_children({0: parent}, spec.plan.k, spec.seed, spec.plan.shared_streams, tx=spec.tx)
+    start = spawn_lib.spawn_children(
+        {0: parent}, spec.plan.k, spec.seed, spec.plan.groups[0].shared_streams, tx=spec.tx
+    )
     assert _same_rows(start.params["dense0"]["kernel"])
     np.testing.assert_array_equal(start.rngs.order, children.rngs.order)
     assert _distinct_rows(children.params["dense0"]["kernel"])

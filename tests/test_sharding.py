@@ -44,7 +44,7 @@ PRELUDE = textwrap.dedent(
         if split_train:  # 4000 examples, 500 on each device.
             assert {s.data.shape[0] for s in dataset.train_x.addressable_shards} == {4000 // (shape[0] * shape[1])}
         spec = spec_lib.resolve(config)
-        state = E.init_ensemble(spec.model, spec.tx, spec.plan.member_streams(spec.seed), spec.input_shape)
+        state = E.init_ensemble(spec.model, spec.tx, spec.plan.streams(), spec.input_shape)
         state = sharding.put_members(state, mesh)
         epochs = sharding.put_members(np.zeros(spec.plan.num_members, np.int32), mesh)
         orders = data_lib.epoch_orders(state.rngs.order, epochs, dataset.num_train)

@@ -35,7 +35,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     out = tmp_path / "webb"
     first = _script(f"--out={out}", *ARGS)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "4 runs (4 trained now, 0 finished before)" in first.stdout
+    assert "2 runs (2 trained now, 0 finished before)" in first.stdout  # Per architecture: λ × η in one program.
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("architecture", "modules", "hidden", "seed", "lam", "learning_rate", "metric", "value")
@@ -55,9 +55,12 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     assert len(candidates) == 2 * (6 + 1) and sum(c["selected"] == "True" for c in candidates) == 6 + 1
     for arch, lam in [("4x64", lam) for lam in sorted(lams)] + [("1x256", None)]:
         logged = {}
+        records = [json.loads(line) for line in open(out / "runs" / f"{arch}_s0" / "metrics.jsonl")]
         for lr in ("0.05", "0.2"):
-            records = [json.loads(line) for line in open(out / "runs" / f"{arch}_lr{lr}_s0" / "metrics.jsonl")]
-            mine = [r for r in records if r["scope"] == "ensemble" and r["lam"] == lam and r["metric"] == "error"]
+            mine = [
+                r for r in records if r["scope"] == "ensemble" and r["lam"] == lam and r["metric"] == "error"
+                and r["grid"] == {"learning_rate": float(lr)}
+            ]  # fmt: skip
             val = min((r["value"], r["step"]) for r in mine if r["split"] == "val")
             test = next(r["value"] for r in mine if r["split"] == "test" and r["step"] == val[1])
             logged[float(lr)] = (val[0], test)
@@ -73,7 +76,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     before = (out / "results.csv").read_bytes()
     again = _script(f"--out={out}", *ARGS)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "4 runs (0 trained now, 4 finished before)" in again.stdout
+    assert "2 runs (0 trained now, 2 finished before)" in again.stdout
     assert (out / "results.csv").read_bytes() == before
 
     # webb_modules.py on the same runs: Fig. 3, 5, 7 and Table 6 per λ, each from its selected run.
@@ -101,7 +104,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     # webb_removal.py (Fig. 4) on the same 4x64 run, through its command line.
     removal_out = tmp_path / "removal"
     removal = _script(
-        f"--workdir={out / 'runs' / '4x64_lr0.05_s0'}", f"--out={removal_out}", "--trials=3", name="webb_removal.py"
+        f"--workdir={out / 'runs' / '4x64_s0'}", f"--out={removal_out}", "--trials=3", name="webb_removal.py"
     )
     assert removal.returncode == 0, removal.stdout[-3000:] + removal.stderr[-5000:]
     with open(removal_out / "removal.csv") as f:
@@ -113,19 +116,25 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
 
     # webb_training.py (Fig. 8, 9, 10) on the same run.
     training_out = tmp_path / "training"
-    workdir = out / "runs" / "4x64_lr0.05_s0"
+    workdir = out / "runs" / "4x64_s0"
     shown = _script(f"--workdir={workdir}", "--modules=3", f"--out={training_out}", name="webb_training.py")
     assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-5000:]
     with open(training_out / "training.csv") as f:
         curve = list(csv.DictReader(f))
     summary = json.load(open(workdir / "summary.json"))
+    # The run holds both learning rates per λ; the analysis shows the one selection.csv picked.
+    picked = {
+        float(c["lam"]): float(c["learning_rate"])
+        for c in candidates
+        if c["selected"] == "True" and c["architecture"] == "4x64"
+    }
     for lam in (0.0, 1.0):
         mine = [r for r in curve if float(r["lam"]) == lam]
         assert {r["scope"] for r in mine} == {"ensemble", "member"}
         assert {r["member"] for r in mine if r["scope"] == "member"} == {"0", "1", "2", "3"}
         last = max(mine, key=lambda r: float(r["epoch"]))["epoch"]
         final = next(r for r in mine if r["scope"] == "ensemble" and r["epoch"] == last)
-        group = next(g for g in summary["groups"] if g["lam"] == lam)
+        group = next(g for g in summary["groups"] if (g["lam"], g["grid"]["learning_rate"]) == (lam, picked[lam]))
         assert float(final["test_error"]) == group["test"]["ensemble_error"]
     with open(training_out / "modules.csv") as f:
         module_rows = list(csv.DictReader(f))

@@ -40,7 +40,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     args = [f"--out={out}", *TINY, "--seeds=0,1"]  # Two parents: Fig. 1f compares their ensembles.
     first = _script("zamparo_coupling.py", *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "8 runs (8 trained now, 0 finished before)" in first.stdout
+    assert "1 runs (1 trained now, 0 finished before)" in first.stdout  # The whole figure: one grid program.
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("seed", "condition", "t", "t_epochs", "t_label", "metric", "value")
@@ -76,9 +76,10 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     assert at0["coupled_to_t"] == at0["coupled_to_t_reset"]
     png = (out / "coupling.png").read_bytes()
     assert png.startswith(b"\x89PNG")
-    reset_config = json.loads((out / "runs" / "s0_coupled_to_t_reset" / "config.json").read_text())
-    assert reset_config["coupling"]["parent_dir"] == str(out / "runs" / "s0_coupled_to_t")  # One parent per seed.
-    assert (out / "runs" / "s0_coupled_to_t" / "tensorboard").is_dir()
+    grid_config = json.loads((out / "runs" / "grid" / "config.json").read_text())
+    assert grid_config["grid"]["seed"] == [0, 1] and grid_config["coupling"]["t"] == ["0ep", "1ep"]
+    boards = set(os.listdir(out / "runs" / "grid" / "tensorboard"))  # One TensorBoard run per group and parent.
+    assert {"parent,seed=0", "parent,seed=1", "seed=1,condition=coupled_to_t_reset,t=8"} <= boards
 
     with open(out / "members.csv") as f:
         members = list(csv.DictReader(f))
@@ -96,7 +97,7 @@ def test_coupling_sweep_writes_table_and_figure_and_a_rerun_trains_nothing(tmp_p
     os.unlink(out / "coupling.png")
     again = _script("zamparo_coupling.py", *args)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "8 runs (0 trained now, 8 finished before)" in again.stdout
+    assert "1 runs (0 trained now, 1 finished before)" in again.stdout
     for name, table in tables.items():
         assert (out / name).read_bytes() == table, name  # Rebuilt from the stored summaries.
     assert (out / "coupling.png").read_bytes().startswith(b"\x89PNG")

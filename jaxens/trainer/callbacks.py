@@ -137,12 +137,12 @@ class MemberEvaluation(Callback):
         self.latest: list[dict] = []  # Every group's evaluation at the latest tick.
         self._ctx, self._last = ctx, last
         plan = ctx.spec.plan
-        self._groups = list(zip(plan.group_spawn_steps(), plan.group_lams()))  # (t, λ) of each group.
+        self._groups = plan.group_keys()  # (t, λ, grid values) of each group.
         self._starts, self._ends = plan.start_steps()[:: plan.k], plan.end_steps()[:: plan.k]  # Per group.
-        self._logged: dict[tuple, int] = {}  # Group → the last step it was recorded at.
+        self._logged: dict[tuple, int] = {}  # Group (`summary.record_key`) → the last step it was recorded at.
         for r in ctx.log.read():
             if r["phase"] == "members":
-                key = (r["t"], r.get("lam"))
+                key = summary.record_key(r)
                 self._logged[key] = max(self._logged.get(key, -1), r["step"])
 
     def __call__(self, pause: Pause) -> None:
@@ -151,15 +151,18 @@ class MemberEvaluation(Callback):
         window = dict(pause.train or {})
         if pause.state.forgetting is not None:  # Cumulative train-side forgetting events of each member.
             window["forgetting_events"] = np.asarray(sharding_lib.host(_forgetting_total(pause.state.forgetting)))
+        rows: list[dict] = []  # Recorded together: one write to metrics.jsonl and TensorBoard per evaluation.
         for g, (group, group_evals) in enumerate(zip(self._groups, evals)):
             step = int(min(self._starts[g] + pause.tick, self._ends[g]))
-            if step > self._logged.get(group, -1):
+            key = summary.group_key(group)
+            if step > self._logged.get(key, -1):
                 train = {m: v[g * k : (g + 1) * k] for m, v in window.items()}
-                spe = self._ctx.spec.steps_per_epoch
-                self._ctx.record(summary.records("members", step, spe, group, train, group_evals))
-                self._logged[group] = step
+                rows += summary.records("members", step, self._ctx.spec.steps_per_epoch, group, train, group_evals)
+                self._logged[key] = step
             if pause.tick == self._last:
                 self.final[g] = group_evals
+        if rows:
+            self._ctx.record(rows)
         logging.info("tick %d: first group's ensemble test error %.4f", pause.tick, evals[0]["test"]["ensemble_error"])
 
 

@@ -145,7 +145,7 @@ def estimate(spec: RunSpec, mesh_shape: tuple[int, int] | None = None) -> Estima
     m, d = mesh_shape or spec.mesh_shape
     plan = spec.plan
     k = plan.num_members
-    state = jax.eval_shape(lambda: spec.fresh_state(plan.member_streams(spec.seed)))
+    state = jax.eval_shape(lambda: spec.groups_state())
     one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)  # noqa: E731
     per_row = lambda n: -(-n // m)  # noqa: E731  # Bytes of all K members → of the K/M on one device row.
     batch, eval_batch = -(-spec.batch_size // d), -(-spec.eval_batch_size // d)  # Per device.
@@ -213,8 +213,10 @@ def check(spec: RunSpec, ignore: bool = False, limit_bytes: tuple[int, str] | No
         f"{_size(available)} ({source}). Lower config.ensemble.k={k} ({groups} group(s) of k: K={k * groups} "
         f"members; {f'about k ≤ {fits} would fit' if fits else 'even k=1 would not fit'}; the diversity metrics "
         f"grow with k²), config.train.batch_size={spec.batch_size} (training activations) or "
-        f"config.eval.batch_size={spec.eval_batch_size} (evaluation), or choose a smaller model than "
-        f"config.model.name={spec.model_name!r}; or pass --ignore_memory_estimate to run anyway."
+        f"config.eval.batch_size={spec.eval_batch_size} (evaluation), "
+        + ("fewer values in config.grid, " if spec.plan.gridded else "")
+        + f"or choose a smaller model than config.model.name={spec.model_name!r}; or pass "
+        "--ignore_memory_estimate to run anyway."
     )
 
 

@@ -1,10 +1,11 @@
-"""The parent of a spawning condition: found, restored or trained up to every spawn time, then spawned.
+"""The parents of a spawning condition: found, restored or trained up to every spawn time, then spawned.
 
 Under coupled_to_t and coupled_to_t_reset a one-member parent trains first, up to the largest spawn time
 t, saving a checkpoint at every t in DIR/parent/ (kept: later runs may spawn from them with
-config.coupling.parent_dir). Training starts from the latest intact checkpoint (this run's, or the
+config.coupling.parent_dir). A grid (`jaxens.grid`) has one parent per seed and optimizer hyperparameters:
+they train together, stacked (P members), and each spawns its own groups' children. Training starts from the latest intact checkpoint (this run's, or the
 parent_dir run's) at or before the first spawn step that no checkpoint holds, or from initialization.
-`children` then spawns the k children of every spawn time (`jaxens.spawn.spawn_children`).
+`children` then spawns the k children of every spawning group (`jaxens.spawn.spawn`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import coupling as coupling_lib
 from jaxens import ensemble as ensemble_lib
-from jaxens import rng as rng_lib
+from jaxens import grid as grid_lib
 from jaxens import sharding as sharding_lib
 from jaxens import spawn as spawn_lib
 from jaxens import steps as steps_lib
@@ -94,8 +95,8 @@ def _restore_parents(sources: list, spawn_steps: tuple[int, ...], template):
 
 
 class _ParentRecord(loop.Callback):
-    """The parent's evaluations (at the evaluation ticks and every spawn time, once per step), and a copy
-    of its state at every spawn time."""
+    """The parents' evaluations (at the evaluation ticks and every spawn time, once per step), and a copy
+    of their state at every spawn time."""
 
     def __init__(self, ctx: RunContext, ticks, parents: dict, logged: set[int]):
         self.ticks = frozenset(ticks)
@@ -108,18 +109,23 @@ class _ParentRecord(loop.Callback):
 
 
 def record(ctx: RunContext, step: int, parent, train: dict | None, logged: set[int]) -> None:
-    """Evaluates the parent at `step` and records it, unless that step is recorded already."""
+    """Evaluates the parents at `step` and records them, unless that step is recorded already."""
     if step in logged:
         return
-    spec = ctx.spec
-    evals = evaluation.evaluate(ctx.predictor, parent, ctx.dataset, ctx.eval_sets, spec.method)[0]
-    ctx.record(summary.records("parent", step, spec.steps_per_epoch, (None, None), train or {}, evals))
+    spec, parents_ = ctx.spec, ctx.spec.plan.parents
+    evals = evaluation.evaluate(ctx.predictor, parent, ctx.dataset, ctx.eval_sets, spec.method, len(parents_))
+    rows = []
+    for p, (group, evals_p) in enumerate(zip(parents_, evals)):
+        key = (None, None, dict(group.parent_values()) or None)
+        train_p = {m: v[p : p + 1] for m, v in (train or {}).items()}
+        rows += summary.records("parent", step, spec.steps_per_epoch, key, train_p, evals_p)
+    ctx.record(rows)
     logged.add(step)
 
 
 def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_lib.EnsembleState]:
-    """The one-member parent's state at every spawn step {t: state}, trained, restored or both; every spawn
-    step is saved in this run's DIR/parent/ (see the module docstring)."""
+    """The parents' state (P members, `Plan.parents`) at every spawn step {t: state}, trained, restored or
+    both; every spawn step is saved in this run's DIR/parent/ (see the module docstring)."""
     spec, plan = ctx.spec, ctx.spec.plan
     directory = os.path.join(ctx.workdir, "parent")
     own = checkpoint_lib.Checkpointer(
@@ -128,13 +134,14 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
     sources = [own]
     if parent_source is not None:
         sources.append(checkpoint_lib.Checkpointer(parent_source, read_only=True, owner=spec.parent_id))
-    start, restored, bad = _restore_parents(sources, plan.spawn_steps, ctx.template(1))
+    num_parents = len(plan.parents)
+    start, restored, bad = _restore_parents(sources, plan.spawn_steps, ctx.template(num_parents))
     progress = {}
     if start is None:
         if bad:
             ctx.say(f"parent: none of its {len(bad)} checkpoint(s) restores; training it from initialization")
-        state = spec.fresh_state(rng_lib.member_streams(spec.seed, 1))
-        state = sharding_lib.put_members(state, ctx.mesh(1))
+        state = spec.fresh_state(plan.parent_streams(), plan.member_hyper(plan.parents, k=1))
+        state = sharding_lib.put_members(state, ctx.mesh(num_parents))
         start = 0
     else:
         state, progress = restored[start].state, restored[start].progress
@@ -166,30 +173,44 @@ def _train(ctx: RunContext, state, start: int, progress: dict, own, found: dict,
     last = plan.spawn_steps[-1]
     evals_at = steps_lib.every(spec.eval_every, last)
     later_spawns = {t for t in plan.spawn_steps if t > start}
-    phase = loop.Phase("parent", np.zeros(1, np.int64), np.full(1, last), spec.steps_per_epoch, spec.steps_per_call)
+    p = len(plan.parents)
+    phase = loop.Phase("parent", np.zeros(p, np.int64), np.full(p, last), spec.steps_per_epoch, spec.steps_per_call)
+    names = [f"the parent {grid_lib.label(g.parent_values())}".rstrip() for g in plan.parents]
     callbacks = [
-        callbacks_lib.TrainWindow(set(evals_at) | later_spawns, ctx.board, "parent", spec.batch_size),
+        callbacks_lib.TrainWindow(set(evals_at) | later_spawns, ctx.board, "parent", p * spec.batch_size),
         _ParentRecord(ctx, set(evals_at) | set(plan.spawn_steps), found, logged),
-        callbacks_lib.DivergenceCheck(state, "parent", ["the parent"], spec.on_divergence == "stop", own.directory),
+        callbacks_lib.DivergenceCheck(state, "parent", names, spec.on_divergence == "stop", own.directory),
         callbacks_lib.Checkpoint(own, set(steps_lib.every(spec.checkpoint_every, last)) | later_spawns),
     ]
     loop.train(ctx.chunk, ctx.dataset, state, phase, callbacks, start, callbacks_lib.window_sums(progress))
 
 
 def children(ctx: RunContext, parents: dict[int, ensemble_lib.EnsembleState]) -> ensemble_lib.EnsembleState:
-    """The k children of every spawn time, stacked in spawn-step order, re-initialized as configured, and
-    sharded over the members' mesh."""
+    """The k children of every spawning group, stacked in group order, re-initialized as its group says, on
+    the host (`jaxens.run` places them with the other groups' members)."""
     spec, plan = ctx.spec, ctx.spec.plan
-    # Spawned on the host from the parents' values (one member each): the same on every process, then
-    # sharded over the members' mesh wherever the parent's mesh put them.
+    # Spawned on the host from the parents' values: the same on every process.
     parents = {t: sharding_lib.host(parent) for t, parent in parents.items()}
     one = jax.tree.map(lambda x: x[0], next(iter(parents.values())).params)
-    reinit = spawn_lib.reinit_for(
-        spec.model, spec.input_shape, one, spec.reinit_fraction, spec.reinit_side, spec.reinit_unit
-    )
-    if reinit is not None:  # The share actually re-drawn: whole layers cover at least the fraction asked for.
-        ctx.say(f"spawn: {reinit.describe()}")
-    stacked = spawn_lib.spawn_children(
-        parents, plan.k, spec.seed, plan.shared_streams, reset_optimizer=plan.reset, tx=spec.tx, reinit=reinit
-    )
-    return sharding_lib.put_members(stacked, ctx.mesh(plan.num_members))
+    reinits: dict[tuple, spawn_lib.Reinit | None] = {}
+    groups = []
+    for g in plan.groups:
+        if not g.spawning:
+            continue
+        if (g.reinit_fraction, g.reinit_side) not in reinits:
+            reinit = spawn_lib.reinit_for(
+                spec.model, spec.input_shape, one, g.reinit_fraction, g.reinit_side, spec.reinit_unit
+            )
+            if reinit is not None:  # The share actually re-drawn: whole layers cover at least the fraction asked.
+                ctx.say(f"spawn: {reinit.describe()}")
+            reinits[g.reinit_fraction, g.reinit_side] = reinit
+        assert g.t is not None  # A spawning group.
+        p = plan.parent_index(g)
+        parent = jax.tree.map(lambda x, p=p: x[p : p + 1], parents[g.t])
+        key = spawn_lib.spawn_key(g.seed, g.t)
+        streams = spawn_lib.child_streams(key, plan.k, g.shared_streams)
+        reinit = reinits[g.reinit_fraction, g.reinit_side]
+        groups.append(
+            spawn_lib.spawn(parent, plan.k, key, reset_optimizer=g.reset, tx=spec.tx, reinit=reinit, streams=streams)
+        )
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *groups)

@@ -42,7 +42,7 @@ class RunSpec:
 
     Attributes:
       config_json: the whole config as JSON (what config.json holds; TensorBoard shows it).
-      seed: the root of every PRNG stream.
+      seed: config.seed (a grid's groups have their own: `plan.groups`).
       source: where the data comes from (`jaxens.data.Source`).
       input_shape, num_classes: of the dataset.
       num_train: training examples after the validation hold-out (N).
@@ -51,10 +51,11 @@ class RunSpec:
       plan: who trains what, from when, until when (`jaxens.coupling.Plan`): K, groups, spawn steps, T.
       batch_size, steps_per_epoch, num_epochs: B, S = N // B, and the epochs of T.
       augment, crop_padding: the training augmentation ('auto' resolved for the dataset).
-      shared_batch: every member sees the same minibatch (gathered once).
+      shared_batch: the number of minibatches the members share (each gathered once; one per seed of a grid,
+        each for a consecutive block of members), or 0 when every member draws its own.
       lr_scales: [K] each member's learning-rate multiplier, or () for none.
-      reinit_fraction, reinit_side, reinit_unit, parent_dir: the spawn's re-initialization and where parents
-        come from.
+      reinit_unit, parent_dir: what the spawn re-initializes whole, and where parents come from (each group's
+        seed, fraction and side are in `plan`).
       strategy, step_loop: how the members and the steps execute ('auto' resolved for this backend).
       mesh_shape: (M, D) devices on the 'member' and 'data' axes of the members' mesh.
       shard_train: the training examples are divided over the devices.
@@ -83,10 +84,8 @@ class RunSpec:
     num_epochs: int
     augment: str
     crop_padding: int
-    shared_batch: bool
+    shared_batch: int
     lr_scales: tuple[float, ...]
-    reinit_fraction: float
-    reinit_side: str
     reinit_unit: str
     parent_dir: str
     strategy: str
@@ -105,11 +104,18 @@ class RunSpec:
     snapshot_every: int
     keep_snapshots: int
 
-    def fresh_state(self, streams: rng_lib.Streams) -> ensemble_lib.EnsembleState:
+    def fresh_state(self, streams: rng_lib.Streams, hyper: dict | None = None) -> ensemble_lib.EnsembleState:
         """Fresh members from `streams` (one per row), with empty train-side forgetting trackers over the
-        N training examples when `forgetting`."""
+        N training examples when `forgetting`, and each member's optimizer hyperparameters `hyper`
+        ({name: [K]}, a grid's; `jaxens.optim.set_hyperparameters`)."""
         examples = self.num_train if self.forgetting else None
-        return ensemble_lib.init_ensemble(self.model, self.tx, streams, self.input_shape, examples)
+        state = ensemble_lib.init_ensemble(self.model, self.tx, streams, self.input_shape, examples)
+        return state.replace(opt_state=optim.set_hyperparameters(state.opt_state, hyper))  # type: ignore[attr-defined]
+
+    def groups_state(self, groups: tuple[coupling_lib.Group, ...] | None = None) -> ensemble_lib.EnsembleState:
+        """Fresh members of `groups` (default: every group) as trained from initialization: k each, in order."""
+        groups = self.plan.groups if groups is None else groups
+        return self.fresh_state(self.plan.streams(groups), self.plan.member_hyper(groups))
 
     @property
     def config(self) -> dict:
@@ -149,15 +155,7 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
     info = data_lib.dataset_info(config.dataset, config.data.image_size)
     assert info is not None  # Validated.
     spe = validation.steps_per_epoch(config, info)
-    plan = coupling_lib.make_plan(
-        condition=config.coupling.condition,
-        k=config.ensemble.k,
-        total_steps=spe * config.train.num_epochs,
-        steps_per_epoch=spe,
-        spawn_times=tuple(config.coupling.t),
-        shared_streams=tuple(config.ensemble.shared_streams),
-        lams=tuple(config.loss.lam),
-    )
+    plan = coupling_lib.make_plan(config, spe)
     num_train = info.num_train - config.data.val_size
     member, data = (0, 0) if automatic_mesh else (config.mesh.member, config.mesh.data)
     mesh_shape = sharding_lib.mesh_shape(plan.num_members, config.train.batch_size, member, data)
@@ -175,17 +173,20 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         num_train=num_train,
         model_name=config.model.name,
         model=models.build(config.model, info.num_classes, info.input_shape),
-        tx=optim.make_optimizer(config.optimizer, plan.total_steps, num_train=num_train),
+        tx=optim.make_optimizer(
+            config.optimizer,
+            plan.total_steps,
+            num_train=num_train,
+            per_member=tuple(n for n, _ in plan.groups[0].hyper),
+        ),
         plan=plan,
         batch_size=config.train.batch_size,
         steps_per_epoch=spe,
         num_epochs=config.train.num_epochs,
         augment=augment,
         crop_padding=config.data.crop_padding,
-        shared_batch=train_step.shared_batch_of(plan.shared_streams, augment, plan.spawning),
+        shared_batch=shared_batches(plan, augment),
         lr_scales=tuple(float(np.float32(s)) for s in scales),
-        reinit_fraction=config.coupling.reinit_fraction,
-        reinit_side=config.coupling.reinit_side,
         reinit_unit=config.coupling.reinit_unit,
         parent_dir=config.coupling.parent_dir,
         strategy=members_lib.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=mesh_shape[0]),
@@ -206,6 +207,14 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
         snapshot_every=steps_lib.parse(config.trajectory.every, spe) if config.trajectory.every else 0,
         keep_snapshots=config.trajectory.keep_last,
     )
+
+
+def shared_batches(plan: coupling_lib.Plan, augment: str) -> int:
+    """How many minibatches the members share at each step (`RunSpec.shared_batch`): one per seed when every
+    group trains from initialization sharing its members' order (and augmentation), else 0."""
+    if not all(train_step.shared_batch_of(g.shared_streams, augment, g.spawning) for g in plan.groups):
+        return 0
+    return len({g.seed for g in plan.groups})
 
 
 def check_split_train(num_train: int, val_size: int, mesh_shape: tuple[int, int]) -> None:

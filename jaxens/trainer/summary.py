@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxens import grid as grid_lib
 from jaxens.metrics import forgetting
 from jaxens.trainer.spec import RunSpec
 
 
 def records(phase: str, step: int, spe: int, group: tuple, train: dict, evals: dict[str, dict]) -> list[dict]:
-    """Tidy rows of one group (t, λ) for metrics.jsonl (see `jaxens.workdir.MetricsLog`)."""
+    """Tidy rows of one group (t, λ, grid values or None: `Plan.group_keys`) for metrics.jsonl (see
+    `jaxens.workdir.MetricsLog`); a grid's rows also carry the group's grid values."""
     rows = []
-    t, lam = group
+    t, lam, values = (*group, None)[:3]
     base = dict(phase=phase, step=step, epoch=round(step / spe, 4), t=t, lam=lam)
+    if values:
+        base["grid"] = values
 
     def add(split, scope, member, metric, value):
         rows.append(dict(base, split=split, scope=scope, member=member, metric=metric, value=float(value)))
@@ -31,15 +35,22 @@ def records(phase: str, step: int, spe: int, group: tuple, train: dict, evals: d
     return rows
 
 
+def record_key(record: dict) -> tuple:
+    """The group a metrics.jsonl record belongs to: (t, λ, its grid values as sorted pairs)."""
+    return record["t"], record.get("lam"), tuple(sorted((record.get("grid") or {}).items()))
+
+
+def group_key(group: tuple) -> tuple:
+    """`record_key` of a `Plan.group_keys` entry."""
+    t, lam, values = (*group, None)[:3]
+    return t, lam, tuple(sorted((values or {}).items()))
+
+
 def at_best_val(records: list[dict], group: tuple) -> dict | None:
     """Early stopping after the fact (Webb et al.): the group's ensemble test metrics at the evaluation with
     the lowest ensemble validation error (the first such), or None without a validation split."""
-    t, lam = group
-    mine = [
-        r
-        for r in records
-        if r["phase"] == "members" and r["t"] == t and r.get("lam") == lam and r["scope"] == "ensemble"
-    ]
+    key = group_key(group)
+    mine = [r for r in records if r["phase"] == "members" and r["scope"] == "ensemble" and record_key(r) == key]
     val = sorted((r["value"], r["step"]) for r in mine if r["split"] == "val" and r["metric"] == "error")
     if not val:
         return None
@@ -50,7 +61,10 @@ def at_best_val(records: list[dict], group: tuple) -> dict | None:
 
 
 def report(summary: dict) -> str:
-    """The text report of a summary, printed at the end of a run (one block per group)."""
+    """The text report of a summary, printed at the end of a run: one block per group, or for a grid one
+    table row per group (`grid_table`)."""
+    if summary.get("grid"):
+        return grid_table(summary)
     lines = []
     for group in summary["groups"]:
         test = group["test"]
@@ -106,6 +120,38 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def grid_table(summary: dict) -> str:
+    """A grid run's report: one row per group, its grid values, spawn time and λ, then its test metrics (and the
+    test error at its best validation epoch, when a validation split is held out)."""
+    groups = summary["groups"]
+    names = sorted({name for g in groups for name in g["grid"]}, key=list(grid_lib.FIELDS).index)
+    header = [grid_lib.SHORT[n] for n in names]
+    header += ["t"] * any(g["t"] is not None for g in groups) + ["lam"] * any(g["lam"] is not None for g in groups)
+    header += ["steps", "ens error", "ens nll", "ens MACE", "mean member error"]
+    best = any(g.get("at_best_val") for g in groups)
+    header += ["error at best val"] * best
+    rows = []
+    for g in groups:
+        test = g["test"]
+        row = [_cell(g["grid"].get(n, "")) for n in names]
+        row += [str(g["t_label"]) if g["t"] is not None else "-"] * ("t" in header)
+        row += [_cell(g["lam"])] * ("lam" in header)
+        row += [str(g["steps"]), f"{test['ensemble_error']:.4f}", f"{test['ensemble_nll']:.4f}"]
+        row += [f"{test['ensemble_mace']:.4f}", f"{test['mean_member_error']:.4f}"]
+        row += [f"{g['at_best_val']['test_error']:.4f}" if g.get("at_best_val") else "-"] * best
+        if any(d is not None for d in g["diverged"]):
+            row[-1] += "  (diverged members)"
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    title = f"{len(groups)} groups of k={summary['k']}, {summary['epochs']} epochs, test set ({summary['ensemble_method']}):"
+    return "\n".join([title, line(header), *map(line, rows)])
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def forgetting_counts(tracker) -> dict[str, np.ndarray]:
     """Per member, the train-side forgetting statistics of its tracker (leaves [K, N], on the host):
     'events' (forgetting events summed over examples), 'forgotten_examples' (forgotten at least once),
@@ -138,7 +184,8 @@ def build(
     counts = None if forgetting is None else forgetting_counts(forgetting)
     plan = spec.plan
     groups = []
-    for g, (t, lam) in enumerate(zip(plan.group_spawn_steps(), plan.group_lams())):
+    for g, (group, key) in enumerate(zip(plan.groups, plan.group_keys())):
+        t, lam = group.t, group.lam
         evals = dict(final[g])
         test = evals.pop("test")
         test["mean_member_error"] = sum(test["member_error"]) / plan.k
@@ -147,15 +194,18 @@ def build(
             {
                 "t": t,
                 "lam": lam,
-                "t_label": plan.spawn_labels[g] if plan.spawning else None,
+                "t_label": group.t_label,
                 "steps": int(plan.end_steps()[g * plan.k]),
                 "test": test,
                 "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
-                "at_best_val": at_best_val(logged, (t, lam)),
+                "at_best_val": at_best_val(logged, key),
                 # Per member: the step it diverged at (it is frozen since; the ensemble metrics leave it out), or None.
                 "diverged": group_diverged,
             }
         )
+        if group.values:  # A grid's group: its settings, as the run it replaces would have them.
+            groups[-1]["grid"] = dict(group.values)
+            groups[-1]["condition"], groups[-1]["seed"] = group.condition, group.seed
         if counts is not None:  # Per member, over the whole training (a child's since its parent's start).
             members = slice(g * plan.k, (g + 1) * plan.k)
             groups[-1]["train_forgetting"] = {name: [int(v) for v in c[members]] for name, c in counts.items()}
@@ -170,6 +220,8 @@ def build(
         "groups": groups,
         **extra,
     }
+    if plan.gridded:
+        summary["grid"] = [name for name, _ in plan.groups[0].values]
     if len(groups) == 1:  # The common case, at the top level too.
         summary["test"], summary["eval"] = groups[0]["test"], groups[0]["eval"]
         summary["diverged"] = groups[0]["diverged"]

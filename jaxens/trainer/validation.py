@@ -16,6 +16,7 @@ import ml_collections
 from jaxens import coupling as coupling_lib
 from jaxens import data as data_lib
 from jaxens import files, optim
+from jaxens import grid as grid_lib
 from jaxens import models as models_lib
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
@@ -45,6 +46,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors = _schema_errors(config, get_default_config(), "")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    if grid_lib.varied(config):  # Its own rules, then every group as the standalone run it replaces.
+        errors.extend(grid_lib.problems(config, validate))
+        if not errors:
+            _mesh_errors(errors, config)
+        if errors:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        return
     _field_errors(errors, config)
     _member_lr_errors(errors, config)
     _mesh_errors(errors, config)
@@ -135,7 +143,7 @@ def _mesh_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
     """config.mesh against K (all groups together) and the batch size."""
     for field in ("member", "data"):
         _at_least(errors, f"config.mesh.{field}", config.mesh[field], 0)
-    groups = coupling_lib.num_groups(config.coupling.condition, config.coupling.t, config.loss.lam)
+    groups = grid_lib.num_groups(config)
     num_members = config.ensemble.k * groups
     if config.mesh.member > 0 and num_members % config.mesh.member:
         errors.append(
@@ -197,6 +205,13 @@ TUPLE_ITEMS = {
     "config.ensemble.shared_streams": "string",
     "config.eval.shifted": "string",
     "config.eval.ood": "string",
+    "config.grid.seed": "integer",
+    "config.grid.learning_rate": "number",
+    "config.grid.weight_decay": "number",
+    "config.grid.momentum": "number",
+    "config.grid.reinit_fraction": "number",
+    "config.grid.reinit_side": "string",
+    "config.grid.condition": "string",
 }
 
 
@@ -215,7 +230,7 @@ def _is(item: Any, kind: str) -> bool:
 # schedules they end up in (seeds the 64-bit ones of the PRNG and of numpy).
 MAX_INT = 2**31 - 1
 MAX_SEED = 2**63 - 1
-SEED_FIELDS = ("config.seed", "config.data.val_seed")
+SEED_FIELDS = ("config.seed", "config.data.val_seed", "config.grid.seed")
 
 
 def _number_errors(name: str, value: Any) -> list[str]:

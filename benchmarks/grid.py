@@ -1,0 +1,73 @@
+"""Wall time of a whole paper figure as ONE grid program against the same work as separate runs, side by side.
+
+  python benchmarks/grid.py [--config=configs/mnist1d_spawn_deep.py] [--times=0ep,1ep,2ep,5ep,10ep] [--seeds=0,1,2]
+      [--set field=value ...] [--out=DIR]
+
+The figure is Zamparo et al. Fig. 1a–d (`experiments/zamparo_coupling.py`): every seed's parent, the children
+of every spawn time under coupled_to_t and coupled_to_t_reset, and the no_coupling and coupled_order
+baselines. `--program=grid` trains it as one run (config.grid: one parent phase for all seeds, one members'
+phase for all groups); `--program=separate` as a sweep of four runs per seed (each paying its own start-up,
+data loading and compilation, the reset runs reusing their seed's parent checkpoints). Both are real
+subprocesses of the experiment script in fresh output directories, without the shared compilation cache, run
+one after the other in this process; the script prints both wall times, their ratio (grid / separate), and
+per metric the largest difference between the two results.csv tables. The groups are the same, but where the
+grid stacks what a run alone does not (several parents; coupled_order's shared batch fed per member) the
+parameters differ by float rounding from the first step, and chaotic training can grow that into different
+final predictions over many epochs (tests/test_grid.py checks the equality on short runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # Every program compiles for itself, as a user's do.
+
+
+def _figure(program: str, out: str, args: list[str]) -> float:
+    script = os.path.join(REPO, "experiments", "zamparo_coupling.py")
+    cmd = [sys.executable, script, f"--out={out}", f"--program={program}", *args]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env=dict(os.environ, CI="true"))
+    return time.perf_counter() - start
+
+
+def _rows(out: str) -> list[dict]:
+    with open(os.path.join(out, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mnist1d_spawn_deep.py")
+    parser.add_argument("--times", default="0ep,1ep,2ep,5ep,10ep")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", action="append", default=[], help="trainer override field=value")
+    parser.add_argument("--out", default="", help="keep both programs' outputs here (default: a temporary one)")
+    args = parser.parse_args()
+    common = [f"--config={args.config}", f"--times={args.times}", f"--seeds={args.seeds}"]
+    common += [f"--set={item}" for item in args.set]
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.out or scratch
+        seconds = {p: _figure(p, os.path.join(root, p), common) for p in ("grid", "separate")}
+        grid, separate = (_rows(os.path.join(root, p)) for p in ("grid", "separate"))
+    keys = [tuple(r[c] for c in ("seed", "condition", "t", "metric")) for r in grid]
+    assert keys == [tuple(r[c] for c in ("seed", "condition", "t", "metric")) for r in separate]
+    print(f"Zamparo Fig. 1a-d, {args.config}, t={args.times}, seeds {args.seeds}, overrides {args.set}:")
+    print(f"  one grid program:  {seconds['grid']:.1f} s")
+    print(f"  separate runs:     {seconds['separate']:.1f} s")
+    print(f"  ratio grid / separate: {seconds['grid'] / seconds['separate']:.2f}x")
+    print("  largest difference between the two results.csv tables, per metric (same groups):")
+    for metric in dict.fromkeys(r["metric"] for r in grid):
+        pairs = [(float(a["value"]), float(b["value"])) for a, b in zip(grid, separate) if a["metric"] == metric]
+        print(f"    {metric:18} {max(abs(a - b) for a, b in pairs):.2e}")
+
+
+if __name__ == "__main__":
+    main()
