@@ -1,6 +1,6 @@
 """Webb et al. Fig. 8, 9 and 10: what independent and joint training do to the modules, seen three ways.
 
-  python experiments/webb_training.py --workdir=results/webb_lambda/runs/64x4_lr0.05_s0 --out=results/webb_training
+  python experiments/webb_training.py --workdir=results/webb_lambda/runs/64x4_s0 --out=results/webb_training
   python experiments/webb_training.py --workdir=runs/webb_cifar10 --modules=10 --out=results/webb_cifar10_training
 
 Reads a finished λ-sweep run of `python -m jaxens.train` (e.g. a run of experiments/webb_lambda.py, or

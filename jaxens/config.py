@@ -100,6 +100,10 @@ def _ensemble_fields() -> ml_collections.ConfigDict:
     # 'auto': loop for convolutional models on CPU (where vmap lowers to grouped convolutions: measured
     # 2-4.5x slower, see benchmarks/member_strategies.py), vmap otherwise.
     g.strategy = "auto"
+    # Members computed at once under vmap (0 = all K): a large population (config.grid) whose activations do
+    # not fit runs every step and evaluation over chunks of this many members, one after another, in the same
+    # program (`jaxens.members`). The state of all K stays on the device. 'loop' computes one at a time anyway.
+    g.members_per_call = 0
     g.method = "mean_prob"  # Ensemble prediction: mean of probabilities or of logits.
     # PRNG streams all members share (see jaxens.rng): 'init', 'order', 'augment', 'dropout'. () = the
     # condition's: none, or under config.coupling.condition='coupled_order' ('order', 'augment'), the same

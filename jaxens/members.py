@@ -8,13 +8,16 @@ that axis in jaxens goes through it, with one of these strategies:
   grouped convolution, which can be slower than a loop.
 - `loop`: a Python loop over the K members inside the traced function (K copies of the member's code in
   one XLA program), stacking the results.
+- `vmap:<n>`: `vmap` over chunks of n members, one chunk after another (`jax.lax.map` with batch_size n):
+  the activations of n members at a time instead of K (config.ensemble.members_per_call).
 - `shard_map/<within>`: `jax.shard_map` manual over the 'member' axis of the run's mesh
   (`jaxens.sharding`): each row of M devices runs its K/M members with `within` ('vmap' or 'loop'), the
   'data' axis left to XLA's partitioner. The config value 'shard_map' resolves `within` as 'auto' does
   (`resolve_strategy`). On CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=D` (or
   `jax_num_cpu_devices`) gives D host devices.
 
-All strategies compute the same numbers (tested: `tests/test_ensemble.py`, `tests/test_sharding.py`).
+All strategies compute the same numbers, to float rounding (XLA may pick other kernels for another number of
+members at once; tested: `tests/test_ensemble.py`, `tests/test_sharding.py`, `tests/test_grid.py`).
 `map_members` is a function transformation, like `jax.vmap`: it compiles nothing by itself, and the
 functions that call it are jitted once (module-level `jax.jit` with static arguments, or one jitted
 function per `TrainChunk` / `Predictor`), never per call.
@@ -69,6 +72,8 @@ def map_members(
         )
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=None if mesh is None else sharding_lib.MEMBER)
+    if strategy.startswith("vmap:"):
+        return _in_chunks(fn, in_axes, int(strategy.removeprefix("vmap:")))
     if strategy != "loop":
         raise ValueError(f"strategy={strategy!r}: allowed: {', '.join(STRATEGIES)}")
 
@@ -81,6 +86,29 @@ def map_members(
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return looped
+
+
+def _in_chunks(fn: Callable, in_axes: tuple, chunk: int) -> Callable:
+    """`fn` vmapped over chunks of `chunk` members, one chunk after another (the last may be smaller)."""
+
+    def chunked(*args):
+        mapped = [a for a, ax in zip(args, in_axes) if ax == 0]
+
+        def member(xs):
+            it = iter(xs)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return jax.lax.map(member, mapped, batch_size=chunk)
+
+    return chunked
+
+
+def with_members_per_call(strategy: str, members_per_call: int) -> str:
+    """`strategy` (resolved) computing at most `members_per_call` members at once: 'vmap' → 'vmap:<n>' (and
+    within 'shard_map/vmap'); 'loop' computes one member at a time already; 0 leaves it as it is."""
+    if members_per_call and strategy.endswith("vmap"):
+        return f"{strategy}:{members_per_call}"
+    return strategy
 
 
 def num_members(args: Sequence, in_axes: Sequence[int | None]) -> int:

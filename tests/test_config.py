@@ -83,7 +83,7 @@ def test_all_violations_reported_at_once():
 def test_unknown_override_paths():
     assert config_lib.unknown_fields(["config.ensemble.k", "config.train.batch_size"]) == []
     (msg,) = config_lib.unknown_fields(["config.ensemble.kk"])
-    assert "'kk'" in msg and "k, method, shared_streams, strategy" in msg
+    assert "'kk'" in msg and "k, members_per_call, method, shared_streams, strategy" in msg
 
 
 def test_fort_resnet20_follows_the_keras_cifar10_resnet_example():

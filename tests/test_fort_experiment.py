@@ -39,6 +39,7 @@ ARGS = [
 ]
 
 
+@pytest.mark.slow  # About 30 s; the next test runs the same script on the same run in the default suite.
 def test_fort_diversity_writes_the_plane_and_refuses_to_overwrite(snapshot_run, tmp_path):
     out = tmp_path / "out"
     cmd = [

@@ -136,6 +136,7 @@ def test_results_load_of_a_two_run_sweep_equals_the_runs_metrics_logs(tmp_path):
         results.load(str(tmp_path / "sweep" / "lr0.2" / "checkpoints"))
 
 
+@pytest.mark.slow  # Builds and installs a wheel; CI's own install (.ci/run) covers the packaging each time.
 def test_a_wheel_installed_elsewhere_trains_with_a_packaged_config(tmp_path):
     """`pip wheel .` holds the package, its configs and py.typed; installed into a directory of its own, the
     CLI runs from an unrelated working directory with --config naming a packaged config."""

@@ -83,7 +83,9 @@ def _assert_same_test_metrics(summary: dict, reference: dict) -> None:
         np.testing.assert_allclose(summary["test"][key], reference["test"][key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("condition", ["no_coupling", "coupled_to_t"])
+# coupled_to_t is slow-marked to keep the default suite within its time (its parent phase is also covered on
+# one process, and by the two-process kill-and-resume test).
+@pytest.mark.parametrize("condition", ["no_coupling", pytest.param("coupled_to_t", marks=pytest.mark.slow)])
 def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, condition):
     """coupled_to_t adds a one-member parent, on a (1, 2) mesh: one device of each process."""
     workdir = tmp_path / "pod"

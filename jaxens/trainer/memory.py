@@ -148,6 +148,11 @@ def estimate(spec: RunSpec, mesh_shape: tuple[int, int] | None = None) -> Estima
     state = jax.eval_shape(lambda: spec.groups_state())
     one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)  # noqa: E731
     per_row = lambda n: -(-n // m)  # noqa: E731  # Bytes of all K members → of the K/M on one device row.
+    chunk = spec.members_per_call if spec.strategy.split("/")[-1].startswith("vmap:") else 0
+
+    def at_once(per_member: int) -> int:  # Of the members one device computes at once (members_per_call).
+        return min(per_row(per_member * k), per_member * chunk) if chunk else per_row(per_member * k)
+
     batch, eval_batch = -(-spec.batch_size // d), -(-spec.eval_batch_size // d)  # Per device.
     train, x = _intermediates(spec, one(state.params), one(state.batch_stats), batch)
     live = sum(sorted(train)[-LIVE_IN_FORWARD:]) + x
@@ -155,8 +160,8 @@ def estimate(spec: RunSpec, mesh_shape: tuple[int, int] | None = None) -> Estima
     return Estimate(
         state=per_row(_nbytes(state)),
         update=per_row(_nbytes(state.params) + _nbytes(state)),
-        activations=per_row(2 * (sum(train) + x) * k),
-        evaluation=per_row(live * eval_batch // batch * k),
+        activations=at_once(2 * (sum(train) + x)),
+        evaluation=at_once(live * eval_batch // batch),
         logits=per_row(2 * k * n_eval * spec.num_classes * 4),
         metrics=per_row(plan.k * plan.k * n_eval * 4),
         data=data,
@@ -215,6 +220,11 @@ def check(spec: RunSpec, ignore: bool = False, limit_bytes: tuple[int, str] | No
         f"grow with k²), config.train.batch_size={spec.batch_size} (training activations) or "
         f"config.eval.batch_size={spec.eval_batch_size} (evaluation), "
         + ("fewer values in config.grid, " if spec.plan.gridded else "")
+        + (
+            f"config.ensemble.members_per_call (members computed at once, now {spec.members_per_call or 'all'}), "
+            if spec.strategy.split("/")[-1].startswith("vmap")
+            else ""
+        )
         + f"or choose a smaller model than config.model.name={spec.model_name!r}; or pass "
         "--ignore_memory_estimate to run anyway."
     )

@@ -48,8 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     if grid_lib.varied(config):  # Its own rules, then every group as the standalone run it replaces.
         errors.extend(grid_lib.problems(config, validate))
-        if not errors:
-            _mesh_errors(errors, config)
+        _mesh_errors(errors, config)
         if errors:
             raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
         return
@@ -81,6 +80,7 @@ def _field_errors(errors: list[str], config: ml_collections.ConfigDict) -> None:
     _choice(errors, "config.optimizer.schedule", config.optimizer.schedule, SCHEDULES)
     _choice(errors, "config.train.on_divergence", config.train.on_divergence, ON_DIVERGENCE)
     _at_least(errors, "config.ensemble.k", config.ensemble.k, 1)
+    _at_least(errors, "config.ensemble.members_per_call", config.ensemble.members_per_call, 0)
     _at_least(errors, "config.seed", config.seed, 0)
     _at_least(errors, "config.data.val_seed", config.data.val_seed, 0)
     _optimizer_errors(errors, config.optimizer)
