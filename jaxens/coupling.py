@@ -32,11 +32,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxens import grid as grid_lib
+from jaxens import members as members_lib
 from jaxens import rng as rng_lib
 from jaxens import steps as steps_lib
 from jaxens.config import SPAWNING_CONDITIONS
@@ -182,8 +181,7 @@ class Plan:
 
     def streams(self, groups: tuple[Group, ...] | None = None) -> rng_lib.Streams:
         """The streams of `groups` (default: all) trained from initialization (`group_streams`), stacked."""
-        parts = [self.group_streams(g) for g in (self.groups if groups is None else groups)]
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        return members_lib.concatenate([self.group_streams(g) for g in (self.groups if groups is None else groups)])
 
     def member_hyper(self, groups: tuple[Group, ...] | None = None, k: int | None = None) -> dict | None:
         """{hyperparameter: [k·len(groups)] float32} of the members of `groups` (default: all; k members each,
@@ -197,8 +195,7 @@ class Plan:
 
     def parent_streams(self) -> rng_lib.Streams:
         """The streams of the parents (`parents`, one member each): member 0 of each one's seed."""
-        parts = [rng_lib.member_streams(p.seed, 1) for p in self.parents]
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        return members_lib.concatenate([rng_lib.member_streams(p.seed, 1) for p in self.parents])
 
     def group_spawn_steps(self) -> tuple[int | None, ...]:
         """Each group's spawn step (None without a parent)."""
@@ -259,14 +256,13 @@ def shared_streams_of(condition: str, shared_streams: tuple[str, ...]) -> tuple[
 def make_plan(config, steps_per_epoch: int) -> Plan:
     """The plan of a validated config: its groups (`jaxens.grid.settings`) with their settings resolved."""
     total = steps_per_epoch * config.train.num_epochs
+    # Every hyperparameter the grid varies, held for every group (one optimizer state layout).
+    held = [n for n in grid_lib.HYPERPARAMETERS if n in grid_lib.varied(config)]
     groups = []
     for setting in grid_lib.settings(config):
         value = lambda name, s=setting: s.value(config, name)  # noqa: E731
         condition = value("condition")
         spawning = condition in SPAWNING_CONDITIONS
-        hyper = tuple((n, float(v)) for n, v in setting.values if n in grid_lib.HYPERPARAMETERS)
-        if hyper:  # Every hyperparameter the grid varies, for every group (one optimizer state layout).
-            hyper = tuple((n, float(value(n))) for n in grid_lib.HYPERPARAMETERS if n in grid_lib.varied(config))
         groups.append(
             Group(
                 seed=int(value("seed")),
@@ -275,7 +271,7 @@ def make_plan(config, steps_per_epoch: int) -> Plan:
                 t_label=str(setting.t) if spawning else None,
                 lam=setting.lam,
                 shared_streams=shared_streams_of(condition, tuple(config.ensemble.shared_streams)),
-                hyper=hyper,
+                hyper=tuple((n, float(value(n))) for n in held),
                 reinit_fraction=float(value("reinit_fraction")) if spawning else 0.0,
                 reinit_side=str(value("reinit_side")),
                 values=setting.values,

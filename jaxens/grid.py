@@ -147,9 +147,16 @@ def group_config(config: ml_collections.ConfigDict, setting: Setting) -> ml_coll
     return single
 
 
+def ordered(names) -> list[str]:
+    """Grid field names in the product's order (`FIELDS`)."""
+    return sorted(names, key=list(FIELDS).index)
+
+
 def label(values, t_label: str | None = None, lam: float | None = None) -> str:
-    """'seed=1,lr=0.05,t=80': how TensorBoard and the report name a group ('' for none of them)."""
-    parts = [f"{SHORT[name]}={_text(value)}" for name, value in values]
+    """'seed=1,lr=0.05,t=80': how TensorBoard and the report name a group ('' for none of them), from its grid
+    values (a dict or (name, value) pairs, named in the product's order whatever their order here)."""
+    values = dict(values)
+    parts = [f"{SHORT[name]}={text(values[name])}" for name in ordered(values)]
     if t_label is not None:
         parts.append(f"t={t_label}")
     if lam is not None:
@@ -157,7 +164,8 @@ def label(values, t_label: str | None = None, lam: float | None = None) -> str:
     return ",".join(parts)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A grid value as labels and the report print it (floats as %g)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -73,7 +73,7 @@ def map_members(
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=None if mesh is None else sharding_lib.MEMBER)
     if strategy.startswith("vmap:"):
-        return _in_chunks(fn, in_axes, int(strategy.removeprefix("vmap:")))
+        return _in_chunks(fn, in_axes, members_per_call(strategy))
     if strategy != "loop":
         raise ValueError(f"strategy={strategy!r}: allowed: {', '.join(STRATEGIES)}")
 
@@ -109,6 +109,17 @@ def with_members_per_call(strategy: str, members_per_call: int) -> str:
     if members_per_call and strategy.endswith("vmap"):
         return f"{strategy}:{members_per_call}"
     return strategy
+
+
+def members_per_call(strategy: str) -> int:
+    """n of a strategy computing n members at a time ('vmap:<n>', 'shard_map/vmap:<n>'), else 0 (all at once)."""
+    within = strategy.removeprefix("shard_map/")
+    return int(within.removeprefix("vmap:")) if within.startswith("vmap:") else 0
+
+
+def concatenate(parts: Sequence):
+    """Pytrees with a leading member axis (states, streams) joined end to end along it, in order."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 def num_members(args: Sequence, in_axes: Sequence[int | None]) -> int:

@@ -14,23 +14,16 @@ through `load`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
 import pandas as pd
 
-from jaxens import config as config_lib
 from jaxens import grid as grid_lib
 from jaxens import workdir as workdir_lib
 
 # The columns of a metrics.jsonl record, in the order `load` puts them after 'run'.
 RECORD_COLUMNS = ("phase", "step", "epoch", "t", "lam", "split", "scope", "member", "metric", "value")
-
-
-@functools.cache
-def _defaults() -> dict:
-    return config_lib.get_default_config().to_dict()
 
 
 def run_dirs(path: str) -> list[str]:
@@ -101,17 +94,11 @@ def load(path: str, config_fields: list[str] | None = None) -> pd.DataFrame:
         for key, value in config.items():
             frame[key] = [value] * len(frame)
         if any(grids):  # Each group's own values in its twins' columns, and its label ('group', after 'lam').
-            order = list(grid_lib.FIELDS)
-            frame.insert(
-                frame.columns.get_loc("lam") + 1,
-                "group",
-                [grid_lib.label(sorted(g.items(), key=lambda i: order.index(i[0]))) or None for g in grids],
-            )
-            for field in sorted({f for g in grids for f in g}, key=order.index):
+            frame.insert(frame.columns.get_loc("lam") + 1, "group", [grid_lib.label(g) or None for g in grids])
+            for field in grid_lib.ordered({f for g in grids for f in g}):
                 column = grid_lib.FIELDS[field]
-                if config_fields is None or column in config_fields:
-                    default = config.get(column, grid_lib.get(_defaults(), column))
-                    frame[column] = [g.get(field, default) for g in grids]
+                if column in config:  # Every twin, unless `config_fields` leaves it out.
+                    frame[column] = [g.get(field, config[column]) for g in grids]
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["run", *RECORD_COLUMNS])

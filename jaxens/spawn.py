@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxens import members as members_lib
 from jaxens import optim
 from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
@@ -206,4 +207,4 @@ def spawn_children(
         key = spawn_key(seed, t)
         streams = child_streams(key, k, shared_streams)
         groups.append(spawn(parents[t], k, key, reset_optimizer=reset_optimizer, tx=tx, reinit=reinit, streams=streams))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *groups)
+    return members_lib.concatenate(groups)

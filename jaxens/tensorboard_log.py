@@ -41,7 +41,7 @@ SUBDIR = "tensorboard"
 
 def run_name(phase: str, t: int | None, lam: float | None, values: dict | None = None) -> str:
     """The TensorBoard run of a group of records (see the module docstring); `values`: a grid group's."""
-    grid = grid_lib.label(sorted((values or {}).items(), key=lambda item: list(grid_lib.FIELDS).index(item[0])))
+    grid = grid_lib.label(values or {})
     if phase == "parent":
         return ",".join(["parent", grid]) if grid else "parent"
     parts = ([grid] if grid else []) + ([] if t is None else [f"t={t}"]) + ([] if lam is None else [f"lam={lam:g}"])

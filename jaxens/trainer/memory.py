@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from jaxens import data as data_lib
+from jaxens import members as members_lib
 from jaxens.config import ConfigError
 from jaxens.trainer.spec import RunSpec
 
@@ -148,7 +149,7 @@ def estimate(spec: RunSpec, mesh_shape: tuple[int, int] | None = None) -> Estima
     state = jax.eval_shape(lambda: spec.groups_state())
     one = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)  # noqa: E731
     per_row = lambda n: -(-n // m)  # noqa: E731  # Bytes of all K members → of the K/M on one device row.
-    chunk = spec.members_per_call if spec.strategy.split("/")[-1].startswith("vmap:") else 0
+    chunk = members_lib.members_per_call(spec.strategy)
 
     def at_once(per_member: int) -> int:  # Of the members one device computes at once (members_per_call).
         return min(per_row(per_member * k), per_member * chunk) if chunk else per_row(per_member * k)
@@ -221,7 +222,7 @@ def check(spec: RunSpec, ignore: bool = False, limit_bytes: tuple[int, str] | No
         f"config.eval.batch_size={spec.eval_batch_size} (evaluation), "
         + ("fewer values in config.grid, " if spec.plan.gridded else "")
         + (
-            f"config.ensemble.members_per_call (members computed at once, now {spec.members_per_call or 'all'}), "
+            f"config.ensemble.members_per_call (members computed at once, now {members_lib.members_per_call(spec.strategy) or 'all'}), "
             if spec.strategy.split("/")[-1].startswith("vmap")
             else ""
         )

@@ -21,6 +21,7 @@ from jaxens import checkpoint as checkpoint_lib
 from jaxens import coupling as coupling_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import grid as grid_lib
+from jaxens import members as members_lib
 from jaxens import sharding as sharding_lib
 from jaxens import spawn as spawn_lib
 from jaxens import steps as steps_lib
@@ -213,4 +214,4 @@ def children(ctx: RunContext, parents: dict[int, ensemble_lib.EnsembleState]) ->
         groups.append(
             spawn_lib.spawn(parent, plan.k, key, reset_optimizer=g.reset, tx=spec.tx, reinit=reinit, streams=streams)
         )
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *groups)
+    return members_lib.concatenate(groups)

@@ -57,8 +57,7 @@ class RunSpec:
       reinit_unit, parent_dir: what the spawn re-initializes whole, and where parents come from (each group's
         seed, fraction and side are in `plan`).
       strategy, step_loop: how the members and the steps execute ('auto' resolved for this backend; 'vmap:<n>'
-        with config.ensemble.members_per_call = n).
-      members_per_call: members computed at once under vmap (0: all).
+        with config.ensemble.members_per_call = n: `jaxens.members.members_per_call`).
       mesh_shape: (M, D) devices on the 'member' and 'data' axes of the members' mesh.
       shard_train: the training examples are divided over the devices.
       steps_per_call: the most steps between two looks of the host (and between a SIGTERM and its stop).
@@ -91,7 +90,6 @@ class RunSpec:
     reinit_unit: str
     parent_dir: str
     strategy: str
-    members_per_call: int
     step_loop: str
     mesh_shape: tuple[int, int]
     shard_train: bool
@@ -196,7 +194,6 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
             members_lib.resolve_strategy(config.ensemble.strategy, convolutional, num_devices=mesh_shape[0]),
             config.ensemble.members_per_call,
         ),
-        members_per_call=config.ensemble.members_per_call,
         step_loop=train_chunk_lib.resolve_step_loop(
             config.train.step_loop, models.MODELS[config.model.name].host_loop_on_cpu
         ),

@@ -36,8 +36,8 @@ def records(phase: str, step: int, spe: int, group: tuple, train: dict, evals: d
 
 
 def record_key(record: dict) -> tuple:
-    """The group a metrics.jsonl record belongs to: (t, λ, its grid values as sorted pairs)."""
-    return record["t"], record.get("lam"), tuple(sorted((record.get("grid") or {}).items()))
+    """The group a metrics.jsonl record belongs to, as `group_key` gives it."""
+    return group_key((record["t"], record.get("lam"), record.get("grid")))
 
 
 def group_key(group: tuple) -> tuple:
@@ -124,7 +124,7 @@ def grid_table(summary: dict) -> str:
     """A grid run's report: one row per group, its grid values, spawn time and λ, then its test metrics (and the
     test error at its best validation epoch, when a validation split is held out)."""
     groups = summary["groups"]
-    names = sorted({name for g in groups for name in g["grid"]}, key=list(grid_lib.FIELDS).index)
+    names = grid_lib.ordered({name for g in groups for name in g["grid"]})
     header = [grid_lib.SHORT[n] for n in names]
     header += ["t"] * any(g["t"] is not None for g in groups) + ["lam"] * any(g["lam"] is not None for g in groups)
     header += ["steps", "ens error", "ens nll", "ens MACE", "mean member error"]
@@ -133,9 +133,9 @@ def grid_table(summary: dict) -> str:
     rows = []
     for g in groups:
         test = g["test"]
-        row = [_cell(g["grid"].get(n, "")) for n in names]
+        row = [grid_lib.text(g["grid"].get(n, "")) for n in names]
         row += [str(g["t_label"]) if g["t"] is not None else "-"] * ("t" in header)
-        row += [_cell(g["lam"])] * ("lam" in header)
+        row += [grid_lib.text(g["lam"])] * ("lam" in header)
         row += [str(g["steps"]), f"{test['ensemble_error']:.4f}", f"{test['ensemble_nll']:.4f}"]
         row += [f"{test['ensemble_mace']:.4f}", f"{test['mean_member_error']:.4f}"]
         row += [f"{g['at_best_val']['test_error']:.4f}" if g.get("at_best_val") else "-"] * best
@@ -146,10 +146,6 @@ def grid_table(summary: dict) -> str:
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     title = f"{len(groups)} groups of k={summary['k']}, {summary['epochs']} epochs, test set ({summary['ensemble_method']}):"
     return "\n".join([title, line(header), *map(line, rows)])
-
-
-def _cell(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def forgetting_counts(tracker) -> dict[str, np.ndarray]:
