@@ -144,8 +144,13 @@ class Checkpointer:
             raise CheckpointError(
                 f"Orbax declined to save checkpoint {step} in {self.directory} (it holds {self._manager.all_steps()})"
             )
-        faults.kill_point(os.path.basename(self.directory), step)  # Tests: SIGKILL while the write runs.
+        # Tests: SIGKILL while the write runs (once Orbax's thread has made the step's temporary directory).
+        faults.kill_point(os.path.basename(self.directory), step, ready=self._writing)
         self._manager.wait_until_finished()
+
+    def _writing(self) -> bool:
+        """Whether an unfinished Orbax write has its temporary directory here."""
+        return os.path.isdir(self.directory) and any("tmp" in p for p in os.listdir(self.directory))
 
     def _meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -8,6 +8,9 @@ line) fails at once, naming the field. The rules between fields are checked by
 
 This module also holds the names every choice field allows and `ConfigError`; it imports no JAX, so the
 command line reports a bad flag without waiting for JAX to start.
+
+Each field's comment (the lines right above it and the one after it) is its documentation: docs/configs.md
+is rendered from them by `jaxens.config_reference`, and a test fails for a field without one.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     """Every field a run reads, with its default. Configs override these; none may add fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # Root of every PRNG stream of the run.
-    c.dataset = "mnist1d"  # A name from jaxens.data.NAMES (the table in jaxens/data/registry.py).
+    c.dataset = "mnist1d"  # The dataset trained on, by name (`jaxens.data.NAMES`, `jaxens/data/registry.py`).
 
     c.data = _data_fields()
     c.model = _model_fields()
@@ -63,15 +66,19 @@ def _data_fields() -> ml_collections.ConfigDict:
     g = ml_collections.ConfigDict()
     # Local dataset files: Fashion-MNIST IDX files, the tiny-imagenet-200 folder ('' = default location).
     g.dir = ""
-    # TFDS data_dir: a local directory or a gs:// bucket ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    # TFDS data_dir: a local directory or a gs:// bucket ('' = `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
     g.tfds_dir = ""
     g.download = True  # Let TFDS download and prepare a missing dataset when its hosts answer.
-    g.cache_dir = ""  # Where decoded or generated arrays are cached ('' = $XDG_CACHE_HOME/jaxens).
+    # Accept dataset files whose split sizes differ from the dataset's known ones (a test fixture, a partial
+    # preparation) and train on what they hold; otherwise such files are refused, naming both counts.
+    g.allow_size_mismatch = False
+    g.cache_dir = ""  # Where decoded or generated arrays are cached ('' = `$XDG_CACHE_HOME/jaxens`).
     g.val_size = 0  # Training examples held out as the validation split (chosen by val_seed).
-    g.val_seed = 0
+    g.val_seed = 0  # Which examples are held out: the first val_size of a permutation seeded by this.
     # Training augmentation: 'auto' (crop_flip for CIFAR and (Tiny-)ImageNet, crop for SVHN, none
-    # otherwise), 'none', 'flip', 'crop' or 'crop_flip'. Crops pad by crop_padding zero pixels.
+    # otherwise), 'none', 'flip' (horizontal), 'crop' or 'crop_flip'. Evaluation sets are never augmented.
     g.augment = "auto"
+    # Crops: zero pixels padded on every side before a random crop of the original size is taken.
     g.crop_padding = 4
     g.image_size = 64  # imagenet2012 only: side of the center-cropped, resized images.
     return g
@@ -80,14 +87,17 @@ def _data_fields() -> ml_collections.ConfigDict:
 def _model_fields() -> ml_collections.ConfigDict:
     """config.model: The architecture of one member (`jaxens.models`)."""
     g = ml_collections.ConfigDict()
-    g.name = "mlp"  # A name from jaxens.models.MODELS (the table in jaxens/models/__init__.py).
+    g.name = "mlp"  # The architecture, by name (`jaxens.models.MODELS`, `jaxens/models/__init__.py`).
     g.widths = (256, 256)  # mlp: hidden units; cnn1d/cnn2d: conv channels; input side first.
-    # Unset (None): the architecture's default (see the table); set to override.
-    g.norm = config_dict.placeholder(str)  # 'batch', 'layer', 'group' or 'none'.
+    # Normalization layers: 'batch', 'layer', 'group' or 'none'. None: the architecture's default (batch for
+    # the convolutional models, none for mlp and webb_cnn, layer for vit, the only one vit accepts).
+    g.norm = config_dict.placeholder(str)
+    # Dropout rate in [0, 1). None: the architecture's default (0 for mlp, cnn1d, cnn2d and vit, 0.1 for the
+    # Fort CNNs); the architectures without dropout (the ResNets, DenseNets, webb_cnn) refuse a value.
     g.dropout = config_dict.placeholder(float)
     g.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
     g.shortcut = "A"  # resnet20/32/56: 'A' zero-padding identity, 'B' 1×1 projection.
-    g.patch_size = 8  # vit only.
+    g.patch_size = 8  # vit only: side of the square image patches that become its tokens.
     return g
 
 
@@ -116,16 +126,16 @@ def _ensemble_fields() -> ml_collections.ConfigDict:
 def _coupling_fields() -> ml_collections.ConfigDict:
     """config.coupling: How the members' training is coupled (Zamparo et al. §1; `jaxens.coupling`, `jaxens.spawn`)."""
     g = ml_collections.ConfigDict()
-    # How the members' training is coupled (Zamparo et al. §1; see jaxens.coupling).
-    # no_coupling: independent init and order. coupled_order: independent init, shared minibatches.
+    # The coupling condition. no_coupling: independent init and order. coupled_order: independent init,
+    # shared minibatches.
     # coupled_to_t: one parent trains t steps, then k children finish the T steps with their own order.
     # coupled_to_t_reset: as coupled_to_t, but the children restart optimizer and schedule and train T more.
     g.condition = "no_coupling"
     # Spawn times t, as step strings '500it', '2ep', '2ep10it' (or integers): one for a single spawn, several
     # for a sweep that trains the parent once and all spawn times' children in one program (K = |t|·k).
     g.t = ()
-    g.reinit_fraction = 0.0  # Share of the parameter count re-initialized at spawn (§3).
-    g.reinit_side = "low"  # 'low': tensors from the input side; 'high': from the output side.
+    g.reinit_fraction = 0.0  # Share of the parameter count re-initialized at spawn (Zamparo et al. §3).
+    g.reinit_side = "low"  # Where that share is taken: 'low' from the input side, 'high' from the output side.
     # What is re-initialized whole: 'layer' (a weight-bearing module with its normalization, Zamparo §3) or
     # 'tensor' (each parameter tensor on its own, the behaviour before layers). See jaxens.reinit.
     g.reinit_unit = "layer"
@@ -138,26 +148,29 @@ def _coupling_fields() -> ml_collections.ConfigDict:
 def _loss_fields() -> ml_collections.ConfigDict:
     """config.loss: Webb et al.'s modular loss (`jaxens.losses`)."""
     g = ml_collections.ConfigDict()
-    # Webb et al.'s modular loss (jaxens.losses). lam = (): every member minimizes its own NLL (the usual
-    # ensemble). One or more λ in [0, 1]: each λ trains its own group of k members jointly with
+    # lam = (): every member minimizes its own NLL (the usual ensemble). One or more λ in [0, 1]: each λ
+    # trains its own group of k members jointly with
     # L_λ = λ·NLL(ensemble) + (1 − λ)·mean NLL of the members, all groups side by side (K = |lam|·k) on one
     # shared minibatch (config.coupling.condition='coupled_order'). The trainer minimizes k·L_λ, so that
     # λ = 0 is independent training at the configured learning rate (eq. 7 itself scales it by 1/k).
     g.lam = ()
-    g.family = "categorical"  # The trainer's datasets are classification: the categorical family.
+    g.family = "categorical"  # The likelihood family; the trainer trains classifiers, so only 'categorical'.
     return g
 
 
 def _optimizer_fields() -> ml_collections.ConfigDict:
     """config.optimizer: One member's optimizer and learning-rate schedule (`jaxens.optim`)."""
     g = ml_collections.ConfigDict()
-    g.name = "sgd"
+    g.name = "sgd"  # The optimizer: sgd (with momentum), adam, adamw or sgmcmc (cyclical SG-MCMC, see below).
+    # The peak learning rate, where the schedule starts (and every cyclical cycle restarts).
     g.learning_rate = 0.1
-    g.momentum = 0.9  # sgd; sgmcmc: 0 is SGLD, in (0, 1) SGHMC.
-    g.nesterov = False  # sgd only.
+    g.momentum = 0.9  # sgd: in [0, 1) (0 = none); sgmcmc: 0 is SGLD, in (0, 1) SGHMC. adam, adamw: unused.
+    g.nesterov = False  # sgd only: Nesterov momentum.
     # L2 added to the gradient (sgd, adam, sgmcmc: its Gaussian prior); decoupled for adamw.
     g.weight_decay = 0.0
-    g.schedule = "constant"  # constant, cosine, piecewise or cyclical.
+    # The learning rate over the T steps: 'constant', 'cosine' (decays to 0), 'piecewise' (multiplied at the
+    # boundaries below) or 'cyclical' (cosine cycles, see cycles).
+    g.schedule = "constant"
     g.boundaries = (0.5, 0.75)  # piecewise: fractions of the total steps where lr decays.
     g.decay_factor = 0.1  # piecewise: lr multiplier at each boundary.
     # piecewise: one multiplier per boundary instead (() = decay_factor at each), e.g. the Keras CIFAR-10
@@ -167,10 +180,12 @@ def _optimizer_fields() -> ml_collections.ConfigDict:
     # with sgd: cyclical SGD / snapshot ensembles). sgmcmc: its exploration/sampling stages follow these
     # cycles whatever the schedule. Samples: the weights at each cycle end (jaxens.optim.cycle_ends).
     g.cycles = 1
-    # sgmcmc (cyclical SG-MCMC, Zhang et al. 2020; jaxens.optim.sgmcmc): the first `exploration` share of
-    # every cycle is plain SGD, the rest adds Langevin noise of std sqrt(2·lr·(1 − momentum)·temperature/N).
-    g.temperature = 1.0  # sgmcmc: T of the posterior p(θ|D)^(1/T); 0 adds no noise.
-    g.exploration = 0.8  # sgmcmc: β in [0, 1), the exploration share of each cycle.
+    # sgmcmc: T of the posterior p(θ|D)^(1/T) it samples; its sampling steps add Langevin noise of std
+    # sqrt(2·lr·(1 − momentum)·T/N) (N training examples). 0 adds no noise.
+    g.temperature = 1.0
+    # sgmcmc (cyclical SG-MCMC, Zhang et al. 2020; `jaxens.optim.sgmcmc`): β in [0, 1), the share at the start
+    # of every cycle that is plain SGD (exploration); the rest of the cycle samples, adding Langevin noise.
+    g.exploration = 0.8
     # cSG-MCMC samples per cycle: the weights at the ends of the cycle's last n epochs (Zhang et al. keep 3),
     # read by the analyses (jaxens.optim.sample_steps); config.trajectory.every must snapshot them.
     g.samples_per_cycle = 1
@@ -183,7 +198,9 @@ def _optimizer_fields() -> ml_collections.ConfigDict:
 def _train_fields() -> ml_collections.ConfigDict:
     """config.train: Batch size, length, the step loop, checkpoints and what happens on divergence."""
     g = ml_collections.ConfigDict()
-    g.batch_size = 128
+    g.batch_size = 128  # B: examples in one member's minibatch per step (an epoch is N // B steps).
+    # Epochs of a member's training, T = num_epochs epochs of steps (coupled_to_t_reset children train T
+    # more after their spawn time).
     g.num_epochs = 10
     # Steps between progress updates (capped at epoch ends); also the most steps a SIGTERM waits for.
     g.steps_per_call = 100
@@ -194,7 +211,7 @@ def _train_fields() -> ml_collections.ConfigDict:
     # Checkpoints of the members (and of the parent, which is also saved at every spawn time), as a step
     # string: '1ep', '5ep', '500it'. SIGTERM or SIGINT also saves at once and exits (code 128 + signal).
     g.checkpoint_every = "1ep"
-    g.max_checkpoints = 2  # The latest ones kept (a rerun falls back past a corrupt latest one).
+    g.max_checkpoints = 2  # Checkpoints kept, the latest ones (a rerun falls back past a corrupt latest one).
     # A member whose loss or gradients turn non-finite is always frozen at its state before that step and
     # reported ('freeze': the others train on; 'stop': the run stops, exit code 3). Either way the run stops
     # once no member is left training.
@@ -203,14 +220,18 @@ def _train_fields() -> ml_collections.ConfigDict:
 
 
 def _trajectory_fields() -> ml_collections.ConfigDict:
-    """config.trajectory: Snapshots of the members' weights along training (Fort et al. §4; `jaxens.trajectory`)."""
+    """config.trajectory: Snapshots of the members' weights along training (Fort et al. §4; `jaxens.trajectory`).
+
+    Several analyses read them: the trajectory similarity figures, and the Gaussian samplers and weight
+    averaging of `jaxens.subspace`.
+    """
     g = ml_collections.ConfigDict()
-    # Snapshots of the members' weights along training (Fort et al. §4; jaxens.trajectory): params and
-    # BatchNorm statistics of all K members, saved to workdir/trajectory/ at the start, at every multiple
-    # of `every` (a step string '1ep' or '50it'; '' = none) and at the end of training. keep_last = r > 0
-    # keeps only the r most recent snapshots on disk (what the diagonal / low-rank Gaussian samplers and
-    # weight averaging of jaxens.subspace need); 0 keeps them all (for trajectory similarity figures).
+    # Snapshot period, a step string '1ep' or '50it' ('' = no snapshots): the params and BatchNorm
+    # statistics of all K members, saved to workdir/trajectory/ at the start, at every multiple of it and at
+    # the end of training.
     g.every = ""
+    # r > 0 keeps only the r most recent snapshots on disk (what the diagonal / low-rank Gaussian samplers
+    # and weight averaging of `jaxens.subspace` need); 0 keeps them all (for trajectory similarity figures).
     g.keep_last = 0
     return g
 
@@ -218,11 +239,15 @@ def _trajectory_fields() -> ml_collections.ConfigDict:
 def _eval_fields() -> ml_collections.ConfigDict:
     """config.eval: Evaluation cadence and extra evaluation sets."""
     g = ml_collections.ConfigDict()
+    # Epochs between evaluations of every member and ensemble on the test set (and the validation split and
+    # the extra sets below), recorded in metrics.jsonl; the end of training is always evaluated.
     g.every_epochs = 1
-    g.batch_size = 1000
-    # Extra test sets, by dataset name. shifted: same classes as the training set (error, NLL), e.g.
-    # 'cifar10_corrupted/fog_3'. ood: other classes (predictive entropy, confidence), e.g. 'svhn_cropped'.
+    g.batch_size = 1000  # Examples per forward pass when evaluating: a memory and speed setting.
+    # Distribution-shifted test sets, by dataset name: the training set's classes, reported like the test set
+    # (error, NLL, ...), e.g. 'cifar10_corrupted/fog_3'.
     g.shifted = ()
+    # Out-of-distribution sets, by dataset name: other classes, reported by predictive entropy and
+    # confidence, e.g. 'svhn_cropped'.
     g.ood = ()
     # Early stopping (Webb et al.): keep each group's members as they were at the group's evaluation with the
     # lowest ensemble validation error (the first such) in workdir/best/, for analyses (run.restore(best=True)).
@@ -237,16 +262,20 @@ def _eval_fields() -> ml_collections.ConfigDict:
 
 
 def _mesh_fields() -> ml_collections.ConfigDict:
-    """config.mesh: Devices (`jaxens.sharding`): placement only, never part of what a run computes."""
+    """config.mesh: Devices (`jaxens.sharding`): placement only, never part of what a run computes.
+
+    The devices form a mesh with axes 'member' and 'data'. A run resumes on another mesh (its checkpoints
+    restore onto any device count), and these fields do not make it a different run.
+    """
     g = ml_collections.ConfigDict()
-    # Devices (jaxens.sharding): a mesh with axes 'member' (the stacked members are sharded over it) and
-    # 'data' (each member's minibatch is split over it). 0 = automatic: every device on 'member' when K
-    # allows (member = gcd(K, devices)), the rest on 'data'. Placement only: a run resumes on another mesh
-    # (its checkpoints restore onto any device count) and these fields do not make it a different run.
+    # Devices on the 'member' axis, over which the stacked members are sharded (it must divide K).
+    # 0: automatic, gcd(K, devices ÷ data): every device on 'member' when K allows.
     g.member = 0
+    # Devices on the 'data' axis, over which each member's minibatch is split (it must divide the batch
+    # size). 0: automatic, the most of the devices left by 'member' that divide the batch size.
     g.data = 0
     # Multi-host (a Cloud TPU pod slice, several GPU hosts): start JAX's distributed runtime first, in every
-    # process (see the README). Each process then runs its devices' share; process 0 writes the results.
+    # process (docs/scale_out.md). Each process then runs its devices' share; process 0 writes the results.
     g.distributed = False
     # Split the training set's examples over all devices instead of a copy on each (for training sets too
     # large for one device's memory; each process then places only its devices' rows). Batches are gathered
@@ -256,20 +285,22 @@ def _mesh_fields() -> ml_collections.ConfigDict:
 
 
 def _grid_fields() -> ml_collections.ConfigDict:
-    """config.grid: The population axis (`jaxens.grid`): settings that vary per group of k members in ONE program."""
+    """config.grid: The population axis (`jaxens.grid`): settings that vary per group of k members in ONE program.
+
+    Each field, a tuple of values, varies its scalar twin (config.seed, config.optimizer.learning_rate, ...)
+    per group; the groups are the cartesian product of every grid field with config.coupling.t and
+    config.loss.lam, k members each, all on one member axis (one compilation per phase). () = not varied.
+    A grid field and its twin cannot both be set. A group equals the run of its settings alone.
+    """
     g = ml_collections.ConfigDict()
-    # Each field, a tuple of values, varies its scalar twin (config.seed, config.optimizer.learning_rate, ...)
-    # per group; the groups are the cartesian product of every grid field with config.coupling.t and
-    # config.loss.lam, k members each, all on one member axis (one compilation per phase). () = not varied.
-    # A grid field and its twin cannot both be set. A group equals the run of its settings alone.
-    g.seed = ()  # config.seed.
-    g.learning_rate = ()  # config.optimizer.learning_rate (sgd, adam, adamw).
-    g.weight_decay = ()  # config.optimizer.weight_decay (sgd, adam, adamw).
-    g.momentum = ()  # config.optimizer.momentum (sgd).
-    g.reinit_fraction = ()  # config.coupling.reinit_fraction (spawning conditions).
-    g.reinit_side = ()  # config.coupling.reinit_side.
-    # config.coupling.condition: e.g. ('no_coupling', 'coupled_to_t', 'coupled_to_t_reset'); spawn times and
-    # re-initialization apply to the spawning conditions' groups only.
+    g.seed = ()  # Values of config.seed, e.g. (0, 1, 2): one set of groups per seed.
+    g.learning_rate = ()  # Values of config.optimizer.learning_rate (sgd, adam, adamw).
+    g.weight_decay = ()  # Values of config.optimizer.weight_decay (sgd, adam, adamw).
+    g.momentum = ()  # Values of config.optimizer.momentum (sgd).
+    g.reinit_fraction = ()  # Values of config.coupling.reinit_fraction (spawning conditions).
+    g.reinit_side = ()  # Values of config.coupling.reinit_side.
+    # Values of config.coupling.condition, e.g. ('no_coupling', 'coupled_to_t', 'coupled_to_t_reset'); spawn
+    # times and re-initialization apply to the spawning conditions' groups only.
     g.condition = ()
     return g
 

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable
 
 ENV = "JAXENS_KILL_AT"
 
 
-def kill_point(name: str, step: int | None = None) -> None:
-    """SIGKILLs this process if `JAXENS_KILL_AT` names this point (and step)."""
+def kill_point(name: str, step: int | None = None, ready: Callable[[], bool] | None = None) -> None:
+    """SIGKILLs this process if `JAXENS_KILL_AT` names this point (and step).
+
+    Args:
+      ready: polled (for up to 10 s) before the kill, when the point is a state that another thread reaches,
+        e.g. an asynchronous write that has created its temporary files; a loaded machine may be slow to.
+    """
     spec = os.environ.get(ENV, "")
     for item in filter(None, spec.split(",")):
         point, _, at = item.partition("@")
         if point == name and (not at or (step is not None and int(at) == step)):
+            deadline = time.monotonic() + 10
+            while ready is not None and not ready() and time.monotonic() < deadline:
+                time.sleep(0.001)
             os.kill(os.getpid(), signal.SIGKILL)

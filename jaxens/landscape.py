@@ -147,9 +147,10 @@ def _batch_statistics(apply_fn: ApplyFn, variables, x: jax.Array, dropout_key) -
 def recompute_batch_stats(apply_fn: ApplyFn, variables, train_batches: jax.Array, dropout_rng=None):
     """`variables` with BatchNorm statistics measured for these weights on the given training batches.
 
-    Definition. For BatchNorm layer l, let h_l^(j) [B, ..., C] be the layer's input when the network
-    `variables` runs in training mode on batch j of `train_batches` (every earlier BatchNorm layer normalizing
-    with the statistics of that same batch, exactly as in a training step). The layer normalizes batch j with
+    Definition (docs/definitions.md#batchnorm-statistics). For BatchNorm layer l, let h_l^(j) [B, ..., C]
+    be the layer's input when the network `variables` runs in training mode on batch j of `train_batches`
+    (every earlier BatchNorm layer normalizing with the statistics of that same batch, exactly as in a
+    training step). The layer normalizes batch j with
 
         μ_l^(j) = mean of h_l^(j) over all axes but the feature (last) axis      # [C]
         σ²_l^(j) = mean of (h_l^(j) − μ_l^(j))² over the same axes (biased)        # [C]
@@ -366,6 +367,9 @@ def barrier(
     batch_size: int | None = None,
 ) -> dict[str, jax.Array]:
     """`linear_path` on `num_alphas` evenly spaced α in [0, 1] (endpoints included) and its error barrier.
+
+    The barrier between two networks of Zamparo et al. §3, Fig. 3 (Frankle et al. 2020;
+    docs/definitions.md#error-barrier).
 
     Args:
       apply_fn, variables_a, variables_b, data, recompute_batch_stats, batch_size: as in `linear_path`.

@@ -94,7 +94,13 @@ FAMILIES = {
 
 
 def check_lam(lam: float, name: str = "lam") -> None:
-    """λ must lie in [0, 1] (Webb et al. Theorem 1).
+    """Checks that λ lies in [0, 1] (Webb et al. §3.2, Theorem 1; docs/definitions.md#modular-loss).
+
+    Beyond 1 the modular loss (eq. (4)) is unbounded below for M ≥ 2; below 0 it rewards a worse ensemble.
+
+    Args:
+      lam: λ, a Python number.
+      name: the argument's name for the error message.
 
     Raises:
       ValueError: naming the argument, its value and the theorem.
@@ -107,7 +113,13 @@ def check_lam(lam: float, name: str = "lam") -> None:
 
 
 def family(name: str) -> Family:
-    """The family called `name`.
+    """The natural exponential family called `name` (Webb et al. §2, Table 1).
+
+    Args:
+      name: 'categorical', 'gaussian' or 'poisson'.
+
+    Returns:
+      The `Family` from `FAMILIES`.
 
     Raises:
       ValueError: naming the allowed families.
@@ -131,26 +143,57 @@ def _check_outputs(outputs: jax.Array, targets: jax.Array, fam: Family) -> None:
 
 
 def ensemble_natural_parameter(outputs: jax.Array) -> jax.Array:
-    """η̄ = (1/M) Σ_j η_j (Webb et al. eq. 3), outputs [M, B, ...] → [B, ...]."""
+    """The ensemble's natural parameter η̄ = (1/M) Σ_j η_j (Webb et al. eq. (3)).
+
+    q(y | η̄) is the normalized geometric mean of the members' distributions (eq. (2)).
+
+    Args:
+      outputs: [M, B, ...] the M members' natural parameters η_j (categorical: logits [M, B, C]).
+
+    Returns:
+      [B, ...] η̄, the mean over the member axis.
+    """
     return outputs.mean(axis=0)
 
 
 def member_nll(outputs: jax.Array, targets: jax.Array, family_name: str) -> jax.Array:
-    """Each member's mean NLL over the batch, −(1/B) Σ_b log q(y_b | η_jb): outputs [M, B, ...] → [M]."""
+    """Each member's mean NLL over the batch, −(1/B) Σ_b log q(y_b | η_jb).
+
+    The independent term of Webb et al.'s modular loss (eq. (4) as NLLs, eq. (7)), before the mean over j.
+
+    Args:
+      outputs: [M, B, ...] the M members' natural parameters (categorical: logits [M, B, C]).
+      targets: [B] class indices (categorical), or [B, ...] reals (gaussian) / counts (poisson).
+      family_name: 'categorical', 'gaussian' or 'poisson'.
+
+    Returns:
+      [M] mean NLL of each member, in nats (every constant of −log q included).
+    """
     fam = family(family_name)
     _check_outputs(outputs, targets, fam)
     return fam.nll(outputs, targets).mean(axis=-1)
 
 
 def ensemble_nll(outputs: jax.Array, targets: jax.Array, family_name: str) -> jax.Array:
-    """The ensemble's mean NLL over the batch, −(1/B) Σ_b log q(y_b | η̄_b): outputs [M, B, ...] → scalar."""
+    """The ensemble's mean NLL over the batch, −(1/B) Σ_b log q(y_b | η̄_b), η̄ = (1/M) Σ_j η_j.
+
+    The joint term of Webb et al.'s modular loss (eq. (4) as NLLs, eq. (7)), with η̄ of eq. (3).
+
+    Args:
+      outputs: [M, B, ...] the M members' natural parameters (categorical: logits [M, B, C]).
+      targets: [B] class indices (categorical), or [B, ...] reals (gaussian) / counts (poisson).
+      family_name: 'categorical', 'gaussian' or 'poisson'.
+
+    Returns:
+      [] the ensemble's mean NLL, in nats.
+    """
     fam = family(family_name)
     _check_outputs(outputs, targets, fam)
     return fam.nll(ensemble_natural_parameter(outputs), targets).mean(axis=-1)
 
 
 def modular_loss(outputs: jax.Array, targets: jax.Array, lam: float | jax.Array, family: str) -> jax.Array:
-    """Webb et al.'s modular loss (eq. 4 written with NLLs, eq. 7), mean over the batch.
+    """Webb et al.'s modular loss (eq. (4) written with NLLs, eq. (7)), mean over the batch.
 
         L_λ = λ · NLL(y | η̄) + (1 − λ) · (1/M) Σ_j NLL(y | η_j),   η̄ = (1/M) Σ_j η_j.
 
@@ -161,7 +204,7 @@ def modular_loss(outputs: jax.Array, targets: jax.Array, lam: float | jax.Array,
       family: 'categorical', 'gaussian' or 'poisson'.
 
     Returns:
-      Scalar loss.
+      [] the loss L_λ in nats; its gradient in η_j is Webb et al. eq. (8) divided by B.
     """
     if isinstance(lam, (int, float)):
         check_lam(lam)
@@ -171,7 +214,7 @@ def modular_loss(outputs: jax.Array, targets: jax.Array, lam: float | jax.Array,
 
 
 def ambiguity(outputs: jax.Array, family_name: str) -> jax.Array:
-    """The ambiguity term of Webb et al. eq. 6: (1/M) Σ_j KL(q̄ ‖ q_j), mean over the batch.
+    """The ambiguity term of Webb et al. eq. (6): (1/M) Σ_j KL(q̄ ‖ q_j), mean over the batch.
 
     For a natural exponential family KL(q(η̄) ‖ q(η_j)) = A(η_j) − A(η̄) − μ(η̄)·(η_j − η̄), so the term is
     (1/M) Σ_j A(η_j) − A(η̄), independent of the targets. Then L_λ = (1/M) Σ_j NLL_j − λ · ambiguity.
@@ -181,7 +224,7 @@ def ambiguity(outputs: jax.Array, family_name: str) -> jax.Array:
       family_name: 'categorical', 'gaussian' or 'poisson'.
 
     Returns:
-      Scalar, ≥ 0 (Jensen: A is convex).
+      [] the ambiguity in nats, ≥ 0 (Jensen: A is convex).
     """
     fam = family(family_name)
 

@@ -72,6 +72,8 @@ class Projection(NamedTuple):
 def point(params_a: PyTree, params_b: PyTree, x, y) -> PyTree:
     """The point θ(x, y) = x·θ_a + y·θ_b of the plane through the origin, θ_a and θ_b, leafwise.
 
+    Fort et al. §4.2, Fig. 5 (docs/definitions.md#radial-plane-low-loss-tunnel-and-radial-cut).
+
     Written as x·a + y·b, so (1, 0) gives exactly `params_a`, (0, 1) exactly `params_b` and (0, 0) all zeros
     (as float values: a −0.0 leaf entry may come back as +0.0). Each leaf keeps the dtype of `params_a`'s.
 

@@ -156,6 +156,9 @@ def layers(model: nn.Module, input_shape: Sequence[int]) -> list[Unit]:
     Args:
       model: a model of `jaxens.models` (one member).
       input_shape: one example's shape.
+
+    Returns:
+      The `Unit`s of the layers (Zamparo et al. §3; docs/definitions.md#re-initialization), input side first.
     """
     input_shape = tuple(input_shape)
     kinds, normalizes = _trace_modules(model, input_shape)
@@ -163,12 +166,28 @@ def layers(model: nn.Module, input_shape: Sequence[int]) -> list[Unit]:
 
 
 def tensor_units(order: Sequence[Path]) -> list[Unit]:
-    """Every tensor a unit of its own, in `order` (the tensor unit; no running statistics restart)."""
+    """Every tensor a unit of its own, in `order` (the tensor unit; no running statistics restart).
+
+    Args:
+      order: every tensor's path, input side first (`jaxens.models.forward_order`).
+
+    Returns:
+      One `Unit` per path, named by the path joined with '/', with no modules.
+    """
     return [Unit(name="/".join(p), tensors=(tuple(p),)) for p in order]
 
 
 def units(model: nn.Module, input_shape: Sequence[int], unit: str) -> list[Unit]:
-    """The units of `unit` ('layer' or 'tensor') of the model, in forward order."""
+    """The units of `unit` ('layer' or 'tensor') of the model, in forward order.
+
+    Args:
+      model: a model of `jaxens.models` (one member).
+      input_shape: one example's shape.
+      unit: 'layer' (`layers`) or 'tensor' (`tensor_units` of the forward order).
+
+    Returns:
+      The units, input side first.
+    """
     if unit not in UNITS:
         raise ValueError(f"unit={unit!r}: allowed: {', '.join(UNITS)}")
     if unit == "layer":
@@ -178,6 +197,9 @@ def units(model: nn.Module, input_shape: Sequence[int], unit: str) -> list[Unit]
 
 def select(params: PyTree, chosen_from: Sequence[Unit], fraction: float, side: str) -> list[Unit]:
     """The units to re-initialize: the shortest run of whole units from `side` covering `fraction`.
+
+    Zamparo et al. §3 re-initialize a fraction of the layers from the input ('low') or the output ('high')
+    side; docs/definitions.md#re-initialization, step 3.
 
     Args:
       params: one member's parameters (any pytree of dicts; only shapes are read).
@@ -209,14 +231,30 @@ def select(params: PyTree, chosen_from: Sequence[Unit], fraction: float, side: s
 
 
 def mask_of(params: PyTree, chosen: Sequence[Unit]) -> PyTree:
-    """A pytree of Python bools with the structure of `params`: True for the tensors of `chosen`."""
+    """A pytree of Python bools with the structure of `params`: True for the tensors of `chosen`.
+
+    Args:
+      params: one member's parameters (only the structure is read).
+      chosen: the units to re-initialize (`select`).
+
+    Returns:
+      The mask, one bool per tensor of `params`.
+    """
     picked = {p for u in chosen for p in u.tensors}
     return jax.tree.unflatten(jax.tree.structure(params), [p in picked for p in param_paths(params)])
 
 
 def stats_mask(batch_stats: PyTree, modules: Collection[Path]) -> PyTree:
     """Booleans over `batch_stats` ({'norm0': {'mean', 'var'}, ...}): True for the statistics of `modules`
-    (or of modules below them), which restart at their initial values (mean 0, var 1) with their layer."""
+    (or of modules below them), which restart at their initial values (mean 0, var 1) with their layer.
+
+    Args:
+      batch_stats: one member's BatchNorm running statistics (only the structure is read).
+      modules: module paths, e.g. the chosen units' `Unit.modules`.
+
+    Returns:
+      A pytree of Python bools with the structure of `batch_stats`.
+    """
     owned = lambda path: any(path[: len(m)] == tuple(m) for m in modules)  # noqa: E731
     return jax.tree.unflatten(jax.tree.structure(batch_stats), [owned(p[:-1]) for p in param_paths(batch_stats)])
 
@@ -238,17 +276,42 @@ def mask(params: PyTree, order: Sequence[Path], fraction: float, side: str) -> P
 
 
 def covered_fraction(params: PyTree, tensor_mask: PyTree) -> float:
-    """Share of the parameter count that `tensor_mask` selects."""
+    """Share of the parameter count that `tensor_mask` selects.
+
+    Args:
+      params: one member's parameters (only shapes are read).
+      tensor_mask: bools with the structure of `params` (`mask_of`, `mask`).
+
+    Returns:
+      Σ sizes of the selected tensors / Σ sizes of all tensors, a float in [0, 1].
+    """
     sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
     picked = [s for s, m in zip(sizes, jax.tree.leaves(tensor_mask)) if m]
     return sum(picked) / sum(sizes)
 
 
 def reinitialize(params: PyTree, fresh: PyTree, tensor_mask: PyTree) -> PyTree:
-    """`fresh` where the mask is True, `params` elsewhere (tensor by tensor; a pure function)."""
+    """`fresh` where the mask is True, `params` elsewhere (tensor by tensor; a pure function).
+
+    Args:
+      params: the current values, a pytree (any leading axes, e.g. the children's [k, ...]).
+      fresh: fresh initializer draws with the structure and shapes of `params`.
+      tensor_mask: a Python bool per tensor, with the structure of `params`.
+
+    Returns:
+      A pytree like `params`.
+    """
     return jax.tree.map(lambda p, f, m: f if m else p, params, fresh, tensor_mask)
 
 
 def changed(params_a: PyTree, params_b: PyTree) -> PyTree:
-    """Per tensor, whether two parameter pytrees differ anywhere (for tests and inspection)."""
+    """Per tensor, whether two parameter pytrees differ anywhere (for tests and inspection).
+
+    Args:
+      params_a: a parameter pytree.
+      params_b: a pytree of the same structure and leaf shapes.
+
+    Returns:
+      A pytree of Python bools, True for the tensors with at least one different entry.
+    """
     return jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params_a, params_b)

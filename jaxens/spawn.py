@@ -43,7 +43,16 @@ _SPAWN_DOMAIN = 2**32 - 1
 def spawn_key(seed: int, t: int) -> jax.Array:
     """The key the children of spawn step t draw their streams from: fold_in(fold_in(PRNGKey(seed), 2³²−1), t).
 
-    So a member of a spawn sweep equals the member of a single-spawn run with the same seed and t.
+    It depends on (seed, t) only, so a member of a spawn sweep equals the member of a single-spawn run with the
+    same seed and t (docs/definitions.md#spawning). 2³² − 1 is a member index no run reaches, so spawn keys are
+    derived apart from the members' keys.
+
+    Args:
+      seed: the run's seed.
+      t: the spawn step.
+
+    Returns:
+      A raw PRNG key (uint32 [2]).
     """
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _SPAWN_DOMAIN), t)
 
@@ -52,6 +61,14 @@ def child_streams(key: jax.Array, k: int, shared: tuple[str, ...] = ()) -> rng_l
     """Fresh streams for k children: child c, stream s → fold_in(fold_in(key, c), STREAM_IDS[s]).
 
     Streams named in `shared` are child 0's for every child (see `jaxens.rng.streams_from`).
+
+    Args:
+      key: the spawn key (`spawn_key`).
+      k: number of children.
+      shared: names of the streams every child takes from child 0 (e.g. ('order',)).
+
+    Returns:
+      `jaxens.rng.Streams` whose every stream holds k keys, [k, 2].
     """
     return rng_lib.streams_from(key, k, shared)
 
@@ -81,7 +98,11 @@ class Reinit:
     unit: str = ""
 
     def describe(self) -> str:
-        """One line for the run's log: how much was re-drawn, and which layers."""
+        """One line for the run's log: how much was re-drawn, and which layers.
+
+        Returns:
+          E.g. 're-initializing 2 layers from the low side, 12.50% of the parameters: dense0, dense1'.
+        """
         units = f"{len(self.chosen)} {self.unit}{'' if len(self.chosen) == 1 else 's'}"
         names = ", ".join(self.chosen)
         return f"re-initializing {units} from the {self.side} side, {self.covered:.2%} of the parameters: {names}"
@@ -90,9 +111,23 @@ class Reinit:
 def reinit_for(
     model, input_shape: Sequence[int], params: PyTree, fraction: float, side: str, unit: str = "layer"
 ) -> Reinit | None:
-    """The re-initialization of `fraction` of the parameter count from `side` ('low': the input side,
-    'high': the output side) in whole units of `unit` ('layer': `jaxens.reinit.layers`, or 'tensor'), built
-    on one member's `params` in the model's forward order; None for fraction 0."""
+    """The re-initialization of `fraction` of the parameter count from `side` (Zamparo et al. §3).
+
+    Whole units of `unit` are taken from `side` in the model's forward order until they cover at least
+    `fraction` of the parameters (`jaxens.reinit.select`; docs/definitions.md#re-initialization).
+
+    Args:
+      model: the model of one member (a `jaxens.models` module).
+      input_shape: one example's shape, without the batch axis.
+      params: one member's parameters (only shapes are read).
+      fraction: in [0, 1], the share of the parameter count to re-draw.
+      side: 'low' (from the input side) or 'high' (from the output side).
+      unit: 'layer' (`jaxens.reinit.layers`) or 'tensor' (each parameter tensor on its own).
+
+    Returns:
+      A `Reinit` with the mask, the chosen units' names, the covered share and the modules whose BatchNorm
+      statistics restart; None for fraction 0.
+    """
     if fraction <= 0:
         return None
     shape = tuple(input_shape)
@@ -137,7 +172,10 @@ def spawn(
     reinit: Reinit | None = None,
     streams: rng_lib.Streams | None = None,
 ) -> EnsembleState:
-    """k children of a one-member parent, stacked on the member axis.
+    """k children of a one-member parent, stacked on the member axis (Zamparo et al. §1).
+
+    Each child equals the parent bit for bit except for its PRNG streams and what `reset_optimizer` and
+    `reinit` change (docs/definitions.md#spawning).
 
     Args:
       parent: an ensemble state with K = 1 (every leaf [1, ...]).
@@ -191,10 +229,14 @@ def spawn_children(
 ) -> EnsembleState:
     """The k children of every spawn step t, stacked in increasing t (K = |t|·k).
 
+    A spawn sweep of Zamparo et al. §1: each group of k children is `spawn` of its parent with the spawn key
+    of (seed, t) (docs/definitions.md#coupling-conditions, #spawning).
+
     Args:
       parents: {t: the one-member parent state at step t}.
       k: children per spawn time.
       seed: the run's seed; the children of t draw `child_streams(spawn_key(seed, t), k, shared_streams)`.
+      shared_streams: names of the streams every child of a spawn time takes from its child 0.
       reset_optimizer: coupled_to_t_reset: the children's optimizer state and schedule restart.
       tx: the optimizer (restarted under `reset_optimizer`; re-initialized tensors' slots restart).
       reinit: `reinit_for(...)`, or None.

@@ -57,7 +57,12 @@ def weight_average(iterates: PyTree) -> PyTree:
 
 
 class Diagonal(NamedTuple):
-    """A diagonal Gaussian over one network's parameters: per parameter mean and standard deviation."""
+    """A diagonal Gaussian over one network's parameters: per parameter mean and standard deviation.
+
+    Attributes:
+      mean: μ, a pytree of one network's shapes (float32).
+      std: σ, the iterates' population standard deviation, a pytree like `mean`.
+    """
 
     mean: PyTree
     std: PyTree
@@ -89,6 +94,14 @@ def diagonal_sample(key: jax.Array, fit: Diagonal, scale: float = 1.0) -> PyTree
     The noise is scaled by the standard deviation σ_i, not by the variance σ_i² (the known SWAG-diagonal
     slip that shrinks the spread of parameters with σ_i < 1 quadratically). `scale` > 1 widens the Gaussian
     to trace the accuracy–diversity trade-off of Fig. 6; scale = 1 is the fitted distribution.
+
+    Args:
+      key: PRNG key (vmap over S keys for S samples).
+      fit: `diagonal_fit(iterates)`.
+      scale: s, the factor on σ (1: the fitted Gaussian).
+
+    Returns:
+      One network's parameters, a pytree like `fit.mean`.
     """
     leaves, treedef = jax.tree.flatten(fit.mean)
     keys = jax.random.split(key, len(leaves))
@@ -146,7 +159,16 @@ def low_rank_fit(iterates: PyTree, rank: int) -> LowRank:
 
 
 def low_rank_sample(key: jax.Array, fit: LowRank, scale: float = 1.0) -> PyTree:
-    """θ = μ + scale·Σ_i z_i v_i, z ~ N(0, I_k) (Fort et al. §4.2: θ ∼ μ + Σ_i N(0^k, 1^k) v_i)."""
+    """θ = μ + scale·Σ_i z_i v_i, z ~ N(0, I_k) (Fort et al. §4.2: θ ∼ μ + Σ_i N(0^k, 1^k) v_i).
+
+    Args:
+      key: PRNG key (vmap over S keys for S samples).
+      fit: `low_rank_fit(iterates, rank)`, components with leaves [k, ...].
+      scale: s, the factor on the Gaussian's spread (1: the fitted Gaussian).
+
+    Returns:
+      One network's parameters, a pytree like `fit.mean`.
+    """
     k = jax.tree.leaves(fit.components)[0].shape[0]
     z = jax.random.normal(key, (k,), jnp.float32)
     return jax.tree.map(lambda m, v: m + scale * jnp.tensordot(z, v, axes=1).astype(m.dtype), fit.mean, fit.components)
@@ -157,6 +179,13 @@ def random_direction(key: jax.Array, theta0: PyTree) -> PyTree:
 
     Scaling per tensor (as Li et al. 2018 scale directions per filter to visualize landscapes) makes t in
     θ0 + t·v a relative step, ‖θ − θ0‖_l = |t|·‖θ0_l‖ in every tensor, whatever the tensor's scale.
+
+    Args:
+      key: PRNG key; one direction per key.
+      theta0: the solution's parameters, a pytree.
+
+    Returns:
+      v, a pytree like `theta0` (each leaf in its tensor's dtype).
     """
     leaves, treedef = jax.tree.flatten(theta0)
     keys = jax.random.split(key, len(leaves))
@@ -173,6 +202,14 @@ def random_subspace(key: jax.Array, theta0: PyTree, t) -> PyTree:
 
     t = 0 returns θ0 exactly; one key with several t walks along one direction, several keys give several
     directions.
+
+    Args:
+      key: PRNG key of the direction.
+      theta0: the solution's parameters, a pytree.
+      t: scalar step along v, relative to each tensor's norm; may be traced.
+
+    Returns:
+      One network's parameters, a pytree like `theta0`.
     """
     v = random_direction(key, theta0)
     return jax.tree.map(lambda x, d: x + jnp.asarray(t, x.dtype) * d, theta0, v)
@@ -184,6 +221,14 @@ def dropout_subspace(key: jax.Array, theta0: PyTree, p_keep) -> PyTree:
     Every parameter of `theta0` is kept with probability p_keep and rescaled by 1/p_keep, so E[θ] = θ0
     (inverted dropout); p_keep = 1 returns θ0. Fort et al. draw p_keep at random for every sample: pass a
     traced `p_keep` under `jax.vmap` to do so.
+
+    Args:
+      key: PRNG key of the masks.
+      theta0: the solution's parameters, a pytree.
+      p_keep: keep probability in (0, 1]; scalar, may be traced.
+
+    Returns:
+      One network's parameters, a pytree like `theta0`.
     """
     leaves, treedef = jax.tree.flatten(theta0)
     keys = jax.random.split(key, len(leaves))
@@ -199,6 +244,7 @@ def accepted(accuracy, threshold: float = 0.65) -> np.ndarray:
 
     Args:
       accuracy: [S] validation accuracy of each sample.
+      threshold: the lowest accuracy kept.
 
     Returns:
       [S] bool.

@@ -64,7 +64,7 @@ class TrainChunk:
     a member had diverged before the chunk, is the chunk run (again, from a copy of its input) with 'step':
     the check at every step, a reduction over the gradients and a select between the new and the old state. The results
     are the same bits either way; 'chunk' costs one copy of the state per chunk instead of a select per step
-    (see README, "Performance"). 'off' runs no check (benchmarks).
+    (docs/performance.md). 'off' runs no check (benchmarks).
 
     `step_loop`: 'device' runs the steps in a `while` loop inside one jitted call, `num_steps` traced, so
     every chunk length shares one compilation; 'host' dispatches one jitted call per step from Python

@@ -51,7 +51,17 @@ class TunnelFit(NamedTuple):
 
 
 def count_bends(bends: PyTree) -> int:
-    """n, the leading axis of every leaf of `bends` (leaves [n, ...])."""
+    """n, the number of bends: the leading axis every leaf of `bends` shares.
+
+    Args:
+      bends: a pytree with leaves [n, ...].
+
+    Returns:
+      n, a Python int.
+
+    Raises:
+      ValueError: if the leaves do not share one leading axis.
+    """
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(bends)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"bends: every leaf needs the same leading bend axis [n, ...], got leading sizes {sizes}")
@@ -84,7 +94,8 @@ def init_bends(params_a: PyTree, params_b: PyTree, num: int) -> PyTree:
 
 
 def chain_point(params_a: PyTree, bends: PyTree, params_b: PyTree, t) -> PyTree:
-    """The point at t of the polygonal chain θ_a → φ_1 → … → φ_n → θ_b.
+    """The point at t of the polygonal chain θ_a → φ_1 → … → φ_n → θ_b (Garipov et al. 2018; Fort et al.
+    App. A, Fig. S2; docs/definitions.md#radial-plane-low-loss-tunnel-and-radial-cut).
 
     With s = t·(n+1), segment i = min(⌊s⌋, n) and τ = s − i, the point is (1 − τ)φ_i + τφ_{i+1}
     (`landscape.interpolate`; φ_0 = θ_a, φ_{n+1} = θ_b). t = 0 gives exactly θ_a, t = 1 exactly θ_b, and
@@ -132,7 +143,8 @@ def tunnel_loss(apply_fn: ApplyFn, variables_a, bends: PyTree, variables_b, x, y
       apply_fn: `model.apply`, `apply_fn(variables, x, train=True, mutable=['batch_stats'])` → (logits, _).
       variables_a, variables_b: the endpoints' variables (only their params define the chain).
       bends: leaves [n, ...].
-      x: [B, ...] normalized inputs. y: [B] int labels.
+      x: [B, ...] normalized inputs.
+      y: [B] int labels.
       ts: [T] positions on the chain.
       dropout_rng: None or a PRNG key.
 
@@ -230,7 +242,8 @@ def fit_tunnel(
     Args:
       apply_fn: `model.apply` of a Flax module (un-jitted).
       variables_a, variables_b: the two optima's variables (same structure).
-      train_x: [N, ...] normalized training inputs. train_y: [N] int labels.
+      train_x: [N, ...] normalized training inputs.
+      train_y: [N] int labels.
       num_bends: n ≥ 1 (ignored when `bends` is given).
       num_steps: optimizer steps ≥ 0 (0 returns the initial bends).
       key: PRNG key.

@@ -145,8 +145,10 @@ def test_tiny_imagenet_through_the_registry(tmp_path):
             "train.batch_size": 2,
             "data.dir": str(tmp_path),
             "data.cache_dir": str(tmp_path / "cache"),
+            "data.allow_size_mismatch": True,  # 3 training images of 100,000.
         }
     )
+    assert data_lib.config_info(config).num_train == 3  # Counted from the folder, nothing decoded.
     ds = data_lib.load(config)
     assert ds.train_x.shape == (3, 64, 64, 3) and ds.test_x.shape == (1, 64, 64, 3) and ds.num_classes == 200
     assert data_lib.resolve_augment(config.dataset, config.data.augment) == "crop_flip"

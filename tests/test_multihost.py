@@ -113,6 +113,7 @@ def test_two_processes_train_one_run_and_only_process_0_writes(tmp_path, conditi
     _assert_same_test_metrics(summary, _single(command[:-1], tmp_path / "single"))
 
 
+@pytest.mark.slow  # 35 s; the single-process kill-and-resume runs by default (tests/test_reliability.py).
 def test_a_run_killed_on_two_processes_resumes_on_one_device(tmp_path):
     """SIGKILL right after the spawn (of both processes, as a lost slice); the parent checkpoints they
     saved together restore onto one device, and the resumed run ends as an uninterrupted one."""

@@ -55,6 +55,7 @@ def _cifar_config(tmp_path, **overrides):
             "train.batch_size": 4,
             "data.tfds_dir": str(tmp_path / "tfds"),
             "data.cache_dir": str(tmp_path / "cache"),
+            "data.allow_size_mismatch": True,  # The mock holds NUM_EXAMPLES records per split.
             **overrides,
         }
     )
@@ -116,6 +117,7 @@ def test_imagenet_images_are_center_cropped_and_resized(tmp_path):
             "data.image_size": 16,
             "data.tfds_dir": str(tmp_path / "tfds"),
             "data.cache_dir": str(tmp_path / "cache"),
+            "data.allow_size_mismatch": True,
         }
     )
     with tfds.testing.mock_data(num_examples=4, data_dir=str(tmp_path / "tfds")):

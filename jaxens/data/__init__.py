@@ -18,10 +18,12 @@ from jaxens.data.registry import (
     NAMES,
     DatasetInfo,
     Source,
+    config_info,
     dataset_info,
     load,
     load_eval_sets,
     resolve_augment,
+    source_info,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "batch_indices",
     "batch_indices_at",
     "channel_stats",
+    "config_info",
     "dataset_info",
     "epoch_orders",
     "spawn_epoch_orders",
@@ -47,6 +50,7 @@ __all__ = [
     "load_eval_sets",
     "member_batch",
     "resolve_augment",
+    "source_info",
     "steps_per_epoch",
     "validation_indices",
 ]

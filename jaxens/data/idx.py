@@ -52,6 +52,29 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def count(path: str) -> int:
+    """The number of examples an IDX file declares (its first dimension), read from its header only.
+
+    Raises:
+      DatasetError: naming the file, when its header cannot be read.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(8)
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot be read: {e}") from e
+    if len(header) < 8 or header[:3] != bytes([0, 0, 0x08]) or header[3] < 1:
+        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    return int.from_bytes(header[4:8], "big")
+
+
+def mnist_format_path(directory: str, key: str) -> str | None:
+    """The file of `key` ('train_x', ...; `MNIST_FORMAT_FILES`) in `directory`, .gz or not; None if absent."""
+    candidates = [os.path.join(directory, MNIST_FORMAT_FILES[key] + ext) for ext in (".gz", "")]
+    return next((p for p in candidates if os.path.exists(p)), None)
+
+
 def has_mnist_format(directory: str) -> bool:
     """Whether `directory` holds the four MNIST-format files (.gz or uncompressed)."""
     return all(
@@ -75,11 +98,10 @@ def load_mnist_format(directory: str, name: str, sizes: tuple[int, int] | None =
     """
     arrays, paths = {}, {}
     for key, stem in MNIST_FORMAT_FILES.items():
-        candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
-        path = next((p for p in candidates if os.path.exists(p)), None)
+        path = mnist_format_path(directory, key)
         if path is None:
             raise DatasetError(
-                f"{name}: {candidates[0]} not found. Install Debian's dataset-fashion-mnist package "
+                f"{name}: {os.path.join(directory, stem + '.gz')} not found. Install Debian's dataset-fashion-mnist package "
                 f"(apt-get install dataset-fashion-mnist) or set --config.data.dir to a directory holding "
                 f"{', '.join(s + '.gz' for s in MNIST_FORMAT_FILES.values())}"
             )
@@ -92,7 +114,8 @@ def load_mnist_format(directory: str, name: str, sizes: tuple[int, int] | None =
         if len(arrays[key]) != expected:
             raise DatasetError(
                 f"{name}: {paths[key]} holds {len(arrays[key])} examples, where {name} has {expected}; the file "
-                f"is incomplete or not {name}'s (set --config.data.dir to a directory holding the whole dataset)"
+                f"is incomplete or not {name}'s (set --config.data.dir to a directory holding the whole dataset, "
+                "or --config.data.allow_size_mismatch=True to train on these files as they are)"
             )
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):

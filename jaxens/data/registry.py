@@ -29,7 +29,7 @@ import numpy as np
 from jaxens.data import cache, idx, tfds_source
 from jaxens.data import mnist1d as mnist1d_lib
 from jaxens.data.dataset import Dataset, EvalSet, from_arrays
-from jaxens.data.errors import DatasetError
+from jaxens.data.errors import DatasetError, size_mismatch_message
 
 # TFDS's cifar10_corrupted configs: 19 corruptions × severities 1-5. Always name one: TFDS's default
 # config (brightness_1) is barely corrupted.
@@ -94,6 +94,7 @@ class Source:
       dir: local dataset files ('' = the default location).
       tfds_dir: TFDS data_dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
       download: let TFDS download and prepare a missing dataset.
+      allow_size_mismatch: accept files whose split sizes are not the dataset's known ones (`source_info`).
       cache_dir: where decoded or generated arrays are cached ('' = $XDG_CACHE_HOME/jaxens).
       image_size: imagenet2012's side after the center crop.
       val_size, val_seed: training examples held out as the validation split, and the choice of them.
@@ -104,6 +105,7 @@ class Source:
     dir: str = ""
     tfds_dir: str = ""
     download: bool = True
+    allow_size_mismatch: bool = False
     cache_dir: str = ""
     image_size: int = 64
     val_size: int = 0
@@ -120,6 +122,7 @@ class Source:
             dir=d.dir,
             tfds_dir=d.tfds_dir,
             download=d.download,
+            allow_size_mismatch=d.allow_size_mismatch,
             cache_dir=d.cache_dir,
             image_size=d.image_size,
             val_size=d.val_size,
@@ -141,6 +144,8 @@ class DatasetInfo:
       labels: the label space; datasets sharing it share classes (a shifted evaluation set must).
       augment: default augmentation for training on it ('auto' resolves to this).
       loader: (name, source, splits ⊆ ('train', 'test')) → {'<split>_x', '<split>_y'} host arrays.
+      sizes: (name, source) → the (train, test) counts the source's files hold, read from their metadata
+        without decoding (None when they cannot be read so); None for datasets generated here.
     """
 
     input_shape: tuple[int, ...]
@@ -150,6 +155,7 @@ class DatasetInfo:
     labels: str
     augment: str
     loader: Loader
+    sizes: Callable[[str, Source], tuple[int, int] | None] | None = None
 
 
 def _tfds_loader(test_split: str = "test", transform_factory=None) -> Loader:
@@ -158,17 +164,38 @@ def _tfds_loader(test_split: str = "test", transform_factory=None) -> Loader:
     def load(name: str, source: Source, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
         transform, transform_id = transform_factory(source) if transform_factory else (None, None)
         tfds_splits = {s: (test_split if s == "test" else s) for s in splits}
+        expected = None if source.allow_size_mismatch else _known_sizes(name, source, splits)
         key = {"tfds": name, "splits": tfds_splits, "data_dir": _abs(source.tfds_dir), "transform": transform_id}
         return cache.cached(
             source.cache_dir,
             name,
             key,
             lambda: tfds_source.read_splits(
-                name, tfds_splits, source.tfds_dir, download=source.download, transform=transform
+                name, tfds_splits, source.tfds_dir, download=source.download, transform=transform, expected=expected
             ),
         )
 
     return load
+
+
+def _tfds_sizes(test_split: str = "test"):
+    """The prepared split sizes from the dataset's TFDS metadata (dataset_info.json), nothing decoded."""
+
+    def sizes(name: str, source: Source) -> tuple[int, int] | None:
+        counts = tfds_source.prepared_sizes(name, source.tfds_dir)
+        if counts is None:
+            return None
+        return counts.get("train", 0), counts.get(test_split, 0)
+
+    return sizes
+
+
+def _known_sizes(name: str, source: Source, splits) -> dict[str, int]:
+    """{split: the registered count} for the requested splits (evaluation-only datasets have no train)."""
+    info = dataset_info(name, source.image_size)
+    assert info is not None
+    known = {"train": info.num_train, "test": info.num_test}
+    return {s: known[s] for s in splits if known[s]}
 
 
 def _abs(path: str) -> str:
@@ -210,9 +237,8 @@ def _load_fashion_mnist(name, source, splits):
     directory = source.dir
     if directory or idx.has_mnist_format(idx.FASHION_MNIST_DIR):
         info = _FIXED[name]
-        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(
-            directory or idx.FASHION_MNIST_DIR, name, sizes=(info.num_train, info.num_test)
-        )
+        sizes = None if source.allow_size_mismatch else (info.num_train, info.num_test)
+        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(directory or idx.FASHION_MNIST_DIR, name, sizes)
         return {"train_x": train_x[..., None], "train_y": train_y, "test_x": test_x[..., None], "test_y": test_y}
     try:
         return _tfds_loader()(name, source, splits)
@@ -221,6 +247,23 @@ def _load_fashion_mnist(name, source, splits):
             f"{e}\nOr use local IDX files: apt-get install dataset-fashion-mnist, or set --config.data.dir to a "
             "directory holding the four Fashion-MNIST IDX .gz files."
         ) from None
+
+
+def _fashion_mnist_sizes(name: str, source: Source) -> tuple[int, int] | None:
+    """The counts the IDX files' headers declare (the local files the loader reads), else TFDS's metadata."""
+    directory = source.dir or (idx.FASHION_MNIST_DIR if idx.has_mnist_format(idx.FASHION_MNIST_DIR) else "")
+    if not directory:
+        return _tfds_sizes()(name, source)
+    paths = [idx.mnist_format_path(directory, key) for key in ("train_y", "test_y")]
+    if None in paths:
+        return None
+    return idx.count(paths[0]), idx.count(paths[1])  # type: ignore[arg-type]
+
+
+def _tiny_imagenet_sizes(name: str, source: Source) -> tuple[int, int]:
+    from jaxens.data import tiny_imagenet
+
+    return tiny_imagenet.sizes(source.dir)
 
 
 def _load_tiny_imagenet(name, source, splits):
@@ -238,12 +281,16 @@ def _load_tiny_imagenet(name, source, splits):
 _FIXED: dict[str, DatasetInfo] = {
     "mnist1d": DatasetInfo((40, 1), 10, 4000, 1000, "mnist1d", "none", _load_mnist1d),
     "digits": DatasetInfo((8, 8, 1), 10, 1497, 300, "digits", "none", _load_digits),
-    "fashion_mnist": DatasetInfo((28, 28, 1), 10, 60000, 10000, "fashion_mnist", "none", _load_fashion_mnist),
-    "cifar10": DatasetInfo((32, 32, 3), 10, 50000, 10000, "cifar10", "crop_flip", _tfds_loader()),
-    "cifar100": DatasetInfo((32, 32, 3), 100, 50000, 10000, "cifar100", "crop_flip", _tfds_loader()),
+    "fashion_mnist": DatasetInfo(
+        (28, 28, 1), 10, 60000, 10000, "fashion_mnist", "none", _load_fashion_mnist, _fashion_mnist_sizes
+    ),
+    "cifar10": DatasetInfo((32, 32, 3), 10, 50000, 10000, "cifar10", "crop_flip", _tfds_loader(), _tfds_sizes()),
+    "cifar100": DatasetInfo((32, 32, 3), 100, 50000, 10000, "cifar100", "crop_flip", _tfds_loader(), _tfds_sizes()),
     # Digits: a horizontal flip changes their meaning, so only crops by default.
-    "svhn_cropped": DatasetInfo((32, 32, 3), 10, 73257, 26032, "svhn", "crop", _tfds_loader()),
-    "tiny_imagenet": DatasetInfo((64, 64, 3), 200, 100000, 10000, "tiny_imagenet", "crop_flip", _load_tiny_imagenet),
+    "svhn_cropped": DatasetInfo((32, 32, 3), 10, 73257, 26032, "svhn", "crop", _tfds_loader(), _tfds_sizes()),
+    "tiny_imagenet": DatasetInfo(
+        (64, 64, 3), 200, 100000, 10000, "tiny_imagenet", "crop_flip", _load_tiny_imagenet, _tiny_imagenet_sizes
+    ),
 }
 
 # Names for messages: the fixed ones and the parametrized ones.
@@ -262,13 +309,14 @@ def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
     if name.startswith(CORRUPTED_PREFIX):
         corruption, _, severity = name[len(CORRUPTED_PREFIX) :].rpartition("_")
         if corruption in CIFAR10_CORRUPTIONS and severity in tuple("12345"):
-            return DatasetInfo((32, 32, 3), 10, 0, 10000, "cifar10", "none", _tfds_loader())
+            return DatasetInfo((32, 32, 3), 10, 0, 10000, "cifar10", "none", _tfds_loader(), _tfds_sizes())
         return None
     if name.startswith(IMAGENET_CORRUPTED_PREFIX):
         corruption, _, severity = name[len(IMAGENET_CORRUPTED_PREFIX) :].rpartition("_")
         if corruption in IMAGENET_CORRUPTIONS and severity in tuple("12345"):
             loader = _tfds_loader(test_split="validation", transform_factory=_center_crop_resize)
-            return DatasetInfo((image_size, image_size, 3), 1000, 0, 50000, "imagenet2012", "none", loader)
+            sizes = _tfds_sizes("validation")
+            return DatasetInfo((image_size, image_size, 3), 1000, 0, 50000, "imagenet2012", "none", loader, sizes)
         return None
     if name == "imagenet2012":
         return DatasetInfo(
@@ -279,6 +327,7 @@ def dataset_info(name: str, image_size: int = 64) -> DatasetInfo | None:
             "imagenet2012",
             "crop_flip",
             _tfds_loader(test_split="validation", transform_factory=_center_crop_resize),
+            _tfds_sizes("validation"),
         )
     return None
 
@@ -300,9 +349,33 @@ def resolve_augment(name: str, augment: str, image_size: int = 64) -> str:
     return info.augment
 
 
-def _checked(name: str, info: DatasetInfo, arrays: dict[str, np.ndarray], splits) -> dict[str, np.ndarray]:
+def source_info(source: Source) -> DatasetInfo | None:
+    """The `DatasetInfo` of `source.name`; with `source.allow_size_mismatch`, its split sizes are those the
+    source's files hold (read from their metadata: TFDS's dataset_info.json, IDX headers), so that a run is
+    resolved for the data it will train on. None for an unknown name."""
+    info = dataset_info(source.name, source.image_size)
+    if info is None or not source.allow_size_mismatch or info.sizes is None:
+        return info
+    sizes = info.sizes(source.name, source)
+    if sizes is None:  # Not prepared yet: loading says how to prepare it.
+        return info
+    return dataclasses.replace(info, num_train=sizes[0] if info.num_train else 0, num_test=sizes[1])
+
+
+def config_info(config: ml_collections.ConfigDict) -> DatasetInfo | None:
+    """The `DatasetInfo` a run of `config` is resolved for: `dataset_info`, or with
+    config.data.allow_size_mismatch, `source_info` (the sizes its files hold)."""
+    if config.data.allow_size_mismatch is True:
+        return source_info(Source.from_config(config))
+    return dataset_info(config.dataset, config.data.image_size)
+
+
+def _checked(name: str, info: DatasetInfo, arrays: dict[str, np.ndarray], splits, source: Source):
+    known = {"train": info.num_train, "test": info.num_test}
     for split in splits:
         x = arrays[f"{split}_x"]
+        if not source.allow_size_mismatch and known[split] and len(x) != known[split]:
+            raise DatasetError(size_mismatch_message(name, split, len(x), known[split]))
         if tuple(x.shape[1:]) != info.input_shape:
             raise DatasetError(f"{name}: loaded {split} examples of shape {x.shape[1:]}, expected {info.input_shape}")
         if len(x) != len(arrays[f"{split}_y"]):
@@ -320,7 +393,8 @@ def load(source: Source | ml_collections.ConfigDict) -> Dataset:
     source = source if isinstance(source, Source) else Source.from_config(source)
     info = dataset_info(source.name, source.image_size)
     assert info is not None  # a validated config names a registered dataset
-    arrays = _checked(source.name, info, info.loader(source.name, source, ("train", "test")), ("train", "test"))
+    arrays = info.loader(source.name, source, ("train", "test"))
+    arrays = _checked(source.name, info, arrays, ("train", "test"), source)
     return from_arrays(source.name, arrays, info.num_classes, source.val_size, source.val_seed)
 
 
@@ -332,6 +406,6 @@ def load_eval_sets(source: Source | ml_collections.ConfigDict) -> dict[str, Eval
         for name in names:
             info = dataset_info(name, source.image_size)
             assert info is not None  # a validated config names registered datasets
-            arrays = _checked(name, info, info.loader(name, source, ("test",)), ("test",))
+            arrays = _checked(name, info, info.loader(name, source, ("test",)), ("test",), source)
             sets[name] = EvalSet(x=arrays["test_x"], y=np.asarray(arrays["test_y"], np.int32), kind=kind)
     return sets

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxens import progress
-from jaxens.data.errors import DatasetError
+from jaxens.data.errors import DatasetError, size_mismatch_message
 
 # Reachability probe: seconds to wait for a TCP connection to one download host.
 PROBE_TIMEOUT_S = 3.0
@@ -125,6 +125,15 @@ def ensure_prepared(name: str, data_dir: str, download: bool):
     return builder
 
 
+def prepared_sizes(name: str, data_dir: str) -> dict[str, int] | None:
+    """{TFDS split: examples} as the prepared dataset's metadata records them, or None when `name` is not
+    prepared in `data_dir` (nothing is decoded, downloaded or prepared)."""
+    builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+        return None
+    return {split: info.num_examples for split, info in builder.info.splits.items()}
+
+
 def read_splits(
     name: str,
     splits: dict[str, str],
@@ -134,6 +143,7 @@ def read_splits(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    expected: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Reads whole splits of a TFDS dataset into host arrays.
 
@@ -145,12 +155,14 @@ def read_splits(
       transform: applied to each decoded image (e.g. resizing ImageNet to a fixed size); the results
         must share one shape.
       image_key, label_key: feature names in the TFDS examples.
+      expected: our split → the examples it must hold (the dataset's known size), checked before decoding;
+        None accepts any size (config.data.allow_size_mismatch).
 
     Returns:
       {'<split>_x': [N, H, W, C] uint8, '<split>_y': [N] int32} for each requested split.
 
     Raises:
-      DatasetError: see `ensure_prepared`.
+      DatasetError: see `ensure_prepared`; or a split holds another number of examples than `expected`.
     """
     import tensorflow_datasets as tfds
 
@@ -158,6 +170,8 @@ def read_splits(
     out = {}
     for ours, theirs in splits.items():
         source = tfds.data_source(name, split=theirs, data_dir=data_dir or None, download=False)
+        if expected and ours in expected and len(source) != expected[ours]:
+            raise DatasetError(size_mismatch_message(name, theirs, len(source), expected[ours]))
         out[f"{ours}_x"], out[f"{ours}_y"] = _read_all(source, f"{name}:{theirs}", transform, image_key, label_key)
     return out
 

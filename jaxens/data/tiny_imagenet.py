@@ -84,6 +84,24 @@ def load(directory: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
       DatasetError: naming the offending path, when a folder, file or annotation is missing or malformed,
         or an image cannot be decoded or is not 64x64.
     """
+    train_paths, train_labels, val_paths, val_labels = _listing(directory)
+    train = (_read_images(train_paths), np.asarray(train_labels, np.int32))
+    val = (_read_images(val_paths), np.asarray(val_labels, np.int32))
+    return train, val
+
+
+def sizes(directory: str) -> tuple[int, int]:
+    """(train, val) example counts of the folder, from its listing and annotations (no image decoded).
+
+    Raises:
+      DatasetError: as `load`, for a missing or malformed folder, file or annotation.
+    """
+    train_paths, _, val_paths, _ = _listing(directory)
+    return len(train_paths), len(val_paths)
+
+
+def _listing(directory: str) -> tuple[list[str], list[int], list[str], list[int]]:
+    """(train paths, their class indices, val paths, their class indices), in `load`'s order."""
     root = _find_root(directory)
     with open(os.path.join(root, "wnids.txt")) as f:
         wnids = sorted(line.strip() for line in f if line.strip())
@@ -120,6 +138,4 @@ def load(directory: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: not found, but listed in {annotations}")
 
-    train = (_read_images(train_paths), np.asarray(train_labels, np.int32))
-    val = (_read_images(val_paths), np.asarray([val_label_of[n] for n in val_names], np.int32))
-    return train, val
+    return train_paths, train_labels, val_paths, [val_label_of[n] for n in val_names]

@@ -91,7 +91,8 @@ def calibration_bins(logits: jax.Array, labels: jax.Array, num_bins: int = 15) -
     confidence sum and their number correct (Naeini et al., 2015; Guo et al., 2017).
 
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
       num_bins: B ≥ 1.
 
     Returns:
@@ -164,8 +165,12 @@ def mace_from_bins(bins: Bins) -> jax.Array:
 def ece(logits: jax.Array, labels: jax.Array, num_bins: int = 15) -> jax.Array:
     """Expected calibration error of softmax(logits); see `calibration_bins` and `ece_from_bins`.
 
+    ECE = Σ_b (n_b / N) |acc_b − conf_b| (Naeini et al., 2015; docs/definitions.md#calibration-ece-mce-mace).
+
     Args:
-      logits: [..., N, C]. labels: [N] int. num_bins: B.
+      logits: [..., N, C].
+      labels: [N] int.
+      num_bins: B, the number of equal-width confidence bins.
 
     Returns:
       [...] ECE in [0, 1].
@@ -176,8 +181,13 @@ def ece(logits: jax.Array, labels: jax.Array, num_bins: int = 15) -> jax.Array:
 def mce(logits: jax.Array, labels: jax.Array, num_bins: int = 15) -> jax.Array:
     """Maximum calibration error of softmax(logits); see `calibration_bins` and `mce_from_bins`.
 
+    MCE = max over non-empty bins of |acc_b − conf_b| (Naeini et al., 2015;
+    docs/definitions.md#calibration-ece-mce-mace).
+
     Args:
-      logits: [..., N, C]. labels: [N] int. num_bins: B.
+      logits: [..., N, C].
+      labels: [N] int.
+      num_bins: B, the number of equal-width confidence bins.
 
     Returns:
       [...] MCE in [0, 1].
@@ -189,7 +199,9 @@ def mace(logits: jax.Array, labels: jax.Array, num_bins: int = 15) -> jax.Array:
     """Mean average calibration error (Zamparo et al.) of softmax(logits); see `mace_from_bins`.
 
     Args:
-      logits: [..., N, C]. labels: [N] int. num_bins: B.
+      logits: [..., N, C].
+      labels: [N] int.
+      num_bins: B, the number of equal-width confidence bins.
 
     Returns:
       [...] MACE in [0, 1].
@@ -201,7 +213,8 @@ def brier_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Brier score of each example, Σ_c (p_c − 1[y = c])², p = softmax(logits) (Brier, 1950).
 
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
 
     Returns:
       [..., N] values in [0, 2].
@@ -215,8 +228,11 @@ def brier_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def brier(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Brier score (Brier, 1950), mean over examples of Σ_c (p_c − 1[y = c])², p = softmax(logits).
 
+    Summed over classes, not divided by C, as in Fort et al. §3 (docs/definitions.md#error-nll-and-brier-score).
+
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
 
     Returns:
       [...] mean Brier score in [0, 2].
@@ -227,8 +243,11 @@ def brier(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def confusion_matrix(logits: jax.Array, labels: jax.Array, num_classes: int | None = None) -> jax.Array:
     """Confusion matrix of the argmax prediction: entry [t, p] counts examples of true class t predicted as p.
 
+    As in Webb et al. Fig. 10 (docs/definitions.md#calibration-ece-mce-mace).
+
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
       num_classes: C; must equal logits.shape[-1] (None: take it from the logits).
 
     Returns:

@@ -9,10 +9,11 @@ from jaxens.metrics import checks
 
 
 def ensemble_log_probs(member_logits: jax.Array, method: str = "mean_prob") -> jax.Array:
-    """Log-probabilities of the ensemble prediction.
+    """Log-probabilities of the ensemble prediction (docs/definitions.md#ensemble-prediction).
 
     `mean_prob` (Zamparo, Fort): p(y|x) = (1/K) Σ_m p_m(y|x), computed as logsumexp_m log p_m − log K.
-    `mean_logit` (Webb): p(y|x) = softmax((1/K) Σ_m z_m), the normalized geometric mean of the p_m.
+    `mean_logit` (Webb et al. eq. (2)-(3)): p(y|x) = softmax((1/K) Σ_m z_m), the normalized geometric mean of
+    the p_m.
 
     Args:
       member_logits: [K, N, C] unnormalized log-probabilities of K members.
@@ -33,8 +34,12 @@ def ensemble_log_probs(member_logits: jax.Array, method: str = "mean_prob") -> j
 def error(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Error = 1 − accuracy of the argmax prediction, mean over examples.
 
+    error = (1/N) Σ_n 1[argmax_c z_nc ≠ y_n], argmax ties to the lowest class
+    (docs/definitions.md#error-nll-and-brier-score).
+
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
 
     Returns:
       [...] error in [0, 1].
@@ -46,8 +51,11 @@ def error(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Negative log-likelihood −(1/N) Σ_n log p(y_n|x_n), p = softmax(logits).
 
+    Definition: docs/definitions.md#error-nll-and-brier-score.
+
     Args:
-      logits: [..., N, C]. labels: [N] int.
+      logits: [..., N, C].
+      labels: [N] int.
 
     Returns:
       [...] mean NLL in nats.
@@ -60,6 +68,8 @@ def nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def entropy(logits: jax.Array) -> jax.Array:
     """Predictive entropy per example, H = −Σ_c p_c log p_c in nats, p = softmax(logits).
+
+    Definition: docs/definitions.md#error-nll-and-brier-score (0 · log 0 = 0); Webb et al. Table 6 summarizes it.
 
     Args:
       logits: [..., N, C].

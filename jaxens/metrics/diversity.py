@@ -89,7 +89,8 @@ def symmetric_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
     """Symmetric KL (Jeffreys divergence) KL(p‖q) + KL(q‖p), mean over examples.
 
     Per example KL(p‖q) + KL(q‖p) = Σ_c (p_c − q_c)(log p_c − log q_c); this form is used because each
-    term is ≥ 0 and exactly symmetric under p ↔ q, so the result is too, in floating point.
+    term is ≥ 0 and exactly symmetric under p ↔ q, so the result is too, in floating point. Zamparo et al. §2
+    (Fig. 1e, f); docs/definitions.md#kl-divergences-and-member-diversity.
 
     Args:
       logits_p: [..., N, C] logits of p.
@@ -110,7 +111,8 @@ def symmetric_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
 def pairwise_symmetric_kl(member_logits: jax.Array) -> jax.Array:
     """Symmetric KL between every pair of members: S_ij = mean_n [KL(p_i‖p_j) + KL(p_j‖p_i)].
 
-    Rows are computed one member at a time (`lax.map`), so memory stays O(K·N·C) rather than O(K²·N·C).
+    Zamparo et al. §2 (docs/definitions.md#kl-divergences-and-member-diversity). Rows are computed one member
+    at a time (`lax.map`), so memory stays O(K·N·C) rather than O(K²·N·C).
 
     Args:
       member_logits: [K, N, C] logits of K members (jax.vmap over further leading axes).
@@ -240,6 +242,8 @@ def disagreement(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
 
 def pairwise_disagreement(member_logits: jax.Array) -> jax.Array:
     """Disagreement between every pair of members: D_ij = (1/N) Σ_n [f_i(x_n) ≠ f_j(x_n)].
+
+    Fort et al. §4.1 (docs/definitions.md#disagreement-and-normalized-disagreement); see `disagreement`.
 
     Args:
       member_logits: [K, N, C] logits of K members (jax.vmap over further leading axes).

@@ -63,6 +63,7 @@ class ForgettingState:
 
     @property
     def num_examples(self) -> int:
+        """N, the number of examples tracked (the last axis of the leaves), a Python int."""
         return int(self.last_correct.shape[-1])
 
 

@@ -147,6 +147,13 @@ def _accumulate(state: State, logits: jax.Array, labels: jax.Array, mask: jax.Ar
 def merge(a: State, b: State) -> State:
     """Sums of two disjoint sets of examples (same batch shape and number of bins).
 
+    Args:
+      a: accumulator with batch shape [...] and fields as in `State` (e.g. [K] for K members).
+      b: accumulator of the same batch shape and number of bins, over other examples (another host or shard).
+
+    Returns:
+      A `State` whose every sum is a's plus b's, as if all examples had been added to one accumulator.
+
     Raises:
       ValueError: if the two states have different shapes.
     """
@@ -165,6 +172,9 @@ def compute(state: State) -> dict[str, jax.Array]:
     """Metrics of all examples added so far, each [...]; NaN when no example was added. Jitted.
 
     Definitions: docs/definitions.md#error-nll-and-brier-score and #calibration-ece-mce-mace.
+
+    Args:
+      state: accumulator with batch shape [...] (e.g. [K] for K members), from `init`, `update` and `merge`.
 
     Returns:
       dict with 'error' (1 − accuracy), 'nll' (mean −log p(y)), 'brier' (mean Brier score), 'entropy' (mean

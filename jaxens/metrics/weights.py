@@ -73,7 +73,8 @@ def pairwise_cosine_similarity(stacked_tree) -> jax.Array:
     """Cosine similarity between every pair of members of a stacked pytree.
 
     S_ij = θ_i·θ_j / (‖θ_i‖ ‖θ_j‖), θ_m = member m's leaves (leaf[m] for every leaf) flattened. Computed from
-    the Gram matrix G = Σ_leaves X Xᵀ, X = leaf reshaped to [K, -1], at full float32 matmul precision.
+    the Gram matrix G = Σ_leaves X Xᵀ, X = leaf reshaped to [K, -1], at full float32 matmul precision. Fort et
+    al. §4.1 (Fig. 2a, 3); docs/definitions.md#weight-cosine-similarity.
 
     Args:
       stacked_tree: a pytree whose leaves all have the same leading member axis K, leaves [K, ...].

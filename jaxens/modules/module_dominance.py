@@ -16,7 +16,14 @@ __all__ = ["Dominance", "EntropyStatistics", "Summary", "dominance", "entropy_st
 
 
 class Summary(NamedTuple):
-    """min, max, mean and population std (ddof = 0) of a set of values, each of the same shape."""
+    """min, max, mean and population std (ddof = 0) of a set of values, each of the same shape.
+
+    Attributes:
+      min: the smallest value.
+      max: the largest value.
+      mean: the mean.
+      std: the population standard deviation (ddof = 0).
+    """
 
     min: jax.Array
     max: jax.Array

@@ -162,7 +162,7 @@ def parents(ctx: RunContext, parent_source: str | None) -> dict[int, ensemble_li
     kept = set(own.all_steps())
     for source in sources:
         source.close()
-    if not set(plan.spawn_steps) <= kept:  # parent/ holds every spawn time (the README's promise).
+    if not set(plan.spawn_steps) <= kept:  # parent/ holds every spawn time (docs/coupling.md's promise).
         missing = sorted(set(plan.spawn_steps) - kept)
         raise checkpoint_lib.CheckpointError(f"parent checkpoints {missing} are missing from {directory}")
     return found

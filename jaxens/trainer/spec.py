@@ -153,7 +153,7 @@ def resolve(config: ml_collections.ConfigDict, automatic_mesh: bool = False) -> 
       ConfigError: an invalid field, or config.mesh that does not fit the devices (`MeshError`).
     """
     validation.validate(config)
-    info = data_lib.dataset_info(config.dataset, config.data.image_size)
+    info = data_lib.config_info(config)
     assert info is not None  # Validated.
     spe = validation.steps_per_epoch(config, info)
     plan = coupling_lib.make_plan(config, spe)

@@ -361,7 +361,7 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
     _at_least(errors, "config.data.image_size", d.image_size, 8)
     _choice(errors, "config.data.augment", d.augment, ("auto", *data_lib.AUGMENTATIONS))
     _directory_errors(errors, "config.data.cache_dir", d.cache_dir)
-    info = data_lib.dataset_info(config.dataset, d.image_size)
+    info = data_lib.config_info(config)
     if info is None:
         errors.append(data_lib.registry.unknown_name_message("config.dataset", config.dataset))
         return None
