@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, small_config
 
 from jaxens import data as data_lib
 from jaxens import run as run_lib
@@ -150,8 +150,6 @@ def _overrides(tmp_path) -> dict:
 
 
 def _config(tmp_path, **more):
-    from conftest import small_config
-
     return small_config(**{**_overrides(tmp_path), **more})
 
 

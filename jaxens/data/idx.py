@@ -24,25 +24,38 @@ MNIST_FORMAT_FILES = {
 }
 
 
+_MAX_HEADER = 4 + 4 * 255  # The magic number, then up to 255 uint32 sizes.
+
+
+def _read(path: str, size: int = -1) -> bytes:
+    """The file's (decompressed) bytes, the first `size` of them, or all."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read(size)
+    except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives.
+        raise DatasetError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'a file'}: {e}") from e
+
+
+def _shape(path: str, raw: bytes) -> tuple[int, ...]:
+    """The shape an IDX file's header (at the start of `raw`) declares, its magic number checked."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header")
+    return tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+
+
 def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file of unsigned bytes into an array of its declared shape.
 
     Raises:
       DatasetError: naming the file, when it is not valid IDX or holds fewer bytes than declared.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated archives.
-        raise DatasetError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'a file'}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    raw = _read(path)
+    shape = _shape(path, raw)
+    header = 4 + 4 * len(shape)
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DatasetError(
@@ -56,17 +69,12 @@ def count(path: str) -> int:
     """The number of examples an IDX file declares (its first dimension), read from its header only.
 
     Raises:
-      DatasetError: naming the file, when its header cannot be read.
+      DatasetError: naming the file, when its header cannot be read or declares no example axis.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            header = f.read(8)
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"{path}: cannot be read: {e}") from e
-    if len(header) < 8 or header[:3] != bytes([0, 0, 0x08]) or header[3] < 1:
-        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    return int.from_bytes(header[4:8], "big")
+    shape = _shape(path, _read(path, _MAX_HEADER))
+    if not shape:
+        raise DatasetError(f"{path}: the IDX header declares a scalar, not examples")
+    return shape[0]
 
 
 def mnist_format_path(directory: str, key: str) -> str | None:

@@ -157,6 +157,10 @@ class DatasetInfo:
     loader: Loader
     sizes: Callable[[str, Source], tuple[int, int] | None] | None = None
 
+    def split_size(self, split: str) -> int:
+        """The known example count of 'train' or 'test' (0: the dataset has no such split)."""
+        return {"train": self.num_train, "test": self.num_test}[split]
+
 
 def _tfds_loader(test_split: str = "test", transform_factory=None) -> Loader:
     """Reads the requested splits from TFDS (cached), our 'test' being TFDS's `test_split`."""
@@ -194,8 +198,7 @@ def _known_sizes(name: str, source: Source, splits) -> dict[str, int]:
     """{split: the registered count} for the requested splits (evaluation-only datasets have no train)."""
     info = dataset_info(name, source.image_size)
     assert info is not None
-    known = {"train": info.num_train, "test": info.num_test}
-    return {s: known[s] for s in splits if known[s]}
+    return {s: info.split_size(s) for s in splits if info.split_size(s)}
 
 
 def _abs(path: str) -> str:
@@ -232,13 +235,19 @@ def _load_digits(name, source, splits):
     return {"train_x": x[~test], "train_y": y[~test], "test_x": x[test], "test_y": y[test]}
 
 
+def _fashion_mnist_idx_dir(source: Source) -> str:
+    """Where the loader reads Fashion-MNIST's IDX files: config.data.dir, else Debian's package directory
+    when it holds them; '' when neither (TFDS then)."""
+    return source.dir or (idx.FASHION_MNIST_DIR if idx.has_mnist_format(idx.FASHION_MNIST_DIR) else "")
+
+
 def _load_fashion_mnist(name, source, splits):
     """IDX files from config.data.dir, else Debian's package directory, else TFDS."""
-    directory = source.dir
-    if directory or idx.has_mnist_format(idx.FASHION_MNIST_DIR):
+    directory = _fashion_mnist_idx_dir(source)
+    if directory:
         info = _FIXED[name]
         sizes = None if source.allow_size_mismatch else (info.num_train, info.num_test)
-        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(directory or idx.FASHION_MNIST_DIR, name, sizes)
+        (train_x, train_y), (test_x, test_y) = idx.load_mnist_format(directory, name, sizes)
         return {"train_x": train_x[..., None], "train_y": train_y, "test_x": test_x[..., None], "test_y": test_y}
     try:
         return _tfds_loader()(name, source, splits)
@@ -251,7 +260,7 @@ def _load_fashion_mnist(name, source, splits):
 
 def _fashion_mnist_sizes(name: str, source: Source) -> tuple[int, int] | None:
     """The counts the IDX files' headers declare (the local files the loader reads), else TFDS's metadata."""
-    directory = source.dir or (idx.FASHION_MNIST_DIR if idx.has_mnist_format(idx.FASHION_MNIST_DIR) else "")
+    directory = _fashion_mnist_idx_dir(source)
     if not directory:
         return _tfds_sizes()(name, source)
     paths = [idx.mnist_format_path(directory, key) for key in ("train_y", "test_y")]
@@ -371,11 +380,10 @@ def config_info(config: ml_collections.ConfigDict) -> DatasetInfo | None:
 
 
 def _checked(name: str, info: DatasetInfo, arrays: dict[str, np.ndarray], splits, source: Source):
-    known = {"train": info.num_train, "test": info.num_test}
     for split in splits:
-        x = arrays[f"{split}_x"]
-        if not source.allow_size_mismatch and known[split] and len(x) != known[split]:
-            raise DatasetError(size_mismatch_message(name, split, len(x), known[split]))
+        x, known = arrays[f"{split}_x"], info.split_size(split)
+        if not source.allow_size_mismatch and known and len(x) != known:
+            raise DatasetError(size_mismatch_message(name, split, len(x), known))
         if tuple(x.shape[1:]) != info.input_shape:
             raise DatasetError(f"{name}: loaded {split} examples of shape {x.shape[1:]}, expected {info.input_shape}")
         if len(x) != len(arrays[f"{split}_y"]):
