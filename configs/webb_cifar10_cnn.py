@@ -7,7 +7,8 @@ crop augmentation, 10,000 training examples held out for early stopping (test er
 validation error: summary.json groups[*].at_best_val), 400 epochs. The λ groups (K = 4 × 10 = 40 CNNs)
 train side by side in one program on one shared minibatch; the ensemble is the mean of the logits.
 Webb et al. tuned the learning rate per λ: run this config at several --config.optimizer.learning_rate values
-(and --config.seed=S --config.data.val_seed=S per trial) and pick per λ with
+(and --config.grid.seed="(0,1,2)" --config.data.val_from_seed=True: every trial its own split, in one
+program) and pick per λ with
 `jaxens.results.select(results.load(DIR), by='optimizer.learning_rate')`; 0.01 is one such value.
 Needs CIFAR-10 from TFDS (--config.data.tfds_dir); a GPU.
 Expected run time: not measured yet (no GPU here).

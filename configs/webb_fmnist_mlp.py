@@ -9,7 +9,7 @@ validation split, 5 trials):
   python experiments/webb_lambda.py --config=configs/webb_fmnist_mlp.py --learning_rates=0.005,0.01,0.02,0.05 \
       --architectures=1x1024,16x64,64x16,256x4 --seeds=0,1,2,3,4 --out=results/webb_fmnist
 Recipe: SGD with momentum 0.9 at a constant learning rate, batch 100, 10,000 training examples held out for
-early stopping (a trial sets config.data.val_seed to its seed), no augmentation, 200 epochs as in the paper,
+early stopping (each trial its own: config.data.val_from_seed), no augmentation, 200 epochs as in the paper,
 test error reported at the epoch of lowest validation error (summary.json: groups[*].at_best_val). The λ
 groups train side by side in one program on one shared minibatch, each from the same M initializations; the
 ensemble is the mean of the modules' logits (Webb's normalized geometric mean). A single network (1x1024)

@@ -8,7 +8,7 @@ Recipe as configs/webb_fmnist_mlp.py (SGD with momentum 0.9 at a constant learni
 test error at the epoch of lowest validation error, mean-of-logits ensemble), on MNIST-1D's 4,000 training
 examples with 500 held out for early stopping, 40 epochs (Webb et al.: 200). A single network (1x256) trains
 without the modular loss. webb_lambda.py tunes the learning rate per architecture, trial and λ over
-{0.02, 0.05, 0.1, 0.2, 0.5, 1} on each trial's own validation split (config.data.val_seed = the trial's seed);
+{0.02, 0.05, 0.1, 0.2, 0.5, 1} on each trial's own validation split (config.data.val_from_seed);
 this file's 0.05 is one point of that grid.
 Expected run time on 2 CPU cores: about 3 s (1x256) to 80 s (64x4) per run; the tuned Table 2 (72 runs) 56 min.
 Expected result (measured, tuned, 3 trials, test error at the best validation epoch, experiments/README.md):

@@ -55,27 +55,47 @@ def failed(outcomes: dict) -> dict[str, str]:
     return {name: o.message for name, o in outcomes.items() if o.status != "finished"}
 
 
-def early_stopped(workdir: str):
-    """The run's members as Webb et al. analyse them: each λ group at its best validation evaluation
-    (`run.restore(best=True)`, kept by config.eval.keep_best), else the latest checkpoint, saying so."""
-    import json
+def trials(workdir: str) -> tuple[int, ...]:
+    """The trials (seeds) of the run in `workdir`: its config.grid.seed, else its one config.seed."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    return tuple(config.get("grid", {}).get("seed") or ()) or (config["seed"],)
 
+
+def trial_of(workdir: str, trial: int | None) -> int | None:
+    """The seed of `trial` to restore from a run over several (`run.restore(seed=...)`), or None for a run of
+    one seed. Raises ValueError for a trial the run does not hold, or none named where it holds several."""
+    seeds = trials(workdir)
+    if trial is not None and trial not in seeds:
+        raise ValueError(f"--trial={trial}: {workdir} trained the trials (seeds) {list(seeds)}")
+    if trial is None and len(seeds) > 1:
+        raise ValueError(f"{workdir} trained the trials (seeds) {list(seeds)} side by side: name one with --trial")
+    with open(os.path.join(workdir, "config.json")) as f:
+        on_grid = bool(json.load(f).get("grid", {}).get("seed"))
+    return (seeds[0] if trial is None else trial) if on_grid else None
+
+
+def early_stopped(workdir: str, trial: int | None = None):
+    """The run's members as Webb et al. analyse them: each λ group at its best validation evaluation
+    (`run.restore(best=True)`, kept by config.eval.keep_best), else the latest checkpoint, saying so. Of a run
+    over several trials (config.grid.seed), the groups of seed `trial` alone, with that trial's data."""
     from jaxens import run
 
     with open(os.path.join(workdir, "config.json")) as f:
         kept = json.load(f).get("eval", {}).get("keep_best", False)
     if kept:
-        return run.restore(workdir, best=True)
+        return run.restore(workdir, best=True, seed=trial)
     print(f"{workdir}: no early-stopped members (config.eval.keep_best=False); analysing the latest checkpoint")
-    return run.restore(workdir)
+    return run.restore(workdir, seed=trial)
 
 
-def lambda_groups(workdir: str, plan, learning_rate: float | None = None) -> dict[float, int]:
-    """λ → the index of its group in the modular-loss run `workdir` (its `jaxens.coupling.Plan`).
+def lambda_groups(workdir: str, plan, learning_rate: float | None = None, trial: int | None = None) -> dict[float, int]:
+    """λ → the index of its group in the modular-loss run `workdir` (its `jaxens.coupling.Plan`; of a run over
+    several trials, the plan of trial `trial`'s groups alone: `early_stopped`).
 
     A run of webb_lambda.py holds every learning rate of its grid for each λ (config.grid.learning_rate): then the
-    group of `learning_rate`, or by default the one the sweep's selection picked (OUT/selection.json, beside
-    OUT/runs/). Raises ValueError when neither names one.
+    group of `learning_rate`, or by default the one the sweep's selection picked for the trial (OUT/selection.json,
+    beside OUT/runs/). Raises ValueError when neither names one.
     """
     rates = [dict(g.hyper).get("learning_rate") for g in plan.groups]
     if rates[0] is None:  # One learning rate: one group per λ.
@@ -89,7 +109,11 @@ def lambda_groups(workdir: str, plan, learning_rate: float | None = None) -> dic
             with open(chosen) as f:
                 candidates = json.load(f)["candidates"]
             name = os.path.basename(os.path.abspath(workdir))
-            picked = {c["lam"]: c["learning_rate"] for c in candidates if c["selected"] and c["run"] == name}
+            picked = {
+                c["lam"]: c["learning_rate"]
+                for c in candidates
+                if c["selected"] and c["run"] == name and trial in (None, c["seed"])
+            }
     groups = {g.lam: i for i, g in enumerate(plan.groups) if g.lam in picked and rates[i] == picked[g.lam]}
     if not groups:
         raise ValueError(

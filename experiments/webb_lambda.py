@@ -7,15 +7,15 @@ learning rate tuned per architecture and λ on each trial's validation split.
 
 Webb et al.'s protocol: "we tune the learning rate independently for each configuration and λ", over "5
 trials of random train/validation splits", reporting the test error at the epoch of lowest validation error.
-Here a trial is a seed S: its runs draw their initializations and minibatches from S and hold out their
-validation split with `config.data.val_seed = S`, so every trial has its own split. Every architecture and
-trial is ONE program: a run of `python -m jaxens.train` whose groups are every λ × learning rate
-(config.loss.lam × config.grid.learning_rate, `jaxens.grid`: K = |λ|·|η|·M members side by side) in a
-resumable `jaxens.sweep` under OUT/runs/<architecture>_s<seed>. (The trials stay separate programs: each has
-its own validation split, hence its own training set, which one stacked state cannot hold.) Then
-`jaxens.results.select` picks, per architecture, trial and λ, the learning rate whose ensemble reached the
-lowest validation error (each at its own early-stopped epoch), and the test error at that epoch is the trial's
-result. A one-module architecture (1xH) is the single network, trained without the modular loss.
+Here a trial is a seed S: its groups draw their initializations and minibatches from S and hold out the
+validation split of S (`config.data.val_from_seed`), so every trial has its own split. Every architecture is
+ONE program: a run of `python -m jaxens.train` whose groups are every trial × learning rate × λ
+(config.grid.seed × config.grid.learning_rate × config.loss.lam, `jaxens.grid`: K = |S|·|η|·|λ|·M members side
+by side, each trial training on its own examples of one pool) in a resumable `jaxens.sweep` under
+OUT/runs/<architecture>. Then `jaxens.results.select` picks, per architecture, trial and λ, the learning rate
+whose ensemble reached the lowest validation error (each at its own early-stopped epoch), and the test error
+at that epoch is the trial's result. A one-module architecture (1xH) is the single network, trained without
+the modular loss.
 
 Learning rates: the trainer's modular loss is k·L_λ (docs/definitions.md#modular-loss), so a learning rate η
 here is Webb et al.'s L_λ at k·η: their 256×4 runs' 5.15 and 1.536 are 0.020 and 0.006 here.
@@ -58,21 +58,20 @@ SELECTION_COLUMNS = (
 
 
 def sweep_runs(config_path: str, architectures, seeds, overrides, learning_rates=()) -> dict:
-    """name → (architecture, seed, config): every architecture × trial, one program each holding every learning
-    rate (config.grid.learning_rate), the trial's seed also choosing its validation split. No learning rates (or
-    one): the config's own (or that one), without a grid."""
+    """name → (architecture, config): every architecture one program holding every trial (config.grid.seed, each
+    seed also choosing its validation split: config.data.val_from_seed) and learning rate (config.grid.learning_rate).
+    No learning rates (or one): the config's own (or that one), not on the grid."""
     runs = {}
-    for seed in seeds:
-        for arch in architectures:
-            config = config_lib.apply_overrides(config_lib.load_file(config_path, arch), overrides)
-            config.seed = seed
-            config.data.val_seed = seed  # Each trial its own train/validation split.
-            if len(learning_rates) > 1:  # The grid gives every group its rate; the twin stays at its default.
-                config.optimizer.learning_rate = config_lib.get_default_config().optimizer.learning_rate
-                config.grid.learning_rate = tuple(float(lr) for lr in learning_rates)
-            elif learning_rates:
-                config.optimizer.learning_rate = float(learning_rates[0])
-            runs[f"{arch}_s{seed}"] = (arch, seed, config)
+    for arch in architectures:
+        config = config_lib.apply_overrides(config_lib.load_file(config_path, arch), overrides)
+        config.grid.seed = tuple(int(s) for s in seeds)
+        config.data.val_from_seed = True  # Each trial its own train/validation split.
+        if len(learning_rates) > 1:  # The grid gives every group its rate; the twin stays at its default.
+            config.optimizer.learning_rate = config_lib.get_default_config().optimizer.learning_rate
+            config.grid.learning_rate = tuple(float(lr) for lr in learning_rates)
+        elif learning_rates:
+            config.optimizer.learning_rate = float(learning_rates[0])
+        runs[arch] = (arch, config)
     return runs
 
 
@@ -86,9 +85,8 @@ def selection(root: str, outcomes: dict, runs: dict) -> list[dict]:
     frames = []
     for name, outcome in outcomes.items():
         if outcome.status == "finished":
-            frame = results.load(os.path.join(root, name), config_fields=["optimizer.learning_rate"])
-            arch, seed, _ = runs[name]
-            frames.append(frame.assign(architecture=arch, seed=seed))
+            frame = results.load(os.path.join(root, name), config_fields=["seed", "optimizer.learning_rate"])
+            frames.append(frame.assign(architecture=runs[name][0]))  # Each group's seed is its trial's.
     if not frames:
         return []
     scored = results.candidates(
@@ -114,13 +112,15 @@ def table(outcomes: dict, runs: dict, chosen: list[dict]) -> list[dict]:
     """Per selected candidate: its early-stopped validation and test error and its run's end-of-training metrics."""
     rows = []
     for c in (c for c in chosen if c["selected"]):
-        arch, seed, config = runs[c["run"]]
-        base = dict(architecture=arch, modules=config.ensemble.k, hidden=config.model.widths[-1], seed=seed)
+        arch, config = runs[c["run"]]
+        base = dict(architecture=arch, modules=config.ensemble.k, hidden=config.model.widths[-1], seed=c["seed"])
         base.update(lam=c["lam"], learning_rate=c["learning_rate"])
         group = next(
             g
             for g in outcomes[c["run"]].summary["groups"]
-            if g["lam"] == c["lam"] and g.get("grid", {}).get("learning_rate", c["learning_rate"]) == c["learning_rate"]
+            if g["lam"] == c["lam"]
+            and g["grid"]["seed"] == c["seed"]
+            and g["grid"].get("learning_rate", c["learning_rate"]) == c["learning_rate"]
         )
         values = {m: group["test"][m] for m in ("ensemble_error", "mean_member_error", "ensemble_nll")}
         values.update(test_error_at_best_val=c["test_error"], val_error_at_best_val=c["val_error"])
@@ -200,19 +200,19 @@ def main(argv=None) -> None:
         if any(not np.isfinite(x) or x <= 0 for x in rates) or len(set(rates)) != len(rates):
             raise config_lib.ConfigError(f"--learning_rates={args.learning_rates}: distinct positive numbers")
         runs = sweep_runs(args.config, architectures, seeds, args.set, rates)
-        first = next(iter(runs.values()))[2]
+        first = next(iter(runs.values()))[1]
         if not first.data.val_size:
             raise config_lib.ConfigError(
                 "the learning rate is selected on a validation split: set config.data.val_size > 0"
             )
         root = os.path.join(args.out, "runs")
-        sweep.validate_all({name: config for name, (*_, config) in runs.items()}, root)
+        sweep.validate_all({name: config for name, (_, config) in runs.items()}, root)
     except (config_lib.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
     started = time.time()
-    outcomes = sweep.run_all({name: config for name, (*_, config) in runs.items()}, root)
+    outcomes = sweep.run_all({name: config for name, (_, config) in runs.items()}, root)
     chosen = selection(root, outcomes, runs)
     rows = table(outcomes, runs, chosen)
     metric = "test_error_at_best_val"
@@ -224,7 +224,7 @@ def main(argv=None) -> None:
         learning_rates=list(rates) or [first.optimizer.learning_rate],
         dataset=first.dataset,
         epochs=first.train.num_epochs,
-        validation=f"per trial: config.data.val_seed = the trial's seed, val_size = {first.data.val_size}",
+        validation=f"per trial: the split of the trial's seed (config.data.val_from_seed), val_size = {first.data.val_size}",
         figure_metric=metric,
         failed=artifacts.failed(outcomes),
     )

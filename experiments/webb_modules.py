@@ -2,11 +2,11 @@
 
   python experiments/webb_modules.py --runs=results/webb_lambda/runs --architecture=64x4 --out=results/webb_modules
 
-Reads the finished runs of `experiments/webb_lambda.py` under --runs: for every trial and λ, the run of the
-learning rate its selection picked (OUT/selection.json beside --runs), or without a tuned learning rate every
-run `<architecture>_s<seed>`. It predicts the validation and test splits with every module of each run as early stopping left it
-(each λ group at its best validation evaluation, config.eval.keep_best; else the latest checkpoint), and
-per λ group of M modules computes (`jaxens.modules`):
+Reads the finished run `<architecture>` of `experiments/webb_lambda.py` under --runs (every trial in one
+program): for every trial and λ, the group of the learning rate its selection picked (OUT/selection.json beside
+--runs), or without a tuned learning rate every λ group. It predicts each trial's validation and test splits with
+every module as early stopping left it (each λ group at its best validation evaluation, config.eval.keep_best;
+else the latest checkpoint), and per λ group of M modules computes (`jaxens.modules`):
 
 - Fig. 3: the ensemble's test NLL (softmax of the mean logits, Webb's combination) against its modules'
   mean NLL: joint training (λ → 1) lowers the first while the second grows;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -43,7 +42,7 @@ from jaxens.workdir import write_bytes_atomic, write_json_atomic
 COLUMNS = ("architecture", "seed", "lam", "metric", "value")
 
 
-def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> list[dict]:
+def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None, trial=None) -> list[dict]:
     """Rows (lam, metric, value) of one run: every λ group's Fig. 3, 5, 7 and Table 6 numbers (only the
     groups of `lams`, when given; of a run with several learning rates per λ, the selected one's:
     `artifacts.lambda_groups`)."""
@@ -52,7 +51,7 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> l
     from jaxens import ensemble as ensemble_lib
     from jaxens import metrics, modules
 
-    restored = artifacts.early_stopped(workdir)  # Webb et al. analyse the early-stopped model.
+    restored = artifacts.early_stopped(workdir, artifacts.trial_of(workdir, trial))  # The early-stopped model.
     plan, dataset = restored.plan, restored.dataset
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
@@ -66,7 +65,7 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> l
     size = min(size, m - 1) if m > 1 else 1
     key = jax.random.PRNGKey(seed)
     rows = []
-    for lam, g in artifacts.lambda_groups(workdir, plan).items():
+    for lam, g in artifacts.lambda_groups(workdir, plan, trial=artifacts.trial_of(workdir, trial)).items():
         if lams is not None and lam not in lams:
             continue
         group_test, group_val = test[g * m : (g + 1) * m], val[g * m : (g + 1) * m]  # [M, N, C]
@@ -101,25 +100,21 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None) -> l
 
 
 def selected_runs(runs: str, architecture: str) -> list[tuple[int, str, list | None]]:
-    """(seed, workdir, the λ to analyse there or None for all) of the finished runs of `architecture`: per
-    trial and λ the selected learning rate's run when webb_lambda.py tuned it, else `<architecture>_s<seed>`."""
-    finished = lambda name: os.path.exists(os.path.join(runs, name, "summary.json"))  # noqa: E731
+    """(trial seed, workdir, the λ to analyse or None for all) per trial of the finished run `<architecture>` under
+    `runs` (webb_lambda.py trains every trial of an architecture in one program): per trial the λ groups whose
+    learning rate webb_lambda.py's selection picked, else every group."""
+    workdir = os.path.join(runs, architecture)
+    if not os.path.exists(os.path.join(workdir, "summary.json")):
+        return []
     chosen = os.path.join(os.path.dirname(os.path.abspath(runs)), "selection.json")
-    if os.path.exists(chosen):
-        with open(chosen) as f:
-            picks = [c for c in json.load(f)["candidates"] if c["selected"] and c["architecture"] == architecture]
-        by_run: dict = {}
-        for c in picks:
-            if finished(c["run"]):
-                by_run.setdefault((c["seed"], c["run"]), []).append(c["lam"])
-        return [(seed, os.path.join(runs, run), lams) for (seed, run), lams in sorted(by_run.items())]
-    pattern = re.compile(rf"^{re.escape(architecture)}_s(\d+)$")
-    names = os.listdir(runs) if os.path.isdir(runs) else []
-    return sorted(
-        (int(match.group(1)), os.path.join(runs, name), None)
-        for name in names
-        if (match := pattern.match(name)) and finished(name)
-    )
+    if not os.path.exists(chosen):
+        return [(seed, workdir, None) for seed in artifacts.trials(workdir)]
+    with open(chosen) as f:
+        picks = [c for c in json.load(f)["candidates"] if c["selected"] and c["run"] == architecture]
+    by_trial: dict = {}
+    for c in picks:
+        by_trial.setdefault(c["seed"], []).append(c["lam"])
+    return [(seed, workdir, lams) for seed, lams in sorted(by_trial.items())]
 
 
 def curve(rows: list[dict], metric: str):
@@ -189,17 +184,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     found = selected_runs(args.runs, args.architecture)
     if not found:
-        print(f"error: no finished run {args.architecture}_s<seed> under --runs={args.runs}", file=sys.stderr)
+        print(f"error: no finished run {args.architecture} under --runs={args.runs}", file=sys.stderr)
         sys.exit(2)
     started = time.time()
     rows = []
-    for seed, workdir, lams in found:
+    for trial, workdir, lams in found:
         try:
-            part = analyse(workdir, args.size, args.candidates, args.seed, lams)
+            part = analyse(workdir, args.size, args.candidates, args.seed, lams, trial)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        rows += [dict(architecture=args.architecture, seed=seed, **r) for r in part]
+        rows += [dict(architecture=args.architecture, seed=trial, **r) for r in part]
     settings = dict(
         runs=args.runs, architecture=args.architecture, seeds=sorted({s for s, *_ in found}), size=args.size,
         candidates=args.candidates, key_seed=args.seed,

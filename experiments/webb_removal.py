@@ -39,7 +39,7 @@ FILES = ("removal.csv", "removal.json", "removal.png")
 
 
 def removal_table(
-    workdir: str, lams=None, num_removed=None, num_trials: int = 20, seed: int = 0, learning_rate=None
+    workdir: str, lams=None, num_removed=None, num_trials: int = 20, seed: int = 0, learning_rate=None, trial=None
 ) -> list[dict]:
     """Rows {lam, removed, error_mean, error_std, trials} for the λ groups of the run in `workdir`.
 
@@ -50,12 +50,14 @@ def removal_table(
       num_trials: random draws per point.
       seed: the key of the draws (the same draws for every λ).
       learning_rate: in a run with several learning rates per λ, which one (`artifacts.lambda_groups`).
+      trial: in a run over several trials (config.grid.seed), which one (`artifacts.trial_of`).
     """
-    restored = artifacts.early_stopped(workdir)  # Webb et al. analyse the early-stopped model.
+    trial = artifacts.trial_of(workdir, trial)
+    restored = artifacts.early_stopped(workdir, trial)  # Webb et al. analyse the early-stopped model.
     plan = restored.plan
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
-    index = artifacts.lambda_groups(workdir, plan, learning_rate)
+    index = artifacts.lambda_groups(workdir, plan, learning_rate, trial)
     group_lams = tuple(index)
     wanted = group_lams if lams is None else tuple(lams)
     missing = [lam for lam in wanted if lam not in group_lams]
@@ -121,6 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="directory for removal.csv/.json/.png")
     parser.add_argument("--lams", default=None, help="comma-separated λ values (default: all of the run)")
     parser.add_argument("--learning_rate", type=float, default=None, help="of a run with several per λ")
+    parser.add_argument("--trial", type=int, default=None, help="the trial's seed, of a run with several")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -128,8 +131,12 @@ def main(argv=None) -> None:
         if os.path.exists(os.path.join(args.out, f)):
             raise SystemExit(f"error: {args.out} already holds {f}: refusing to overwrite results")
     lams = None if args.lams is None else tuple(float(v) for v in args.lams.split(","))
-    rows = removal_table(args.workdir, lams, num_trials=args.trials, seed=args.seed, learning_rate=args.learning_rate)
-    write_results(rows, args.out, {"workdir": os.path.abspath(args.workdir), "trials": args.trials, "seed": args.seed})
+    try:
+        rows = removal_table(args.workdir, lams, None, args.trials, args.seed, args.learning_rate, args.trial)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    settings = {"workdir": os.path.abspath(args.workdir), "trial": args.trial, "trials": args.trials, "seed": args.seed}
+    write_results(rows, args.out, settings)
     for lam in sorted({r["lam"] for r in rows}):
         curve = ", ".join(f"{r['removed']}: {r['error_mean']:.4f}" for r in rows if r["lam"] == lam)
         print(f"λ = {lam:g}  (removed: mean test error)  {curve}")

@@ -1,6 +1,6 @@
 """Webb et al. Fig. 8, 9 and 10: what independent and joint training do to the modules, seen three ways.
 
-  python experiments/webb_training.py --workdir=results/webb_lambda/runs/64x4_s0 --out=results/webb_training
+  python experiments/webb_training.py --workdir=results/webb_lambda/runs/64x4 --trial=0 --out=results/webb_training
   python experiments/webb_training.py --workdir=runs/webb_cifar10 --modules=10 --out=results/webb_cifar10_training
 
 Reads a finished λ-sweep run of `python -m jaxens.train` (e.g. a run of experiments/webb_lambda.py, or
@@ -40,13 +40,16 @@ TRAINING_COLUMNS = ("lam", "epoch", "scope", "member", "test_error")
 MODULE_COLUMNS = ("lam", "module", "filter_norm", "test_error", "top_class_share")
 
 
-def training_curves(workdir: str, lams, rates: dict | None = None) -> list[dict]:
+def training_curves(workdir: str, lams, rates: dict | None = None, trial: int | None = None) -> list[dict]:
     """Fig. 9: test error of each λ group's ensemble and modules at every evaluation of the members' phase
-    (`rates`: λ → its group's learning rate, in a run with several per λ)."""
+    (`rates`: λ → its group's learning rate, in a run with several per λ; `trial`: the seed, in a run with several)."""
     from jaxens import workdir as workdir_lib
 
     def mine(r):
-        rate = (r.get("grid") or {}).get("learning_rate")
+        grid = r.get("grid") or {}
+        rate = grid.get("learning_rate")
+        if trial is not None and grid.get("seed", trial) != trial:
+            return False
         return r["lam"] in lams and (rates is None or rate is None or rates.get(r["lam"]) == rate)
 
     return [
@@ -68,17 +71,18 @@ def first_layer_filters(params, model, input_shape) -> np.ndarray:
     return np.moveaxis(kernel.mean(axis=-2), -1, 1)  # Convolution [K, (h, w,) in, F] → [K, F, (h, w)].
 
 
-def analyse(workdir: str, lams, modules: int, learning_rate=None) -> dict:
+def analyse(workdir: str, lams, modules: int, learning_rate=None, trial=None) -> dict:
     import jax
 
     from jaxens import ensemble as ensemble_lib
     from jaxens import metrics
 
-    restored = artifacts.early_stopped(workdir)
+    trial = artifacts.trial_of(workdir, trial)
+    restored = artifacts.early_stopped(workdir, trial)
     plan, dataset = restored.plan, restored.dataset
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
-    index = artifacts.lambda_groups(workdir, plan, learning_rate)
+    index = artifacts.lambda_groups(workdir, plan, learning_rate, trial)
     missing = [lam for lam in lams if lam not in index]
     if missing:
         raise ValueError(f"--lams: {missing} not trained in {workdir} (it has {list(index)})")
@@ -107,7 +111,7 @@ def analyse(workdir: str, lams, modules: int, learning_rate=None) -> dict:
         shown_filters[lam] = filters[group][:shown]
     return dict(
         training=training_curves(
-            workdir, lams, {lam: dict(plan.groups[g].hyper).get("learning_rate") for lam, g in index.items()}
+            workdir, lams, {lam: dict(plan.groups[g].hyper).get("learning_rate") for lam, g in index.items()}, trial
         ),
         modules=module_rows,
         confusion=confusion,
@@ -193,6 +197,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lams", default="0,1", help="the λ groups to show")
     parser.add_argument("--modules", type=int, default=8, help="modules shown in Fig. 8 and 10")
     parser.add_argument("--learning_rate", type=float, default=None, help="of a run with several per λ")
+    parser.add_argument("--trial", type=int, default=None, help="the trial's seed, of a run with several")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -202,12 +207,12 @@ def main(argv=None) -> None:
         if not os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
             raise ValueError(f"--workdir={args.workdir}: no run there (no metrics.jsonl)")
         started = time.time()
-        result = analyse(args.workdir, lams, args.modules, args.learning_rate)
+        result = analyse(args.workdir, lams, args.modules, args.learning_rate, args.trial)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     summaries = {f"{lam:g}": dominance_summary(result["modules"], lam) for lam in lams}
-    settings = dict(workdir=args.workdir, lams=lams, modules=args.modules)
+    settings = dict(workdir=args.workdir, trial=args.trial, lams=lams, modules=args.modules)
     os.makedirs(args.out, exist_ok=True)
     write_bytes_atomic(
         os.path.join(args.out, "training.csv"), artifacts.csv_bytes(result["training"], TRAINING_COLUMNS)

@@ -75,6 +75,9 @@ def _data_fields() -> ml_collections.ConfigDict:
     g.cache_dir = ""  # Where decoded or generated arrays are cached ('' = `$XDG_CACHE_HOME/jaxens`).
     g.val_size = 0  # Training examples held out as the validation split (chosen by val_seed).
     g.val_seed = 0  # Which examples are held out: the first val_size of a permutation seeded by this.
+    # Hold out the split of config.seed instead of val_seed: every trial (seed) its own train/validation split,
+    # and under config.grid.seed every seed's groups theirs, all in one program (Webb et al.'s trials).
+    g.val_from_seed = False
     # Training augmentation: 'auto' (crop_flip for CIFAR and (Tiny-)ImageNet, crop for SVHN, none
     # otherwise), 'none', 'flip' (horizontal), 'crop' or 'crop_flip'. Evaluation sets are never augmented.
     g.augment = "auto"

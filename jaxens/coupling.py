@@ -291,6 +291,7 @@ PARENT_FIELDS = (
     "dataset",
     "data.val_size",
     "data.val_seed",
+    "data.val_from_seed",
     "data.augment",
     "data.crop_padding",
     "data.image_size",

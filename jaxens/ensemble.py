@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxens import data as data_lib
 from jaxens import progress
 from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
@@ -118,24 +119,44 @@ class Predictor:
     """Eval-mode logits of all K members on a whole split, in fixed-size batches (one compilation).
 
     `__call__(state, x [N, ...] raw inputs, dataset) -> [K, N, C]` logits, computed on the mesh the state
-    lives on (members on 'member', each batch split over 'data') and left sharded on 'member'.
+    lives on (members on 'member', each batch split over 'data') and left sharded on 'member'. With a dataset
+    of V views (`jaxens.data.Dataset.views`), the K members form V consecutive blocks, each normalizing with
+    its view's statistics; `per_view=True` then takes x [V, N, ...], block v predicting x[v] (its own
+    validation split).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, strategy: str):
         self.batch_size = batch_size
 
-        def predict_batch(params, batch_stats, x_all, dataset, start, mesh):
+        def predict_batch(params, batch_stats, x_all, dataset, start, mesh, per_view):
             # The last batch repeats the final example to keep the shape; callers drop the extras.
-            idx = jnp.minimum(start + jnp.arange(batch_size), x_all.shape[0] - 1)
-            x = sharding_lib.constrain_batch(dataset.normalize(x_all[idx]), mesh)
-            apply_all = map_members(lambda p, s, x: member_logits(model, p, s, x), strategy, (0, 0, None), mesh)
-            return apply_all(params, batch_stats, x)  # [K, B, C]
+            idx = jnp.minimum(start + jnp.arange(batch_size), x_all.shape[int(per_view)] - 1)
+            if dataset.views is None:
+                x = sharding_lib.constrain_batch(dataset.normalize(x_all[idx]), mesh)
+                apply_all = map_members(lambda p, s, x: member_logits(model, p, s, x), strategy, (0, 0, None), mesh)
+                return apply_all(params, batch_stats, x)  # [K, B, C]
+            views = data_lib.member_views(jax.tree.leaves(params)[0].shape[0], dataset.num_views)  # [K]
+            raw = x_all[:, idx] if per_view else x_all[idx]  # [V, B, ...] or [B, ...]
 
-        self._jitted = jax.jit(predict_batch, static_argnames="mesh")
+            def member(p, s, view, raw, dataset):  # Normalized per member: each view has its own statistics.
+                x = dataset.normalize(raw[view] if per_view else raw, view)
+                return member_logits(model, p, s, sharding_lib.constrain_batch(x, mesh))
+
+            mapped = map_members(member, strategy, (0, 0, 0, None, None), mesh)
+            return mapped(params, batch_stats, views, raw, dataset)  # [K, B, C]
+
+        self._jitted = jax.jit(predict_batch, static_argnames=("mesh", "per_view"))
         self._replicas = sharding_lib.Replicas()
 
-    def __call__(self, state: EnsembleState, x_all: jax.Array | np.ndarray, dataset) -> jax.Array:
-        n = x_all.shape[0]
+    def __call__(
+        self, state: EnsembleState, x_all: jax.Array | np.ndarray, dataset, per_view: bool = False
+    ) -> jax.Array:
+        n = x_all.shape[int(per_view)]
+        if dataset.views is not None and state.k % dataset.num_views:
+            raise ValueError(
+                f"{state.k} members cannot form the {dataset.num_views} blocks of this dataset's views; predict a "
+                "whole run's members, or one view's members with `dataset.view(v)`"
+            )
         mesh = placement_mesh(state)
         params, batch_stats = sharding_lib.put_members((state.params, state.batch_stats), mesh)
         x_all, dataset = self._replicas(x_all, mesh), self._replicas(dataset, mesh)
@@ -145,7 +166,7 @@ class Predictor:
         parts = []
         for start in starts:
             start_index = sharding_lib.put_replicated(np.int32(start), mesh)
-            parts.append(self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh))
+            parts.append(self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh, per_view=per_view))
             if bar is not None and not bar.disable:
                 if len(parts) > 1:
                     parts[-2].block_until_ready()

@@ -32,6 +32,18 @@ def nearest_existing(path: str) -> str:
     return existing
 
 
+def not_a_directory(path: str) -> str | None:
+    """Why `path` (a directory setting: '' and URLs are not checked) cannot be a directory, or None: it is a
+    file, or lies under one."""
+    if not isinstance(path, str) or not path or "://" in path:
+        return None
+    expanded = os.path.expanduser(path)
+    existing = nearest_existing(expanded)
+    if os.path.isdir(existing):
+        return None
+    return "is a file" if existing == os.path.abspath(expanded) else f"lies under the file {existing}"
+
+
 def umask() -> int:
     """The process's umask, read without changing it (other threads may be creating files meanwhile)."""
     try:

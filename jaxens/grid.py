@@ -197,6 +197,11 @@ def problems(config: ml_collections.ConfigDict, validate: Callable) -> list[str]
             f"config.coupling.parent_dir={config.coupling.parent_dir!r}: not with config.grid (the grid trains its "
             "parents in one program); drop one"
         )
+    if config.data.val_from_seed and "seed" in varied(config) and config.mesh.shard_train:
+        errors.append(
+            "config.mesh.shard_train=True with config.data.val_from_seed and config.grid.seed: each seed trains on its "
+            "own examples of one pool, which is not divided over the devices; drop one"
+        )
     if "condition" in varied(config) and tuple(config.loss.lam):
         errors.append(
             f"config.grid.condition with config.loss.lam={tuple(config.loss.lam)!r}: the modular loss trains under "

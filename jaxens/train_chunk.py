@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxens import data as data_lib
 from jaxens import sharding as sharding_lib
 from jaxens import train_step
 from jaxens.config import STEP_LOOPS
@@ -205,9 +206,9 @@ def _all_members_step(model, tx, batch_size, strategy, augment, padding, lams, c
 
         return joint
 
-    def one_member(state, order, dataset, lr_scale, active):
+    def one_member(state, order, dataset, lr_scale, active, view):
         return train_step.member_train_step(
-            model, tx, state, order, dataset, batch_size, augment, padding, lr_scale, active, check_finite
+            model, tx, state, order, dataset, batch_size, augment, padding, lr_scale, active, check_finite, view
         )
 
     def on_batch(state, x, y, idx, lr_scale, active):
@@ -224,8 +225,11 @@ def _all_members_step(model, tx, batch_size, strategy, augment, padding, lams, c
                 batch, axis = train_step.per_member(batch, state.k), 0
             mapped = map_members(on_batch, strategy, (0, axis, axis, axis, lr_axis, active_axis), mesh)
             return mapped(state, *batch, lr_scales, active)
-        mapped = map_members(one_member, strategy, (0, 0, None, lr_axis, active_axis), mesh)
-        return mapped(state, orders, dataset, lr_scales, active)
+        views = None if dataset.views is None else data_lib.member_views(state.k, dataset.num_views)  # [K]
+        mapped = map_members(
+            one_member, strategy, (0, 0, None, lr_axis, active_axis, None if views is None else 0), mesh
+        )
+        return mapped(state, orders, dataset, lr_scales, active, views)
 
     return all_members
 

@@ -211,6 +211,7 @@ def member_train_step(
     lr_scale: jax.Array | None = None,
     active: jax.Array | None = None,
     check_finite: bool = True,
+    view: jax.Array | None = None,
 ):
     """One SGD step of ONE member (its `state` leaves carry no member axis): the step the trainer maps.
 
@@ -229,12 +230,13 @@ def member_train_step(
         sgd, adam and adamw), or None.
       active: whether the member steps (False once it reached its end step), or None for yes.
       check_finite: see `member_update`.
+      view: the member's view of a dataset with several (`jaxens.data.Dataset.views`), or None.
 
     Returns:
       (new state, {'loss', 'error', 'steps'} scalars) for the batch before the update.
     """
     idx = data_lib.batch_indices_at(order, state.step, batch_size, dataset.num_train)  # [B]
-    x, y = data_lib.batch_examples(dataset, idx, state.rngs.augment, state.step, augment, padding)  # [B, ...], [B]
+    x, y = data_lib.batch_examples(dataset, idx, state.rngs.augment, state.step, augment, padding, view)
     x, y = sharding_lib.constrain_batch((x, y))
     return member_step_on_batch(model, tx, state, x, y, lr_scale, active, check_finite, idx)
 
@@ -249,7 +251,8 @@ def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment
     batch is split over the 'data' axis of the mesh in context.
 
     With `sources` S > 1 (a grid's seeds), the K members form S consecutive blocks of K/S, and each block
-    shares the batch of its first member at the block's largest step.
+    shares the batch of its first member at the block's largest step, from its own view of a dataset with
+    S views (each seed's hold-out: `jaxens.data.Dataset.views`).
 
     Returns:
       (x [B, ...] normalized, y [B], the examples' indices [B]); with S > 1 each with a leading [S].
@@ -259,8 +262,12 @@ def shared_batch(dataset, state: EnsembleState, orders, batch_size: int, augment
         steps = jnp.repeat(state.step.reshape(sources, block).max(1), block)  # [K]: each block's largest step.
         at = lambda order, step: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train)  # noqa: E731
         idx = map_members(at, "vmap", (0, 0))(orders, steps)[::block]  # [S, B]
-        gather = lambda i, key, step: data_lib.batch_examples(dataset, i, key, step, augment, padding)  # noqa: E731
-        x, y = map_members(gather, "vmap", (0, 0, 0))(idx, state.rngs.augment[::block], steps[::block])  # [S, B, ...]
+        views = jnp.arange(sources) if dataset.views is not None else None  # Block s is seed s: its view.
+        gather = lambda i, key, step, v: data_lib.batch_examples(dataset, i, key, step, augment, padding, v)  # noqa: E731
+        in_axes = (0, 0, 0, None if views is None else 0)
+        x, y = map_members(gather, "vmap", in_axes)(
+            idx, state.rngs.augment[::block], steps[::block], views
+        )  # [S, B, ...]
         return x, y, idx
     step = state.step.max()
     idx = map_members(lambda order: data_lib.batch_indices_at(order, step, batch_size, dataset.num_train), "vmap", (0,))

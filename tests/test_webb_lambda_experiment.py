@@ -13,7 +13,7 @@ from conftest import REPO
 
 ARGS = [
     "--architectures=1x256,4x64",
-    "--seeds=0",
+    "--seeds=0,1",
     "--learning_rates=0.05,0.2",
     "--set=train.num_epochs=2",
     "--set=train.checkpoint_every=1ep",
@@ -35,7 +35,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     out = tmp_path / "webb"
     first = _script(f"--out={out}", *ARGS)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "2 runs (2 trained now, 0 finished before)" in first.stdout  # Per architecture: λ × η in one program.
+    assert "2 runs (2 trained now, 0 finished before)" in first.stdout  # Per architecture: trials × η × λ in one.
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ("architecture", "modules", "hidden", "seed", "lam", "learning_rate", "metric", "value")
@@ -52,21 +52,23 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     # whose test error at that epoch is the result (worked out here from the runs' own logs).
     with open(out / "selection.csv") as f:
         candidates = list(csv.DictReader(f))
-    assert len(candidates) == 2 * (6 + 1) and sum(c["selected"] == "True" for c in candidates) == 6 + 1
-    for arch, lam in [("4x64", lam) for lam in sorted(lams)] + [("1x256", None)]:
+    assert len(candidates) == 2 * 2 * (6 + 1) and sum(c["selected"] == "True" for c in candidates) == 2 * (6 + 1)
+    for arch, lam, seed in [
+        (a, lam, s) for a, ls in (("4x64", sorted(lams)), ("1x256", [None])) for lam in ls for s in (0, 1)
+    ]:
         logged = {}
-        records = [json.loads(line) for line in open(out / "runs" / f"{arch}_s0" / "metrics.jsonl")]
+        records = [json.loads(line) for line in open(out / "runs" / arch / "metrics.jsonl")]
         for lr in ("0.05", "0.2"):
             mine = [
                 r for r in records if r["scope"] == "ensemble" and r["lam"] == lam and r["metric"] == "error"
-                and r["grid"] == {"learning_rate": float(lr)}
+                and r["grid"] == {"seed": seed, "learning_rate": float(lr)}
             ]  # fmt: skip
             val = min((r["value"], r["step"]) for r in mine if r["split"] == "val")
             test = next(r["value"] for r in mine if r["split"] == "test" and r["step"] == val[1])
             logged[float(lr)] = (val[0], test)
         best = min(logged, key=lambda lr: (logged[lr][0], lr))
         row = next(r for r in rows if r["architecture"] == arch and r["lam"] == ("" if lam is None else str(lam))
-                   and r["metric"] == "test_error_at_best_val")  # fmt: skip
+                   and r["seed"] == str(seed) and r["metric"] == "test_error_at_best_val")  # fmt: skip
         assert (float(row["learning_rate"]), float(row["value"])) == (best, logged[best][1])
     table = (out / "table2.md").read_text()
     assert table.splitlines()[0].startswith("| architecture | λ = 0 | λ = 0.5 |") and "| 4x64 |" in table
@@ -89,6 +91,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     with open(modules_out / "modules.csv") as f:
         module_rows = list(csv.DictReader(f))
     assert tuple(module_rows[0]) == ("architecture", "seed", "lam", "metric", "value")
+    assert {r["seed"] for r in module_rows} == {"0", "1"}  # Both trials of the one program.
     assert {float(r["lam"]) for r in module_rows} == {0.0, 0.5, 0.9, 0.95, 0.99, 1.0}
     by = {(float(r["lam"]), r["metric"]): float(r["value"]) for r in module_rows}
     for lam in (0.0, 1.0):
@@ -99,12 +102,12 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     assert (modules_out / "table6.md").read_text().startswith("| entropy (nats) | λ = 0 |")
     assert (modules_out / "modules.png").read_bytes().startswith(b"\x89PNG")
     missing = _script(f"--runs={out / 'runs'}", "--architecture=9x9", f"--out={modules_out}", name="webb_modules.py")
-    assert missing.returncode == 2 and "no finished run 9x9_s<seed>" in missing.stderr
+    assert missing.returncode == 2 and "no finished run 9x9" in missing.stderr
 
     # webb_removal.py (Fig. 4) on the same 4x64 run, through its command line.
     removal_out = tmp_path / "removal"
     removal = _script(
-        f"--workdir={out / 'runs' / '4x64_s0'}", f"--out={removal_out}", "--trials=3", name="webb_removal.py"
+        f"--workdir={out / 'runs' / '4x64'}", "--trial=1", f"--out={removal_out}", "--trials=3", name="webb_removal.py"
     )
     assert removal.returncode == 0, removal.stdout[-3000:] + removal.stderr[-5000:]
     with open(removal_out / "removal.csv") as f:
@@ -116,8 +119,12 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
 
     # webb_training.py (Fig. 8, 9, 10) on the same run.
     training_out = tmp_path / "training"
-    workdir = out / "runs" / "4x64_s0"
-    shown = _script(f"--workdir={workdir}", "--modules=3", f"--out={training_out}", name="webb_training.py")
+    workdir = out / "runs" / "4x64"
+    unnamed = _script(f"--workdir={workdir}", f"--out={training_out}", name="webb_training.py")
+    assert unnamed.returncode == 2 and "name one with --trial" in unnamed.stderr
+    shown = _script(
+        f"--workdir={workdir}", "--trial=1", "--modules=3", f"--out={training_out}", name="webb_training.py"
+    )
     assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-5000:]
     with open(training_out / "training.csv") as f:
         curve = list(csv.DictReader(f))
@@ -126,7 +133,7 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
     picked = {
         float(c["lam"]): float(c["learning_rate"])
         for c in candidates
-        if c["selected"] == "True" and c["architecture"] == "4x64"
+        if c["selected"] == "True" and c["architecture"] == "4x64" and c["seed"] == "1"
     }
     for lam in (0.0, 1.0):
         mine = [r for r in curve if float(r["lam"]) == lam]
@@ -134,7 +141,9 @@ def test_lambda_sweep_writes_table2_and_figure_and_a_rerun_trains_nothing(tmp_pa
         assert {r["member"] for r in mine if r["scope"] == "member"} == {"0", "1", "2", "3"}
         last = max(mine, key=lambda r: float(r["epoch"]))["epoch"]
         final = next(r for r in mine if r["scope"] == "ensemble" and r["epoch"] == last)
-        group = next(g for g in summary["groups"] if (g["lam"], g["grid"]["learning_rate"]) == (lam, picked[lam]))
+        group = next(
+            g for g in summary["groups"] if (g["lam"], g["grid"]) == (lam, {"seed": 1, "learning_rate": picked[lam]})
+        )
         assert float(final["test_error"]) == group["test"]["ensemble_error"]
     with open(training_out / "modules.csv") as f:
         module_rows = list(csv.DictReader(f))

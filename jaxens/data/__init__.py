@@ -10,7 +10,15 @@
 
 from jaxens.data.augment import AUGMENTATIONS, augment_images
 from jaxens.data.batch import batch_at_step, batch_examples, batch_indices_at, member_batch
-from jaxens.data.dataset import Dataset, EvalSet, channel_stats, from_arrays, validation_indices
+from jaxens.data.dataset import (
+    Dataset,
+    EvalSet,
+    Views,
+    channel_stats,
+    from_arrays,
+    member_views,
+    validation_indices,
+)
 from jaxens.data.errors import DatasetError
 from jaxens.data.order import batch_indices, epoch_orders, spawn_epoch_orders, steps_per_epoch
 from jaxens.data.registry import (
@@ -35,6 +43,7 @@ __all__ = [
     "DatasetError",
     "DatasetInfo",
     "EvalSet",
+    "Views",
     "augment_images",
     "batch_at_step",
     "batch_examples",
@@ -49,6 +58,7 @@ __all__ = [
     "load",
     "load_eval_sets",
     "member_batch",
+    "member_views",
     "resolve_augment",
     "source_info",
     "steps_per_epoch",

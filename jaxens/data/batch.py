@@ -52,14 +52,20 @@ def batch_indices_at(order: jax.Array, step: jax.Array, batch_size: int, num_tra
 
 
 def batch_examples(
-    dataset: Dataset, idx: jax.Array, augment_key: jax.Array, step: jax.Array, augment: str = "none", padding: int = 4
+    dataset: Dataset,
+    idx: jax.Array,
+    augment_key: jax.Array,
+    step: jax.Array,
+    augment: str = "none",
+    padding: int = 4,
+    view: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """The examples `idx` [B] gathered on the device, augmented with fold_in(augment_key, step) and
-    normalized: (x [B, ...] float32, y [B])."""
-    x = dataset.train_x[idx]  # [B, ...] raw
+    """The examples `idx` [B] (of view `view`'s training set, `Dataset.views`) gathered on the device, augmented
+    with fold_in(augment_key, step) and normalized: (x [B, ...] float32, y [B])."""
+    x, y = dataset.train_examples(idx, view)  # [B, ...] raw, [B]
     if augment != "none":
         x = augment_lib.augment_images(augment, jax.random.fold_in(augment_key, step), x, padding)
-    return dataset.normalize(x), dataset.train_y[idx]
+    return dataset.normalize(x, view), y
 
 
 def batch_at_step(

@@ -98,6 +98,8 @@ class Source:
       cache_dir: where decoded or generated arrays are cached ('' = $XDG_CACHE_HOME/jaxens).
       image_size: imagenet2012's side after the center crop.
       val_size, val_seed: training examples held out as the validation split, and the choice of them.
+      val_seeds: () or V > 1 seeds, each holding out its own split of one pool: `load` then returns V views
+        (`Dataset.views`; config.data.val_from_seed with config.grid.seed).
       shifted, ood: extra test sets by name (same classes; other classes).
     """
 
@@ -110,6 +112,7 @@ class Source:
     image_size: int = 64
     val_size: int = 0
     val_seed: int = 0
+    val_seeds: tuple[int, ...] = ()
     shifted: tuple[str, ...] = ()
     ood: tuple[str, ...] = ()
 
@@ -117,6 +120,10 @@ class Source:
     def from_config(cls, config: ml_collections.ConfigDict) -> Source:
         """The source a (validated) config names."""
         d = config.data
+        val_seed, val_seeds = d.val_seed, ()
+        if d.val_from_seed:  # The groups' seeds, in member order (the grid's outermost field), or the run's.
+            seeds = tuple(config.grid.seed) or (config.seed,)
+            val_seed, val_seeds = seeds[0], (seeds if len(seeds) > 1 else ())
         return cls(
             name=config.dataset,
             dir=d.dir,
@@ -126,7 +133,8 @@ class Source:
             cache_dir=d.cache_dir,
             image_size=d.image_size,
             val_size=d.val_size,
-            val_seed=d.val_seed,
+            val_seed=val_seed,
+            val_seeds=val_seeds,
             shifted=tuple(config.eval.shifted),
             ood=tuple(config.eval.ood),
         )
@@ -403,7 +411,7 @@ def load(source: Source | ml_collections.ConfigDict) -> Dataset:
     assert info is not None  # a validated config names a registered dataset
     arrays = info.loader(source.name, source, ("train", "test"))
     arrays = _checked(source.name, info, arrays, ("train", "test"), source)
-    return from_arrays(source.name, arrays, info.num_classes, source.val_size, source.val_seed)
+    return from_arrays(source.name, arrays, info.num_classes, source.val_size, source.val_seeds or source.val_seed)
 
 
 def load_eval_sets(source: Source | ml_collections.ConfigDict) -> dict[str, EvalSet]:

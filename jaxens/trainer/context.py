@@ -92,6 +92,6 @@ def state_template(spec: RunSpec, k: int, mesh: jax.sharding.Mesh) -> ensemble_l
 def evaluation_sets(dataset: data_lib.Dataset, extra: dict[str, data_lib.EvalSet]) -> dict[str, data_lib.EvalSet]:
     """'test', 'val' (when examples are held out) and the configured shifted and OOD sets, by name."""
     sets = {"test": data_lib.EvalSet(x=dataset.test_x, y=dataset.test_y, kind="test")}
-    if dataset.val_x.shape[0]:
-        sets["val"] = data_lib.EvalSet(x=dataset.val_x, y=dataset.val_y, kind="val")
+    if dataset.val_x.shape[dataset.views is not None]:  # [V, N_val, ...] with views.
+        sets["val"] = data_lib.EvalSet(x=dataset.val_x, y=dataset.val_y, kind="val", per_view=dataset.views is not None)
     return {**sets, **extra}

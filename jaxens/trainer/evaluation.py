@@ -90,11 +90,15 @@ def evaluate(
     """
     out: list[dict[str, dict]] = [{} for _ in range(num_groups)]
     for name, eval_set in sets.items():
-        logits = predictor(state, eval_set.x, dataset)  # [K, N, C]
+        logits = predictor(state, eval_set.x, dataset, per_view=eval_set.per_view)  # [K, N, C]
         labels = sharding_lib.put_replicated(eval_set.y, placement_mesh(state))  # Where the logits are.
         k = logits.shape[0] // num_groups
         for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
-            metric_fn = ood_metrics if eval_set.kind == "ood" else functools.partial(labelled_metrics, labels=labels)
+            # Per view ([V, N]): the groups form V consecutive blocks, one per view.
+            group_labels = labels[g * labels.shape[0] // num_groups] if eval_set.per_view else labels
+            metric_fn = (
+                ood_metrics if eval_set.kind == "ood" else functools.partial(labelled_metrics, labels=group_labels)
+            )
             values = sharding_lib.host(metric_fn(group_logits, method=method))
             healthy = np.arange(k) if diverged is None else np.flatnonzero(diverged[g * k : (g + 1) * k] < 0)
             if 0 < len(healthy) < k:

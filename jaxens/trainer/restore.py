@@ -7,6 +7,7 @@ import os
 from typing import NamedTuple
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from jaxens import checkpoint as checkpoint_lib
@@ -48,12 +49,15 @@ class Restored(NamedTuple):
         return self.spec.strategy
 
 
-def restore(workdir: str, best: bool = False) -> Restored:
+def restore(workdir: str, best: bool = False, seed: int | None = None) -> Restored:
     """The members of the run in `workdir` at its latest intact checkpoint, with its config, data and model.
 
     Args:
       best: each group's members at its best validation evaluation instead (Webb et al.'s early-stopped
         model; DIR/best/, kept with config.eval.keep_best: `jaxens.trainer.early_stopping`).
+      seed: of a grid over seeds (config.grid.seed), that seed's groups alone, as the run of that seed would
+        restore: its config (config.seed = seed, the grid's seed emptied), plan, members, best evaluations
+        and data (its own validation split under config.data.val_from_seed: `Restored.dataset` has no views).
 
     For analyses after training (e.g. `experiments/webb_removal.py`): predict with
     `ensemble.Predictor(r.model, ...)(r.state, x, r.dataset)`. The run restores onto this machine's devices
@@ -82,4 +86,25 @@ def restore(workdir: str, best: bool = False) -> Restored:
     if restored is None:
         raise ConfigError(f"{workdir}: no intact checkpoint of the {'best ' if best else ''}members yet")
     kept = restored.progress.get("best") if best else None
-    return Restored(config, spec, spec.plan, dataset, spec.model, restored.state, restored.step, kept)
+    whole = Restored(config, spec, spec.plan, dataset, spec.model, restored.state, restored.step, kept)
+    return whole if seed is None else _of_seed(whole, seed, workdir)
+
+
+def _of_seed(whole: Restored, seed: int, workdir: str) -> Restored:
+    """The groups of one seed of a grid run, as the run of that seed alone (`restore(seed=...)`)."""
+    seeds = tuple(whole.config.grid.seed)
+    if seed not in seeds:
+        raise ConfigError(f"{workdir}: seed={seed} is not one of the run's config.grid.seed={seeds}")
+    config = ml_collections.ConfigDict(whole.config.to_dict())
+    config.grid.seed, config.seed = (), seed
+    spec = spec_lib.resolve(config, automatic_mesh=True)
+    groups, block = spec.plan.num_groups, seeds.index(seed)  # A grid's seeds are its outermost field.
+    assert groups * len(seeds) == whole.plan.num_groups
+    members = slice(block * spec.plan.num_members, (block + 1) * spec.plan.num_members)
+    state = jax.tree.map(lambda leaf: leaf[members], whole.state)
+    kept = None
+    if whole.best is not None:
+        mine = range(block * groups, (block + 1) * groups)
+        kept = {str(int(g) - block * groups): v for g, v in whole.best.items() if int(g) in mine}
+    dataset = whole.dataset.view(block) if whole.dataset.views is not None else whole.dataset
+    return Restored(config, spec, spec.plan, dataset, spec.model, state, whole.step, kept)

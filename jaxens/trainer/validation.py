@@ -8,7 +8,6 @@ shapes and sizes without loading anything. `jaxens.trainer.spec.resolve` calls i
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import ml_collections
@@ -360,7 +359,13 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
     _at_least(errors, "config.data.crop_padding", d.crop_padding, 0)
     _at_least(errors, "config.data.image_size", d.image_size, 8)
     _choice(errors, "config.data.augment", d.augment, ("auto", *data_lib.AUGMENTATIONS))
-    _directory_errors(errors, "config.data.cache_dir", d.cache_dir)
+    if problem := files.not_a_directory(d.cache_dir):
+        errors.append(f"config.data.cache_dir={d.cache_dir!r}: {problem}; give a directory ('' for the default)")
+    if d.val_from_seed and (d.val_size <= 0 or d.val_seed):
+        errors.append(
+            f"config.data.val_from_seed=True: holds out config.seed's split, so it needs config.data.val_size > 0 "
+            f"(it is {d.val_size}) and config.data.val_seed left at 0 (it is {d.val_seed})"
+        )
     info = data_lib.config_info(config)
     if info is None:
         errors.append(data_lib.registry.unknown_name_message("config.dataset", config.dataset))
@@ -409,17 +414,6 @@ def _data_errors(errors: list[str], config: ml_collections.ConfigDict):
                     "list it in config.eval.ood instead"
                 )
     return info
-
-
-def _directory_errors(errors: list[str], name: str, path: str) -> None:
-    """A directory field ('' = its default) that names a file, or a path under one."""
-    if not isinstance(path, str) or not path or "://" in path:
-        return
-    expanded = os.path.expanduser(path)
-    existing = files.nearest_existing(expanded)
-    if not os.path.isdir(existing):
-        where = "is a file" if existing == os.path.abspath(expanded) else f"lies under the file {existing}"
-        errors.append(f"{name}={path!r}: {where}; give a directory ('' for the default)")
 
 
 def _coupling_errors(errors: list[str], config: ml_collections.ConfigDict, info) -> None:
