@@ -305,6 +305,10 @@ def _grid_fields() -> ml_collections.ConfigDict:
     # Values of config.coupling.condition, e.g. ('no_coupling', 'coupled_to_t', 'coupled_to_t_reset'); spawn
     # times and re-initialization apply to the spawning conditions' groups only.
     g.condition = ()
+    # The most members one program holds (0 = all): a larger population runs as consecutive parts, each one run
+    # of at most this many members in DIR/part<i>of<n>, one after another (`jaxens.grid.split`); the parts split
+    # the seeds and optimizer hyperparameters, never a parent's groups. For a state that does not fit at once.
+    g.members_per_run = 0
     return g
 
 

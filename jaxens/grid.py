@@ -147,6 +147,47 @@ def group_config(config: ml_collections.ConfigDict, setting: Setting) -> ml_coll
     return single
 
 
+def split(config: ml_collections.ConfigDict, members: int) -> dict[str, ml_collections.ConfigDict]:
+    """The grid as consecutive parts of at most `members` members (config.grid.members_per_run), each a grid of its
+    own: part name → config; {} when the whole population fits (or `members` is 0).
+
+    Parts split the fields of `PARENT_FIELDS` only, outermost first, so no parent trains twice: fields outside
+    the split depth keep all their values, the fields above it one value each, and the field at it a chunk of
+    its values. The parts' groups, in order, are the grid's groups in member order.
+
+    Raises:
+      ConfigError: the groups of one parent's settings alone hold more than `members` members.
+    """
+    total = num_groups(config) * config.ensemble.k
+    if not members or total <= members:
+        return {}
+    names = [n for n in varied(config) if n in PARENT_FIELDS]
+    values = [tuple(config.grid[n]) for n in names]
+    per_value, depth = total, -1  # Members under one value of every field down to the split depth.
+    for i, options in enumerate(values):
+        per_value //= len(options)
+        if per_value <= members:
+            depth = i
+            break
+    if depth < 0:
+        fixed = ", ".join(f"config.grid.{n}" for n in names) or "no field of config.grid that can be split"
+        raise ConfigError(
+            f"config.grid.members_per_run={members}: the groups of one parent's settings ({fixed} fixed) hold "
+            f"{per_value} members; raise it, or lower config.ensemble.k"
+        )
+    step = members // per_value  # Values of the split field per part.
+    chunks = [values[depth][i : i + step] for i in range(0, len(values[depth]), step)]
+    combos = [(*outer, chunk) for outer in itertools.product(*values[:depth]) for chunk in chunks]
+    parts = {}
+    for i, combo in enumerate(combos):
+        part = copy.deepcopy(config)
+        for name, value in zip(names, combo[:-1]):
+            part.grid[name] = (value,)
+        part.grid[names[depth]] = tuple(combo[-1])
+        parts[f"part{i + 1}of{len(combos)}"] = part
+    return parts
+
+
 def ordered(names) -> list[str]:
     """Grid field names in the product's order (`FIELDS`)."""
     return sorted(names, key=list(FIELDS).index)

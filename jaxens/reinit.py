@@ -29,9 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxens.config import REINIT_SIDES as SIDES
 from jaxens.models.order import forward_order, param_paths, param_sizes
 
-SIDES = ("low", "high")
 UNITS = ("layer", "tensor")
 PyTree = Any
 Path = tuple[str, ...]

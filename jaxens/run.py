@@ -48,10 +48,12 @@ from jaxens import checkpoint as checkpoint_lib
 from jaxens import data as data_lib
 from jaxens import ensemble as ensemble_lib
 from jaxens import faults, preemption
+from jaxens import grid as grid_lib
 from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
 from jaxens import steps as steps_lib
 from jaxens import workdir as workdir_lib
+from jaxens.config import ConfigError
 from jaxens.trainer import callbacks as callbacks_lib
 from jaxens.trainer import early_stopping, loop, memory, parents, preflight, validation
 from jaxens.trainer import spec as spec_lib
@@ -90,6 +92,12 @@ def train_and_evaluate(
       Diverged: see config.train.on_divergence.
     """
     validation.validate(config)
+    parts = grid_lib.split(config, config.grid.members_per_run)
+    if parts:
+        raise ConfigError(
+            f"config.grid.members_per_run={config.grid.members_per_run}: this population runs as {len(parts)} parts, "
+            "each a run of its own: train it with jaxens.sweep.train_population (as python -m jaxens.train does)"
+        )
     if config.mesh.distributed:  # Before anything asks JAX for its devices.
         sharding_lib.initialize_distributed()
     spec = spec_lib.resolve(config)  # The ConfigDict is not read below this line.

@@ -16,6 +16,9 @@
   another sweep finished meanwhile) the run's own files win: a run with its summary is 'finished'.
 - A run whose status.json cannot be read is 'unknown' (the message names the file) and is run again: it
   resumes from its checkpoints, or starts.
+
+`train_population(config, workdir)` is how `python -m jaxens.train` trains: one run, or a population larger than
+config.grid.members_per_run as a sweep of its parts (`jaxens.grid.split`) under the workdir.
 """
 
 from __future__ import annotations
@@ -158,3 +161,45 @@ def statuses(root: str) -> dict[str, dict]:
         if record is not None:
             out[name] = record
     return out
+
+
+def train_population(
+    config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False, ignore_memory_estimate: bool = False
+) -> dict:
+    """`jaxens.run.train_and_evaluate`, or, for a population larger than config.grid.members_per_run, its parts
+    (`jaxens.grid.split`): each one run in workdir/<part>, one after another (`run_all`: a rerun skips the finished
+    parts). `python -m jaxens.train` trains through here.
+
+    Returns:
+      The run's summary; for parts {'parts': {part: its workdir}, 'groups': every part's groups in member order,
+      and the first part's other summary fields} (nothing is written beside the parts but sweep.json).
+
+    Raises:
+      As `train_and_evaluate`; for parts also ConfigError for --overwrite (remove the directory instead) or a
+      part another process runs, Diverged when a part diverged, RuntimeError when a part failed.
+    """
+    from jaxens import grid as grid_lib
+    from jaxens import run  # Deferred, as in `run_all`.
+
+    validation.validate(config)
+    parts = grid_lib.split(config, config.grid.members_per_run)
+    if not parts:
+        return run.train_and_evaluate(config, workdir, overwrite, ignore_memory_estimate)
+    if overwrite:
+        raise config_lib.ConfigError(
+            f"--overwrite with config.grid.members_per_run: {workdir} holds one run per part; remove it to start afresh"
+        )
+    train = lambda c, w: run.train_and_evaluate(c, w, ignore_memory_estimate=ignore_memory_estimate)  # noqa: E731
+    outcomes = run_all(parts, workdir, train=train)
+    unfinished = {name: o for name, o in outcomes.items() if o.status != "finished"}
+    if unfinished:
+        message = "; ".join(f"{name}: {o.status}: {o.message}" for name, o in unfinished.items())
+        if all(o.status == "diverged" for o in unfinished.values()):
+            raise run.Diverged(message)
+        error = config_lib.ConfigError if all(o.status == "busy" for o in unfinished.values()) else RuntimeError
+        raise error(f"parts of {workdir} did not finish: {message}")
+    summaries = [o.summary or {} for o in outcomes.values()]
+    joined = {**summaries[0], "groups": [g for s in summaries for g in s["groups"]]}
+    joined["parts"] = {name: o.workdir for name, o in outcomes.items()}
+    print(f"{len(parts)} parts of at most config.grid.members_per_run members, each a run under {workdir}", flush=True)
+    return joined

@@ -87,12 +87,12 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
     # Deferred: flag errors should not wait for JAX to import.
-    from jaxens import checkpoint, preemption, run
+    from jaxens import checkpoint, preemption, run, sweep
 
     try:
         workdir = _WORKDIR.value
         assert workdir is not None  # A required flag.
-        run.train_and_evaluate(
+        sweep.train_population(
             _CONFIG.value, workdir, overwrite=_OVERWRITE.value, ignore_memory_estimate=_IGNORE_MEMORY.value
         )
     except (config_lib.ConfigError, DatasetError) as e:

@@ -21,7 +21,7 @@ from conftest import REPO, small_config
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
-from jaxens import grid, results, run
+from jaxens import grid, results, run, sweep
 from jaxens.config import ConfigError
 from jaxens.trainer import context, memory, validation
 from jaxens.trainer import spec as spec_lib
@@ -217,6 +217,61 @@ def test_members_per_call_runs_the_population_in_chunks_with_the_same_results(tm
         np.testing.assert_allclose(g["test"]["member_error"], h["test"]["member_error"], atol=2e-3)
     # Too large a population is refused before any compute, with the estimate and this way out.
     with pytest.raises(
-        ConfigError, match=r"config.grid, config.ensemble.members_per_call \(members computed at once, now all\)"
+        ConfigError,
+        match=r"config.grid.members_per_run .*, config.ensemble.members_per_call \(members computed at once, now all\)",
     ):
         memory.check(spec, limit_bytes=(1, "a test's limit"))
+
+
+def test_split_cuts_the_grid_into_sub_grids_of_whole_parents_in_member_order():
+    config = small_config(**{"ensemble.k": K, "coupling.condition": "coupled_order"})
+    config.grid.seed, config.grid.learning_rate, config.loss.lam = (0, 1), (0.02, 0.05, 0.1), (0.0, 1.0)
+    assert len(grid.settings(config)) * K == 24 and grid.split(config, 24) == {} and grid.split(config, 0) == {}
+    # 12 members per seed fit 12: one part per seed; 8 do not, so each part holds 2 of a seed's 3 rates or the rest.
+    expected = {
+        12: [((0,), (0.02, 0.05, 0.1)), ((1,), (0.02, 0.05, 0.1))],
+        8: [((0,), (0.02, 0.05)), ((0,), (0.1,)), ((1,), (0.02, 0.05)), ((1,), (0.1,))],
+    }
+    for members, cut in expected.items():
+        parts = grid.split(config, members)
+        assert list(parts) == [f"part{i + 1}of{len(cut)}" for i in range(len(cut))]
+        assert [(tuple(p.grid.seed), tuple(p.grid.learning_rate)) for p in parts.values()] == cut
+        assert [s for p in parts.values() for s in grid.settings(p)] == grid.settings(config)
+        assert all(len(grid.settings(p)) * K <= members for p in parts.values())
+    with pytest.raises(ConfigError, match=r"members_per_run=3: the groups of one parent's settings .* hold 4 members"):
+        grid.split(config, 3)  # One seed and rate: its two λ groups of 2.
+
+
+def test_a_population_larger_than_members_per_run_trains_in_parts_equal_to_the_whole(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxens.train",
+        "--config=configs/mnist1d_ensemble.py",
+        f"--workdir={tmp_path / 'parts'}",
+    ]
+    cmd += [*CLI_GRID, "--config.grid.members_per_run=4"]  # 2 seeds × 2 rates × k = 2: a part per seed.
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, CI="true"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "parts")) == ["part1of2", "part2of2", "sweep.json"]
+    config = config_lib.apply_overrides(
+        config_lib.load_file("configs/mnist1d_ensemble.py"), [a.removeprefix("--config.") for a in CLI_GRID]
+    )
+    whole = run.train_and_evaluate(config, str(tmp_path / "whole"))
+    everyone = run.restore(str(tmp_path / "whole")).state.params
+    for i in (0, 1):
+        part = run.restore(str(tmp_path / "parts" / f"part{i + 1}of2"))
+        assert tuple(part.config.grid.seed) == (i,)
+        mine = jax.tree.map(lambda a, i=i: np.asarray(a)[4 * i : 4 * i + 4], everyone)
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(part.state.params)):
+            np.testing.assert_array_equal(a, b)  # Under loop: bitwise.
+    df = results.load(str(tmp_path / "parts"))
+    assert set(df["group"]) == {"seed=0,lr=0.02", "seed=0,lr=0.05", "seed=1,lr=0.02", "seed=1,lr=0.05"}
+    config_lib.apply_overrides(config, ["grid.members_per_run=4"])
+    with pytest.raises(ConfigError, match=r"members_per_run=4: this population runs as 2 parts"):
+        run.train_and_evaluate(config, str(tmp_path / "elsewhere"))  # One run cannot hold it.
+    joined = sweep.train_population(config, str(tmp_path / "parts"))
+    assert [g["test"] for g in joined["groups"]] == [g["test"] for g in whole["groups"]]  # Finished: read back.
+    assert list(joined["parts"]) == ["part1of2", "part2of2"]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, CI="true"))
+    assert again.returncode == 0 and again.stdout.count("finished before; skipped") == 2

@@ -224,7 +224,12 @@ def check(spec: RunSpec, ignore: bool = False, limit_bytes: tuple[int, str] | No
         f"members; {f'about k ≤ {fits} would fit' if fits else 'even k=1 would not fit'}; the diversity metrics "
         f"grow with k²), config.train.batch_size={spec.batch_size} (training activations) or "
         f"config.eval.batch_size={spec.eval_batch_size} (evaluation), "
-        + ("fewer values in config.grid, " if spec.plan.gridded else "")
+        + (
+            "fewer values in config.grid or config.grid.members_per_run (members per program: the population "
+            "runs in parts, one after another), "
+            if spec.plan.gridded
+            else ""
+        )
         + (
             f"config.ensemble.members_per_call (members computed at once, now {members_lib.members_per_call(spec.strategy) or 'all'}), "
             if spec.strategy.split("/")[-1].startswith("vmap")
