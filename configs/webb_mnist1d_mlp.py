@@ -10,7 +10,8 @@ examples with 500 held out for early stopping, 40 epochs (Webb et al.: 200). A s
 without the modular loss. webb_lambda.py tunes the learning rate per architecture, trial and λ over
 {0.02, 0.05, 0.1, 0.2, 0.5, 1} on each trial's own validation split (config.data.val_from_seed);
 this file's 0.05 is one point of that grid.
-Expected run time on 2 CPU cores: about 3 s (1x256) to 80 s (64x4) per run; the tuned Table 2 (72 runs) 56 min.
+Expected run time on 2 CPU cores: about 3 s (1x256) to 80 s (64x4) per run; the tuned Table 2, every trial, η and
+λ of an architecture in one program (4 programs), 41 min.
 Expected result (measured, tuned, 3 trials, test error at the best validation epoch, experiments/README.md):
 1x256 38.4%; 4x64 at λ = 0 / 0.9 / 1: 34.4% / 28.5% / 36.7%; 64x4 at λ = 0 / 0.99 / 1: 55.8% / 32.4% / 38.2%
 — an intermediate λ best for every architecture, beyond the trials' spread, as in Webb et al.'s Table 2.

@@ -1,7 +1,7 @@
 """Webb et al. Fig. 2 and Table 2: test error against λ for ensembles of M modules × H hidden units, with the
 learning rate tuned per architecture and λ on each trial's validation split.
 
-  python experiments/webb_lambda.py --out=results/webb_lambda                         # CPU scale (defaults, ~1 h)
+  python experiments/webb_lambda.py --out=results/webb_lambda                         # CPU scale (defaults, 41 min)
   python experiments/webb_lambda.py --config=configs/webb_fmnist_mlp.py --learning_rates=0.005,0.01,0.02,0.05 \\
       --architectures=1x1024,16x64,64x16,256x4 --seeds=0,1,2,3,4 --out=results/webb_fmnist   # the paper's Table 2
 
