@@ -166,9 +166,14 @@ def check(workdir: str, config: dict) -> bool:
       config: the run's config as plain JSON values (`config_to_dict`, or `RunSpec.config`).
 
     Raises:
-      ConfigError: the directory holds a run with a different config, or a run's files (checkpoints,
-        metrics, ...) without the config.json that would say whose they are.
+      ConfigError: the directory holds a run with a different config, a run's files (checkpoints,
+        metrics, ...) without the config.json that would say whose they are, or a sweep of runs.
     """
+    if os.path.exists(os.path.join(workdir, "sweep.json")):
+        raise ConfigError(
+            f"--workdir={workdir} holds a sweep of runs (sweep.json: e.g. the parts of config.grid.members_per_run), "
+            "not one run: choose a new --workdir, or rerun that sweep's own command"
+        )
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         found = leftovers(workdir)

@@ -275,3 +275,7 @@ def test_a_population_larger_than_members_per_run_trains_in_parts_equal_to_the_w
     assert list(joined["parts"]) == ["part1of2", "part2of2"]
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, CI="true"))
     assert again.returncode == 0 and again.stdout.count("finished before; skipped") == 2
+    # The population as one run cannot move into the parts' directory: nothing is adopted or mixed.
+    config.grid.members_per_run = 0
+    with pytest.raises(ConfigError, match=r"holds a sweep of runs \(sweep.json"):
+        sweep.train_population(config, str(tmp_path / "parts"))
