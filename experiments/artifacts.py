@@ -55,23 +55,28 @@ def failed(outcomes: dict) -> dict[str, str]:
     return {name: o.message for name, o in outcomes.items() if o.status != "finished"}
 
 
+def run_config(workdir: str) -> dict:
+    """The config.json of the run in `workdir`, as plain JSON values."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)
+
+
 def trials(workdir: str) -> tuple[int, ...]:
     """The trials (seeds) of the run in `workdir`: its config.grid.seed, else its one config.seed."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = json.load(f)
+    config = run_config(workdir)
     return tuple(config.get("grid", {}).get("seed") or ()) or (config["seed"],)
 
 
 def trial_of(workdir: str, trial: int | None) -> int | None:
     """The seed of `trial` to restore from a run over several (`run.restore(seed=...)`), or None for a run of
     one seed. Raises ValueError for a trial the run does not hold, or none named where it holds several."""
-    seeds = trials(workdir)
+    config = run_config(workdir)
+    on_grid = tuple(config.get("grid", {}).get("seed") or ())
+    seeds = on_grid or (config["seed"],)
     if trial is not None and trial not in seeds:
         raise ValueError(f"--trial={trial}: {workdir} trained the trials (seeds) {list(seeds)}")
     if trial is None and len(seeds) > 1:
         raise ValueError(f"{workdir} trained the trials (seeds) {list(seeds)} side by side: name one with --trial")
-    with open(os.path.join(workdir, "config.json")) as f:
-        on_grid = bool(json.load(f).get("grid", {}).get("seed"))
     return (seeds[0] if trial is None else trial) if on_grid else None
 
 
@@ -81,9 +86,7 @@ def early_stopped(workdir: str, trial: int | None = None):
     over several trials (config.grid.seed), the groups of seed `trial` alone, with that trial's data."""
     from jaxens import run
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        kept = json.load(f).get("eval", {}).get("keep_best", False)
-    if kept:
+    if run_config(workdir).get("eval", {}).get("keep_best", False):
         return run.restore(workdir, best=True, seed=trial)
     print(f"{workdir}: no early-stopped members (config.eval.keep_best=False); analysing the latest checkpoint")
     return run.restore(workdir, seed=trial)

@@ -51,7 +51,8 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None, tria
     from jaxens import ensemble as ensemble_lib
     from jaxens import metrics, modules
 
-    restored = artifacts.early_stopped(workdir, artifacts.trial_of(workdir, trial))  # The early-stopped model.
+    trial = artifacts.trial_of(workdir, trial)
+    restored = artifacts.early_stopped(workdir, trial)  # Webb et al. analyse the early-stopped model.
     plan, dataset = restored.plan, restored.dataset
     if not plan.lams:
         raise ValueError(f"{workdir}: not a modular-loss run (config.loss.lam is empty)")
@@ -65,7 +66,7 @@ def analyse(workdir: str, size: int, candidates: int, seed: int, lams=None, tria
     size = min(size, m - 1) if m > 1 else 1
     key = jax.random.PRNGKey(seed)
     rows = []
-    for lam, g in artifacts.lambda_groups(workdir, plan, trial=artifacts.trial_of(workdir, trial)).items():
+    for lam, g in artifacts.lambda_groups(workdir, plan, trial=trial).items():
         if lams is not None and lam not in lams:
             continue
         group_test, group_val = test[g * m : (g + 1) * m], val[g * m : (g + 1) * m]  # [M, N, C]

@@ -135,11 +135,11 @@ def _data_bytes(spec: RunSpec, devices: int) -> tuple[int, int]:
     source = spec.source
     infos = [data_lib.dataset_info(n, source.image_size) for n in (source.name, *source.shifted, *source.ood)]
     eval_sizes = [source.val_size, *(info.num_test for info in infos if info is not None)]
-    train = spec.num_train // devices if spec.shard_train else spec.num_train
     views = len(source.val_seeds)
     if views:  # One pool (every training example), each view's validation split and its [N] int32 rows.
         examples = spec.num_train + source.val_size * (1 + views) + sum(eval_sizes[1:])
         return examples * example + 4 * views * spec.num_train, max(eval_sizes)
+    train = spec.num_train // devices if spec.shard_train else spec.num_train
     return (train + sum(eval_sizes)) * example, max(eval_sizes)
 
 
