@@ -1,9 +1,9 @@
 """Wall time of a whole paper figure as ONE grid program against the same work as separate runs, side by side.
 
   python benchmarks/grid.py [--config=configs/mnist1d_spawn_deep.py] [--times=0ep,1ep,2ep,5ep,10ep] [--seeds=0,1,2]
-      [--set field=value ...] [--out=DIR]
+      [--cpu_devices=N] [--set field=value ...] [--out=DIR]
   python benchmarks/grid.py --figure=webb [--seeds=0,1,2] [--architectures=4x64] [--learning_rates=0.05,0.2]
-      [--set field=value ...]
+      [--cpu_devices=N] [--set field=value ...]
 
 `--figure=zamparo` (the default) is Zamparo et al. Fig. 1a–d (`experiments/zamparo_coupling.py`): every seed's
 parent, the children of every spawn time under coupled_to_t and coupled_to_t_reset, and the no_coupling and
@@ -16,7 +16,8 @@ rate × λ as one program (each trial holding out its own validation split: conf
 one program per trial (the script run once per seed, as before the trials could share a program).
 
 Both sides are real subprocesses of the experiment script in fresh output directories, without the shared
-compilation cache, run one after the other in this process; the script prints both wall times, their ratio
+compilation cache, run one after the other in this process, each with JAX_NUM_CPU_DEVICES=N when
+`--cpu_devices=N` is given (on a CPU: one JAX device per core, the members sharded over them); the script prints both wall times, their ratio
 (grid / separate), and per metric the largest difference between the two results.csv tables. The groups are
 the same, but where the grid stacks what a run alone does not (several parents; coupled_order's shared batch
 fed per member; λ groups) the parameters differ by float rounding from the first step, and chaotic training
@@ -38,6 +39,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # Every program compiles for itself, as a user's do.
 
 
+ENV = dict(os.environ, CI="true")  # Both sides' environment (`--cpu_devices` adds JAX_NUM_CPU_DEVICES).
+
+
 def _figure(program: str, out: str, args: list[str]) -> float:
     script = os.path.join(REPO, "experiments", "zamparo_coupling.py")
     return _timed([sys.executable, script, f"--out={out}", f"--program={program}", *args])
@@ -45,7 +49,7 @@ def _figure(program: str, out: str, args: list[str]) -> float:
 
 def _timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env=dict(os.environ, CI="true"))
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env=ENV)
     return time.perf_counter() - start
 
 
@@ -81,8 +85,11 @@ def main() -> None:
     parser.add_argument("--times", default="0ep,1ep,2ep,5ep,10ep")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], help="trainer override field=value")
+    parser.add_argument("--cpu_devices", type=int, default=0, help="JAX CPU devices of both sides (0: JAX's default)")
     parser.add_argument("--out", default="", help="keep both programs' outputs here (default: a temporary one)")
     args = parser.parse_args()
+    if args.cpu_devices:
+        ENV["JAX_NUM_CPU_DEVICES"] = str(args.cpu_devices)
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or scratch
         if args.figure == "webb":
@@ -99,7 +106,8 @@ def main() -> None:
             columns = ("seed", "condition", "t", "metric")
             title = f"Zamparo Fig. 1a-d, {args.config}, t={args.times}, seeds {args.seeds}"
     assert [_key(r, columns) for r in grid] == [_key(r, columns) for r in separate]
-    print(f"{title}, overrides {args.set}:")
+    devices = ENV.get("JAX_NUM_CPU_DEVICES", "JAX's default number of")
+    print(f"{title}, overrides {args.set}, {devices} CPU devices:")
     print(f"  one grid program:  {seconds['grid']:.1f} s")
     print(f"  separate runs:     {seconds['separate']:.1f} s")
     print(f"  ratio grid / separate: {seconds['grid'] / seconds['separate']:.2f}x")

@@ -1,6 +1,6 @@
 """Member execution strategies × K: member-images/s, and the ratio to K sequential single-member steps.
 
-  python benchmarks/member_strategies.py [--models=mlp,cnn,resnet20] [--ks=1,4,8,16]
+  python benchmarks/member_strategies.py [--models=mlp,cnn,resnet20,narrow_mlp] [--ks=1,4,8,16]
       [--strategies=vmap,loop,shard_map/vmap,shard_map/loop] [--cpu-devices=2] [--repeats=3]
 
 For each model and K, builds the K-member training step the trainer runs (`jaxens.train_chunk.TrainChunk`,
@@ -16,6 +16,8 @@ K-member step time): above 1, one K-member step beats running K single-member st
 
 Models (float32, SGD with momentum 0.9, batch 128 per member, each member its own minibatch):
 - `mlp`: 784-256-256-10 on Fashion-MNIST (Fort et al.'s MLP, configs/fort_fmnist_mlp.py without dropout);
+- `narrow_mlp`: 40-64×6-10 on MNIST-1D (the members of configs/mnist1d_spawn_deep.py, the Zamparo figure's
+  grid), whose products are too small for XLA:CPU to spread over the cores (not in the default --models);
 - `cnn`: the strided `cnn2d` (32, 64 channels, BatchNorm) on Fashion-MNIST;
 - `resnet20`: ResNet-20 on CIFAR-shaped random images [32, 32, 3] (CIFAR-10 itself cannot be downloaded
   here; the compute is the same).
@@ -43,7 +45,7 @@ from jaxens import rng as rng_lib
 
 BATCH = 128
 # Steps per timed call: enough to amortize dispatch, few enough for CPU minutes.
-STEPS = {"mlp": 50, "cnn": 4, "resnet20": 1}
+STEPS = {"mlp": 50, "narrow_mlp": 50, "cnn": 4, "resnet20": 1}
 
 
 def _config(name: str):
@@ -52,12 +54,14 @@ def _config(name: str):
     c.optimizer.learning_rate = 0.01
     if name == "mlp":
         c.dataset, c.model.name, c.model.widths = "fashion_mnist", "mlp", (256, 256)
+    elif name == "narrow_mlp":
+        c.dataset, c.model.name, c.model.widths = "mnist1d", "mlp", (64,) * 6
     elif name == "cnn":
         c.dataset, c.model.name, c.model.widths = "fashion_mnist", "cnn2d", (32, 64)
     elif name == "resnet20":
         c.model.name = "resnet20"
     else:
-        raise SystemExit(f"--models: unknown model {name!r}; allowed: mlp, cnn, resnet20")
+        raise SystemExit(f"--models: unknown model {name!r}; allowed: {', '.join(STEPS)}")
     return c
 
 

@@ -2,6 +2,7 @@
 the coupling time t, with and without reset.
 
   python experiments/zamparo_coupling.py --out=results/zamparo_coupling             # CPU scale (defaults)
+  JAX_NUM_CPU_DEVICES=$(nproc) python experiments/zamparo_coupling.py ...          # the members on every core
   python experiments/zamparo_coupling.py --config=configs/resnet20_spawn.py \\
       --times=0ep,1ep,2ep,5ep,10ep,20ep --seeds=0,1,2 --out=results/zamparo_resnet20   # paper scale (accelerator)
 

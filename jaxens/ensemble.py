@@ -140,7 +140,8 @@ class Predictor:
 
             def member(p, s, view, raw, dataset):  # Normalized per member: each view has its own statistics.
                 x = dataset.normalize(raw[view] if per_view else raw, view)
-                return member_logits(model, p, s, sharding_lib.constrain_batch(x, mesh))
+                # On the mesh in context: inside shard_map the 'member' axis is manual.
+                return member_logits(model, p, s, sharding_lib.constrain_batch(x))
 
             mapped = map_members(member, strategy, (0, 0, 0, None, None), mesh)
             return mapped(params, batch_stats, views, raw, dataset)  # [K, B, C]
@@ -166,7 +167,9 @@ class Predictor:
         parts = []
         for start in starts:
             start_index = sharding_lib.put_replicated(np.int32(start), mesh)
-            parts.append(self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh, per_view=per_view))
+            with jax.set_mesh(mesh):  # The mesh each member's batch is split on (`constrain_batch`).
+                part = self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh, per_view=per_view)
+            parts.append(part)
             if bar is not None and not bar.disable:
                 if len(parts) > 1:
                     parts[-2].block_until_ready()

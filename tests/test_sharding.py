@@ -71,8 +71,11 @@ TRAIN = PRELUDE + textwrap.dedent(
             assert leaf.sharding.is_equivalent_to(sharding.members(mesh), leaf.ndim), leaf.sharding
             assert {s.data.shape[0] for s in leaf.addressable_shards} == {leaf.shape[0] // m}
             assert len(leaf.addressable_shards) == m * d
-        logits = E.Predictor(model, 100, strategy)(state, dataset.test_x[:300], dataset)
+        predictor = E.Predictor(model, 100, strategy)
+        logits = predictor(state, dataset.test_x[:300], dataset)
         assert logits.sharding.is_equivalent_to(sharding.members(mesh), 3), logits.sharding
+        if dataset.views is not None:  # Trials: each seed's block of members predicts its own validation split.
+            logits = (logits, predictor(state, dataset.val_x[:, :300], dataset, per_view=True))
         return jax.device_get((state, sums, logits))
 
     cases = [  # name, config overrides, within-device strategy
@@ -81,6 +84,9 @@ TRAIN = PRELUDE + textwrap.dedent(
                               "train.batch_size": 64}, "loop"),
         ("mlp lambda", {"ensemble.k": 4, "loss.lam": (0.5, 1.0), "coupling.condition": "coupled_order"}, "vmap"),
         ("mlp shared batch", {"ensemble.k": 8, "coupling.condition": "coupled_order"}, "vmap"),
+        # Two trials (config.data.val_from_seed): each seed's 4 members on its own rows, statistics and split.
+        ("mlp trials", {"ensemble.k": 4, "grid.seed": (0, 1), "seed": 0, "data.val_size": 500,
+                        "data.val_from_seed": True, "coupling.condition": "coupled_order"}, "vmap"),
     ]
     for name, overrides, within in cases:
         config = small_config(**overrides)
@@ -91,8 +97,9 @@ TRAIN = PRELUDE + textwrap.dedent(
             close(reference, train(config, shape, strategy), f"{name} on {shape}")
             if shape[0] > 1 and within == "vmap":  # GSPMD's own partitioning of the vmapped members.
                 close(reference, train(config, shape, "vmap"), f"{name} on {shape}, plain vmap")
-        # The training set split over the 8 devices (config.mesh.shard_train): batches gathered across them.
-        close(reference, train(config, (4, 2), strategy_for(config, 4), split_train=True), f"{name}, split")
+        if not config.grid.seed:  # (Trials' views do not split: refused under config.mesh.shard_train.)
+            # The training set split over the 8 devices (config.mesh.shard_train): batches gathered across them.
+            close(reference, train(config, (4, 2), strategy_for(config, 4), split_train=True), f"{name}, split")
         print("ok", name, flush=True)
 
     # Whole runs (a spawning condition: a one-member parent, then two groups of children; checkpoints,
@@ -159,7 +166,14 @@ def eight_device_runs(tmp_path_factory):
 
 def test_meshes_8x1_4x2_1x8_train_as_one_device(eight_device_runs):
     _, checked = eight_device_runs
-    assert checked == ["ok mlp", "ok batchnorm cnn1d", "ok mlp lambda", "ok mlp shared batch", "ok run"]
+    assert checked == [
+        "ok mlp",
+        "ok batchnorm cnn1d",
+        "ok mlp lambda",
+        "ok mlp shared batch",
+        "ok mlp trials",
+        "ok run",
+    ]
 
 
 def test_checkpoint_saved_on_8_devices_restores_on_one(eight_device_runs):
