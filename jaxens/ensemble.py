@@ -24,6 +24,7 @@ from jaxens import rng as rng_lib
 from jaxens import sharding as sharding_lib
 from jaxens.members import map_members
 from jaxens.metrics import forgetting as forgetting_lib
+from jaxens.setup_jit import setup_jit
 
 PyTree = Any
 
@@ -75,7 +76,7 @@ def init_member(model: nn.Module, tx: optax.GradientTransformation, init_key: ja
     return params, variables.get("batch_stats", {}), tx.init(params)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "input_shape"))
+@functools.partial(setup_jit, static_argnames=("model", "tx", "input_shape"))
 def _init_members(init_keys: jax.Array, model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple):
     """`init_member` of K members from their init keys [K, 2] (compiled once per model, optimizer, shape)."""
     return map_members(lambda key: init_member(model, tx, key, input_shape), "vmap", (0,))(init_keys)

@@ -34,6 +34,7 @@ from jaxens import reinit as reinit_lib
 from jaxens import rng as rng_lib
 from jaxens.ensemble import EnsembleState
 from jaxens.members import map_members
+from jaxens.setup_jit import setup_jit
 
 PyTree = Any
 # fold_in data of the spawn domain: the largest uint32, a member index no run reaches.
@@ -145,7 +146,7 @@ def reinit_for(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+@functools.partial(setup_jit, static_argnames=("model", "input_shape"))  # As `ensemble.init_ensemble`'s.
 def _fresh_variables(init_keys: jax.Array, model, input_shape: tuple[int, ...]):
     """One draw of the model's (params, batch_stats) per init key [k, 2] (compiled once per model and shape)."""
 
