@@ -17,12 +17,12 @@ one program per trial (the script run once per seed, as before the trials could 
 
 Both sides are real subprocesses of the experiment script in fresh output directories, without the shared
 compilation cache, run one after the other in this process, each with JAX_NUM_CPU_DEVICES=N when
-`--cpu_devices=N` is given (on a CPU: one JAX device per core, the members sharded over them); the script prints both wall times, their ratio
-(grid / separate), and per metric the largest difference between the two results.csv tables. The groups are
-the same, but where the grid stacks what a run alone does not (several parents; coupled_order's shared batch
-fed per member; λ groups) the parameters differ by float rounding from the first step, and chaotic training
-can grow that into different final predictions over many epochs (tests/test_grid.py and tests/test_trials.py
-check the equality on short runs).
+`--cpu_devices=N` is given (on a CPU: one JAX device per core, the members sharded over them); the script
+prints both wall times, their ratio (grid / separate), and per metric the largest difference between the two
+results.csv tables. The groups are the same, but where the grid stacks what a run alone does not (several
+parents; coupled_order's shared batch fed per member; λ groups) the parameters differ by float rounding from
+the first step, and chaotic training can grow that into different final predictions over many epochs
+(tests/test_grid.py and tests/test_trials.py check the equality on short runs).
 """
 
 from __future__ import annotations

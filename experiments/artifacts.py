@@ -61,17 +61,22 @@ def run_config(workdir: str) -> dict:
         return json.load(f)
 
 
+def _grid_seeds(config: dict) -> tuple[int, ...]:
+    """config.grid.seed of a run's config.json (() when its seed is not on the grid)."""
+    return tuple(config.get("grid", {}).get("seed") or ())
+
+
 def trials(workdir: str) -> tuple[int, ...]:
     """The trials (seeds) of the run in `workdir`: its config.grid.seed, else its one config.seed."""
     config = run_config(workdir)
-    return tuple(config.get("grid", {}).get("seed") or ()) or (config["seed"],)
+    return _grid_seeds(config) or (config["seed"],)
 
 
 def trial_of(workdir: str, trial: int | None) -> int | None:
     """The seed of `trial` to restore from a run over several (`run.restore(seed=...)`), or None for a run of
     one seed. Raises ValueError for a trial the run does not hold, or none named where it holds several."""
     config = run_config(workdir)
-    on_grid = tuple(config.get("grid", {}).get("seed") or ())
+    on_grid = _grid_seeds(config)
     seeds = on_grid or (config["seed"],)
     if trial is not None and trial not in seeds:
         raise ValueError(f"--trial={trial}: {workdir} trained the trials (seeds) {list(seeds)}")

@@ -166,15 +166,16 @@ class Predictor:
         # A bar for long evaluations on a terminal, one batch behind the dispatch (so it follows the device).
         bar = progress.bar(len(starts), desc="evaluate", unit="batch", leave=False) if len(starts) >= 50 else None
         parts = []
-        for start in starts:
-            start_index = sharding_lib.put_replicated(np.int32(start), mesh)
-            with jax.set_mesh(mesh):  # The mesh each member's batch is split on (`constrain_batch`).
-                part = self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh, per_view=per_view)
-            parts.append(part)
-            if bar is not None and not bar.disable:
-                if len(parts) > 1:
-                    parts[-2].block_until_ready()
-                bar.update(1)
+        with jax.set_mesh(mesh):  # The mesh each member's batch is split on (`constrain_batch`).
+            for start in starts:
+                start_index = sharding_lib.put_replicated(np.int32(start), mesh)
+                parts.append(
+                    self._jitted(params, batch_stats, x_all, dataset, start_index, mesh=mesh, per_view=per_view)
+                )
+                if bar is not None and not bar.disable:
+                    if len(parts) > 1:
+                        parts[-2].block_until_ready()
+                    bar.update(1)
         if bar is not None:
             bar.close()
         return _concatenate_members(parts, n, mesh)  # [K, N, C]
