@@ -33,7 +33,8 @@ def main() -> None:
     strategies = args.strategies.split(",")
     member_strategies.print_backend()
     for name, ks in (("mlp", args.mlp_ks), ("resnet20", args.resnet_ks)):
-        member_strategies.report(name, [int(k) for k in ks.split(",") if k], strategies, args.repeats)
+        if ks:  # An empty list skips the model.
+            member_strategies.report(name, [int(k) for k in ks.split(",")], strategies, args.repeats)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def _train_and_evaluate(ctx: RunContext, parent_source: str | None, resuming: bo
         checkpointer.close()
         diverged = np.asarray(sharding_lib.host(state.diverged))
         mesh = dict(zip(("member", "data"), mesh_shape_of(state)), processes=jax.process_count())
-        extra = dict(wall_time_s=time.time() - started, backend=jax.default_backend(), mesh=mesh)
+        times = {"wall_time_s": time.time() - started, "train_time_s": ctx.chunk.seconds}
+        extra = {**times, "backend": jax.default_backend(), "mesh": mesh}
         trackers = None if state.forgetting is None else sharding_lib.host(state.forgetting)
         summary = summary_lib.build(ctx.spec, final, diverged, ctx.log.read(), trackers, **extra)
         if sharding_lib.is_primary():

@@ -83,7 +83,10 @@ class TrainChunk:
     Equal to the per-member path up to float rounding (the matmuls differ in shape). S > 1: a grid's S seeds,
     consecutive blocks of K/S members each sharing its own (`train_step.shared_batch`), fed per member.
 
-    `trace_count` counts traces of the jitted function (one per phase is expected).
+    `trace_count` counts traces of the jitted function (one per phase is expected). `seconds` is the wall time
+    `jaxens.trainer.loop.train` spent in this object's calls, from dispatch until their results were ready
+    (each phase's first call compiles: included): the members' arithmetic, against which a run's wall time
+    shows its overhead (summary.json's `train_time_s`).
 
     Placement: the steps run on the mesh the state is sharded over (`jaxens.sharding`; a one-device mesh
     for a state on one device), set as the context mesh, and the new state stays there. Each member's
@@ -109,6 +112,7 @@ class TrainChunk:
         if divergence_check not in DIVERGENCE_CHECKS:
             raise ValueError(f"divergence_check={divergence_check!r}: allowed: {', '.join(DIVERGENCE_CHECKS)}")
         self.trace_count = 0
+        self.seconds = 0.0
         self.step_loop = step_loop
         self.divergence_check = divergence_check
         self._replicas = sharding_lib.Replicas()

@@ -39,7 +39,7 @@ def _steps(directory) -> list[int]:
 
 def _summary(workdir) -> dict:
     summary = json.load(open(os.path.join(workdir, "summary.json")))
-    summary.pop("wall_time_s")
+    summary.pop("wall_time_s"), summary.pop("train_time_s")
     return summary
 
 

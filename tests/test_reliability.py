@@ -31,7 +31,7 @@ SPAWN_ARGS = (
 
 def _summary(workdir):
     summary = json.load(open(os.path.join(workdir, "summary.json")))
-    summary.pop("wall_time_s")
+    summary.pop("wall_time_s"), summary.pop("train_time_s")
     return summary
 
 

@@ -50,6 +50,7 @@ def test_mlp_ensemble_accuracy_on_mnist1d(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert sorted({r["epoch"] for r in records}) == [10, 20, 30]
     assert json.load(open(tmp_path / "summary.json")) == summary
+    assert 0 < summary["train_time_s"] < summary["wall_time_s"]  # The steps, within the run's evaluations.
 
 
 def test_augmented_cnn_run_with_validation_split_and_coupled_order(tmp_path):

@@ -1,7 +1,7 @@
 """Evaluation of the members: every group's per-member and ensemble metrics on every evaluation set.
 
 The metric kernels are `jaxens.metrics` (definitions in docs/definitions.md); here they are combined into
-one jitted call per group and set: error, NLL, Brier, ECE and MACE of each member and of the ensemble, and
+one jitted call per set for all groups: error, NLL, Brier, ECE and MACE of each member and of the ensemble, and
 the members' diversity (mean pairwise symmetric KL and disagreement) on labelled sets; predictive entropy
 and confidence on out-of-distribution sets.
 """
@@ -93,17 +93,38 @@ def evaluate(
         logits = predictor(state, eval_set.x, dataset, per_view=eval_set.per_view)  # [K, N, C]
         labels = sharding_lib.put_replicated(eval_set.y, placement_mesh(state))  # Where the logits are.
         k = logits.shape[0] // num_groups
-        for g, group_logits in enumerate(jnp.split(logits, num_groups)):  # [k, N, C] each
-            # Per view ([V, N]): the groups form V consecutive blocks, one per view.
-            group_labels = labels[g * labels.shape[0] // num_groups] if eval_set.per_view else labels
-            metric_fn = (
-                ood_metrics if eval_set.kind == "ood" else functools.partial(labelled_metrics, labels=group_labels)
-            )
-            values = sharding_lib.host(metric_fn(group_logits, method=method))
+        # Group g's labels: per view ([V, N]) the groups form V consecutive blocks, one per view.
+        rows = np.arange(num_groups) * labels.shape[0] // num_groups if eval_set.per_view else None
+        every = sharding_lib.host(_of_groups(logits, labels, rows, num_groups, eval_set.kind, method))  # [G, ...]
+        for g in range(num_groups):
+            values = {key: v[g] for key, v in every.items()}
             healthy = np.arange(k) if diverged is None else np.flatnonzero(diverged[g * k : (g + 1) * k] < 0)
             if 0 < len(healthy) < k:
-                of_healthy = sharding_lib.host(metric_fn(group_logits[healthy], method=method))
+                members = g * k + healthy
+                group_labels = None if rows is None else rows[g : g + 1]
+                of_healthy = sharding_lib.host(
+                    _of_groups(logits[members], labels, group_labels, 1, eval_set.kind, method)
+                )
+                of_healthy = {key: v[0] for key, v in of_healthy.items()}
                 values = {key: of_healthy.get(key) if key.startswith("ensemble_") else v for key, v in values.items()}
                 values = {key: v for key, v in values.items() if v is not None}  # Diversity needs 2 members.
             out[g][name] = {key: (v.tolist() if v.ndim else float(v)) for key, v in values.items()}
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("num_groups", "kind", "method"))
+def _of_groups(
+    logits: jax.Array, labels: jax.Array, rows: jax.Array | None, num_groups: int, kind: str, method: str
+) -> dict:
+    """Every group's metrics in one call (a grid's many groups cost one dispatch and one transfer, not one
+    each): logits [K, N, C], the K members forming `num_groups` consecutive groups; labels [N], or [V, N] with
+    `rows` [G] the row of each group. Returns `labelled_metrics` / `ood_metrics` with a leading [G] axis.
+
+    The groups go one after another (`lax.map`), each through the computation a run of that group alone does,
+    so a grid's metrics equal its groups' standalone runs bit for bit (vmapped, the reductions round
+    differently)."""
+    grouped = logits.reshape(num_groups, -1, *logits.shape[1:])  # [G, k, N, C]
+    if kind == "ood":
+        return jax.lax.map(lambda member_logits: ood_metrics(member_logits, method), grouped)
+    group_labels = labels[rows] if rows is not None else jnp.broadcast_to(labels, (num_groups, *labels.shape))
+    return jax.lax.map(lambda xs: labelled_metrics(*xs, method), (grouped, group_labels))

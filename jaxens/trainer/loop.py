@@ -125,10 +125,12 @@ def train(
         to_epoch_end = np.where(steps < phase.ends, (epochs + 1) * phase.steps_per_epoch - steps, np.iinfo(int).max)
         next_pause = next(p for p in pauses if p > tick)
         n = int(min(to_epoch_end.min(), next_pause - tick, phase.steps_per_call))
+        dispatched = time.perf_counter()
         state, chunk_sums = chunk(state, orders, dataset, n, ends, lr_scales)
         # The host waits for each chunk, so a stop request is seen at most one chunk after it arrives (the
         # host never runs ahead of the device by more; the next chunk's dispatch is the only gap).
         jax.block_until_ready(chunk_sums)
+        chunk.seconds += time.perf_counter() - dispatched
         sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
         tick += n
         bar.update(n)

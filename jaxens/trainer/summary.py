@@ -179,6 +179,10 @@ def build(
     """
     counts = None if forgetting is None else forgetting_counts(forgetting)
     plan = spec.plan
+    by_group: dict[tuple, list[dict]] = {}  # The members' ensemble records per group, read once for all groups.
+    for r in logged:
+        if r["phase"] == "members" and r["scope"] == "ensemble":
+            by_group.setdefault(record_key(r), []).append(r)
     groups = []
     for g, (group, key) in enumerate(zip(plan.groups, plan.group_keys())):
         t, lam = group.t, group.lam
@@ -194,7 +198,7 @@ def build(
                 "steps": int(plan.end_steps()[g * plan.k]),
                 "test": test,
                 "eval": evals,  # 'val' and the shifted / OOD sets, when configured.
-                "at_best_val": at_best_val(logged, key),
+                "at_best_val": at_best_val(by_group.get(group_key(key), []), key),
                 # Per member: the step it diverged at (it is frozen since; the ensemble metrics leave it out), or None.
                 "diverged": group_diverged,
             }
