@@ -80,10 +80,6 @@ def _train_seconds(out: str) -> float:
     return sum(json.load(open(path)).get("train_time_s", 0.0) for path in paths)
 
 
-def _of_which(steps: dict, side: str) -> str:
-    return f"  (training steps {steps[side]:.1f} s)"
-
-
 def _key(row: dict, columns) -> tuple:
     return tuple(row[c] for c in columns)
 
@@ -127,8 +123,8 @@ def main() -> None:
     assert [_key(r, columns) for r in grid] == [_key(r, columns) for r in separate]
     devices = ENV.get("JAX_NUM_CPU_DEVICES", "JAX's default number of")
     print(f"{title}, overrides {args.set}, {devices} CPU devices:")
-    print(f"  one grid program:  {seconds['grid']:.1f} s{_of_which(steps, 'grid')}")
-    print(f"  separate runs:     {seconds['separate']:.1f} s{_of_which(steps, 'separate')}")
+    print(f"  one grid program:  {seconds['grid']:.1f} s  (training steps {steps['grid']:.1f} s)")
+    print(f"  separate runs:     {seconds['separate']:.1f} s  (training steps {steps['separate']:.1f} s)")
     print(f"  ratio grid / separate: {seconds['grid'] / seconds['separate']:.2f}x")
     # The grid cannot take less than its own training steps, whatever start-up it saves the separate runs.
     print(
