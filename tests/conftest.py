@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
@@ -120,6 +121,13 @@ def train_steps(train_chunk, state, dataset, num_steps, batch_size, steps_per_ca
         state, _ = train_chunk(state, orders, dataset, n)
         step += n
     return jax.block_until_ready(state)
+
+
+def timeless_summary(workdir) -> dict:
+    """DIR/summary.json without its timings (`wall_time_s`, `train_time_s`), which no two runs share."""
+    with open(os.path.join(str(workdir), "summary.json")) as f:
+        summary = json.load(f)
+    return {k: v for k, v in summary.items() if k not in ("wall_time_s", "train_time_s")}
 
 
 def tensorboard_scalars(workdir) -> dict:

@@ -24,5 +24,5 @@ def test_population_gpu_runs_in_one_command():
         members = 1 if strategy == "1 member" else int(k)  # The baseline row is one member's step.
         assert abs(members * 128 / (float(step_ms) / 1e3) - int(images_per_s)) <= 0.01 * int(images_per_s)
         one_ms = next(float(r[2]) for r in rows if r[0] == k and r[1] == "1 member")  # Timed beside this K.
-        assert abs(int(members) * one_ms / float(step_ms) - float(ratio)) <= 0.02 * float(ratio) + 0.01
+        assert abs(members * one_ms / float(step_ms) - float(ratio)) <= 0.02 * float(ratio) + 0.01
     assert "resnet20" not in done.stdout

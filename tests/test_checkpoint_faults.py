@@ -21,7 +21,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import ENSEMBLE_ARGS, REPO, SMALL_SPAWN_ARGS, cli, file_tree, finish
+from conftest import ENSEMBLE_ARGS, REPO, SMALL_SPAWN_ARGS, cli, file_tree, finish, timeless_summary
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import config as config_lib
@@ -35,12 +35,6 @@ SPAWN_ARGS = SMALL_SPAWN_ARGS
 
 def _steps(directory) -> list[int]:
     return checkpoint_lib.Checkpointer(str(directory), read_only=True).all_steps()
-
-
-def _summary(workdir) -> dict:
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
-    summary.pop("wall_time_s"), summary.pop("train_time_s")
-    return summary
 
 
 def _damage(checkpoint_dir) -> None:
@@ -74,7 +68,7 @@ def test_a_fresh_run_over_leftover_checkpoints_is_refused_before_any_compute(tmp
     rc, _, err = finish(cli(workdir, *ENSEMBLE_ARGS, "--config.seed=1", "--overwrite", config=ENSEMBLE))
     assert rc == 0, err
     assert json.load(open(workdir / "config.json"))["seed"] == 1
-    assert _summary(workdir) != _summary(ensemble_run)  # Seed 1's members, trained from scratch.
+    assert timeless_summary(workdir) != timeless_summary(ensemble_run)  # Seed 1's members, trained from scratch.
 
 
 def test_a_checkpoint_of_another_config_is_never_restored(tmp_path, ensemble_run):
@@ -110,7 +104,7 @@ def test_an_overwrite_killed_midway_leaves_no_trap(tmp_path, ensemble_run):
     assert rc == 2 and "config.seed: 0 there, 1 now" in err, err
     rc, out, err = finish(cli(workdir, *ENSEMBLE_ARGS, config=ENSEMBLE))  # The old command: from scratch.
     assert rc == 0 and "resuming" not in out, err
-    assert _summary(workdir) == _summary(ensemble_run)
+    assert timeless_summary(workdir) == timeless_summary(ensemble_run)
     rc, _, err = finish(cli(workdir, *new, "--overwrite", config=ENSEMBLE))
     assert rc == 0, err
     assert json.load(open(workdir / "config.json"))["seed"] == 1
@@ -161,8 +155,8 @@ def test_a_corrupt_earliest_parent_checkpoint_trains_the_parent_again(tmp_path, 
     rc, out, err = finish(cli(workdir, *args))
     assert rc == 0, err
     assert "training it from initialization" in out
-    assert _summary(workdir) == _summary(reference)
-    spawn_steps = [g["t"] for g in _summary(reference)["groups"]]
+    assert timeless_summary(workdir) == timeless_summary(reference)
+    spawn_steps = [g["t"] for g in timeless_summary(reference)["groups"]]
     assert set(spawn_steps) <= set(_steps(workdir / "parent")), _steps(workdir / "parent")
     assert sorted(int(p.split("-")[0]) for p in os.listdir(workdir / "parent.corrupt")) == sorted(damaged)
 
@@ -178,7 +172,7 @@ def test_a_parent_checkpoint_set_aside_is_saved_again(tmp_path, spawn_runs):
     assert rc == 0, err
     assert "restored the checkpoint at step 8" in out
     assert {16, 24} <= set(_steps(workdir / "parent"))
-    assert _summary(workdir) == _summary(reference)
+    assert timeless_summary(workdir) == timeless_summary(reference)
 
 
 def test_checkpointer_records_its_owner_and_refuses_anothers(tmp_path):

@@ -12,7 +12,16 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_SPAWN_ARGS, cli, cli_in_process, finish, small_config, tensorboard_scalars
+from conftest import (
+    REPO,
+    SMALL_SPAWN_ARGS,
+    cli,
+    cli_in_process,
+    finish,
+    small_config,
+    tensorboard_scalars,
+    timeless_summary,
+)
 
 from jaxens import checkpoint as checkpoint_lib
 from jaxens import run, sweep
@@ -29,12 +38,6 @@ SPAWN_ARGS = (
 )
 
 
-def _summary(workdir):
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
-    summary.pop("wall_time_s"), summary.pop("train_time_s")
-    return summary
-
-
 def _records(workdir):
     return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
@@ -48,7 +51,7 @@ def _assert_same_arrays(a, b):
 def _assert_same_run(workdir, reference):
     """Summary, metrics log, TensorBoard scalars (as TensorBoard reads them: the interrupted run's stale
     events purged) and final members' state equal (bitwise) to those of `reference`."""
-    assert _summary(workdir) == _summary(reference)
+    assert timeless_summary(workdir) == timeless_summary(reference)
     assert _records(workdir) == _records(reference)
     metrics_only = lambda scalars: {key: v for key, v in scalars.items() if not key[1].startswith("perf/")}
     assert metrics_only(tensorboard_scalars(workdir)) == metrics_only(tensorboard_scalars(reference))
@@ -68,7 +71,7 @@ def test_runs_killed_at_three_points_or_stopped_by_sigterm_end_bitwise_equal(tmp
     reference = tmp_path / "reference"
     rc, out, err = finish(cli(reference, *SPAWN_ARGS))
     assert rc == 0, err
-    assert all(group["train_forgetting"]["events"] for group in _summary(reference)["groups"])
+    assert all(group["train_forgetting"]["events"] for group in timeless_summary(reference)["groups"])
 
     killed = tmp_path / "killed"
     rc, _, err = finish(cli(killed, *SPAWN_ARGS, kill_at="parent@8"))
